@@ -1,0 +1,113 @@
+"""Runner overhead: `trainer fit` against the hand-written loop on the same tiny MLP job.
+
+Both train the same MLP on in-memory tensors (batch 64, SGD with momentum, StepLR per epoch,
+a shuffled DataLoader) in this one process, alternating, several rounds. Samples/s counts
+training only (validation excluded) and is the median over epochs of all rounds.
+
+    uv run python scripts/bench.py [--epochs 3] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+FEATURES, CLASSES, SAMPLES, BATCH = 32, 10, 16384, 64
+
+
+def tiny_mlp() -> nn.Module:
+    """The benchmark's model: 32 → 64 → 10."""
+    return nn.Sequential(nn.Linear(FEATURES, 64), nn.ReLU(), nn.Linear(64, CLASSES))
+
+
+def tensors(train: bool = True) -> TensorDataset:
+    """A fixed random classification problem held in memory."""
+    generator = torch.Generator().manual_seed(0 if train else 1)
+    inputs = torch.randn(SAMPLES if train else 1024, FEATURES, generator=generator)
+    return TensorDataset(inputs, (inputs[:, :CLASSES] * 3).argmax(dim=1))
+
+
+def hand_written(epochs: int) -> list[float]:
+    """The loop users write by hand; returns samples/s per epoch."""
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    loader = DataLoader(tensors(True), batch_size=BATCH, shuffle=True)
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    speeds = []
+    for _ in range(epochs):
+        model.train()
+        started, samples = time.perf_counter(), 0
+        for inputs, targets in loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(inputs), targets)
+            loss.backward()
+            optimizer.step()
+            samples += inputs.shape[0]
+        speeds.append(samples / (time.perf_counter() - started))
+        scheduler.step()
+    return speeds
+
+
+def runner(epochs: int, out_dir: str) -> list[float]:
+    """The same job through `trainer fit`; returns its train/samples_per_s per epoch."""
+    from trainer.config import validate_config
+    from trainer.loop import fit
+    from trainer.rundir import read_metrics
+
+    config = validate_config(
+        {
+            "name": "bench",
+            "seed": 0,
+            "model": {"name": "bench:tiny_mlp"},
+            "data": {"name": "bench:tensors", "batch_size": BATCH},
+            "optimizer": {"name": "SGD", "lr": 0.05, "momentum": 0.9},
+            "scheduler": {"name": "StepLR", "step_size": 1, "gamma": 0.5},
+            "trainer": {"epochs": epochs, "device": "cpu", "log_every": 50, "out_dir": out_dir},
+            "checkpoint": {"every_epochs": None},
+        }
+    )
+    result = fit(config, console=Console(file=io.StringIO()))
+    records = read_metrics(result.run_dir / "metrics.jsonl")
+    return [r["train/samples_per_s"] for r in records if "train/samples_per_s" in r]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    hand, ours = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.rounds):
+            hand += hand_written(args.epochs)
+            ours += runner(args.epochs, f"{tmp}/run{round_}")
+    hand_speed, our_speed = statistics.median(hand), statistics.median(ours)
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    print(
+        f"job: MLP {FEATURES}-64-{CLASSES}, {SAMPLES} samples, batch {BATCH}, "
+        f"{args.epochs} epochs x {args.rounds} rounds"
+    )
+    print(f"hand-written loop: {hand_speed:10,.0f} samples/s")
+    print(f"trainer fit:       {our_speed:10,.0f} samples/s")
+    print(f"ratio (trainer / hand-written): {our_speed / hand_speed:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""trainer: a YAML-driven training-loop runner for PyTorch."""

@@ -1,0 +1,58 @@
+"""Device choice (`trainer.device`) and mixed precision (`trainer.precision`)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from trainer.errors import UserError
+
+
+def pick_device(requested: str) -> tuple[torch.device, str]:
+    """The device to train on and the reason it was chosen."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda"), f"auto: CUDA is available ({torch.cuda.get_device_name()})"
+        if torch.backends.mps.is_available():
+            return torch.device("mps"), "auto: no CUDA, MPS is available"
+        return torch.device("cpu"), "auto: no CUDA or MPS device found"
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"trainer.device: {requested!r} but CUDA is not available here "
+                "(torch.cuda.is_available() is False); use auto or cpu"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UserError(f"trainer.device: {requested!r} but only {count} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"trainer.device: {requested!r} but MPS is not available; use auto or cpu")
+    return device, "set by trainer.device"
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Reject precision/device pairs that cannot work, saying what to use instead."""
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError(
+            f"trainer.precision: fp16 needs a CUDA device (found {device.type}); "
+            "use bf16 or fp32 here"
+        )
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("trainer.precision: this CUDA device lacks bf16; use fp16 or fp32")
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The forward pass's autocast context, or a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """A GradScaler, enabled for fp16 only (disabled it is a pass-through)."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")

@@ -1,0 +1,27 @@
+"""User-facing errors: bad input is reported by config key, all problems at once, exit 2."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """Bad input (config, override, path, checkpoint): exit 2, no traceback."""
+
+    def __init__(self, problems: str | Iterable[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' did you mean 'x'?' for the closest choice, compared case-insensitively, or ''."""
+    by_lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"; did you mean '{by_lower[close[0]]}'?" if close else ""
+
+
+def unknown_name(key: str, name: str, choices: list[str], *, shown: int = 12) -> str:
+    """The one message for a name that is not in a list of choices."""
+    listed = ", ".join(choices[:shown]) + (", ..." if len(choices) > shown else "")
+    return f"{key}: unknown '{name}'{did_you_mean(name, choices)} (choices: {listed})"

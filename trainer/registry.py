@@ -1,0 +1,186 @@
+"""Names and import paths → callables, with their keyword arguments checked before building.
+
+One registry serves `trainer list`, "did you mean" and the builders. Kinds: models, datasets,
+losses, optimizers, schedulers. A name is a built-in, a torch/torchvision name, or an import
+path `package.module:callable` (which runs user code, as Hydra does).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable
+from functools import cache
+from typing import Any
+
+from trainer.errors import UserError, did_you_mean, unknown_name
+
+KINDS = ("models", "datasets", "losses", "optimizers", "schedulers")
+
+# Arguments the runner passes itself: a config that sets them is an error, not a surprise.
+SUPPLIED_BY_RUNNER = {
+    "models": (),
+    "datasets": ("train",),
+    "losses": (),
+    "optimizers": ("params",),
+    "schedulers": ("optimizer",),
+}
+
+
+def _first_line(obj: Any) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0].rstrip(".") if doc.strip() else ""
+
+
+def _subclasses_in(module: Any, base: tuple[type, ...], skip: Iterable[str] = ()) -> dict:
+    found = {}
+    for attr in dir(module):
+        obj = getattr(module, attr)
+        if (
+            isinstance(obj, type)
+            and issubclass(obj, base)
+            and not attr.startswith("_")
+            and attr not in skip
+        ):
+            found[attr] = obj
+    return found
+
+
+@cache
+def entries(kind: str) -> dict[str, Callable[..., Any]]:
+    """Every name of a kind, mapped to its callable (torch is imported here, not before)."""
+    if kind == "models":
+        import torchvision.models
+
+        from trainer import models
+
+        found = dict(models.BUILT_IN)
+        for name in torchvision.models.list_models(module=torchvision.models):
+            found[name] = torchvision.models.get_model_builder(name)
+        return found
+    if kind == "datasets":
+        from trainer import data
+
+        return dict(data.BUILT_IN)
+    if kind == "losses":
+        import torch.nn
+
+        return _subclasses_in(torch.nn, (torch.nn.modules.loss._Loss,))
+    if kind == "optimizers":
+        import torch.optim
+
+        return _subclasses_in(torch.optim, (torch.optim.Optimizer,), skip=["Optimizer"])
+    if kind == "schedulers":
+        from torch.optim import lr_scheduler
+
+        bases = (lr_scheduler.LRScheduler, lr_scheduler.ReduceLROnPlateau)
+        return _subclasses_in(lr_scheduler, bases, skip=["LRScheduler"])
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def describe(kind: str) -> list[tuple[str, str]]:
+    """(name, one-line description) for every name of a kind, for `trainer list`."""
+    return [(name, _first_line(fn)) for name, fn in entries(kind).items()]
+
+
+def resolve(kind: str, name: str, *, key: str) -> Callable[..., Any]:
+    """The callable for a name or an import path; a UserError naming `key` if there is none."""
+    if ":" in name:
+        return _import_path(name, key=key)
+    table = entries(kind)
+    if name not in table:
+        raise UserError(unknown_name(key, name, sorted(table, key=str.lower)))
+    return table[name]
+
+
+def _import_path(path: str, *, key: str) -> Callable[..., Any]:
+    module_name, _, attr = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise UserError(f"{key}: cannot import '{module_name}' from {path!r}: {err}") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UserError(f"{key}: '{module_name}' has no attribute '{attr}' ({path!r})")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UserError(f"{key}: {path!r} is not callable")
+    return obj
+
+
+def check_arguments(
+    fn: Callable[..., Any], kwargs: dict[str, Any], *, key: str, kind: str
+) -> list[str]:
+    """Problems with `kwargs` for `fn`: unknown keywords and missing required ones."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return []
+    supplied = SUPPLIED_BY_RUNNER[kind]
+    label = getattr(fn, "__name__", repr(fn))
+    named = [
+        n
+        for n, p in params.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in supplied
+    ]
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    problems = []
+    for arg in kwargs:
+        if arg in supplied:
+            problems.append(f"{key}.{arg}: set by the runner, not by the config")
+        elif arg not in named and not takes_any:
+            problems.append(
+                f"{key}.{arg}: not an argument of {label}{did_you_mean(arg, named)}"
+                f" (arguments: {', '.join(named) or 'none'})"
+            )
+    for name, param in params.items():
+        required = param.default is param.empty and param.kind not in (
+            param.VAR_POSITIONAL,
+            param.VAR_KEYWORD,
+        )
+        if required and name not in kwargs and name not in supplied:
+            problems.append(f"{key}.{name}: required argument of {label} is missing")
+    return problems
+
+
+def build(kind: str, name: str, kwargs: dict[str, Any], *, key: str, **supplied: Any) -> Any:
+    """Resolve, check and call: `fn(**supplied, **kwargs)`; bad arguments are UserErrors."""
+    fn = resolve(kind, name, key=f"{key}.name")
+    problems = check_arguments(fn, kwargs, key=key, kind=kind)
+    if problems:
+        raise UserError(problems)
+    try:
+        return fn(**supplied, **kwargs)
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise UserError(f"{key}: {name} rejected its arguments: {err}") from None
+    except ValueError as err:
+        if kind not in ("optimizers", "schedulers", "losses"):
+            raise
+        raise UserError(f"{key}: {name} rejected its arguments: {err}") from None
+
+
+def check_component(kind: str, name: str, kwargs: dict[str, Any], *, key: str) -> list[str]:
+    """Problems with a component's name and keyword arguments, without building it."""
+    try:
+        fn = resolve(kind, name, key=f"{key}.name")
+    except UserError as err:
+        return err.problems
+    return check_arguments(fn, kwargs, key=key, kind=kind)
+
+
+def check_components(config: Any) -> list[str]:
+    """Every name and keyword argument of the config's components, checked without building."""
+    sections = [
+        ("models", "model", config.model),
+        ("datasets", "data", config.data),
+        ("losses", "loss", config.loss),
+        ("optimizers", "optimizer", config.optimizer),
+        ("schedulers", "scheduler", config.scheduler),
+    ]
+    problems = []
+    for kind, key, section in sections:
+        if section is not None:
+            problems += check_component(kind, section.name, section.kwargs, key=key)
+    return problems

@@ -1,0 +1,130 @@
+"""What a run prints: device, param groups, progress (rich on a terminal, plain lines otherwise)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from trainer.param_groups import GroupsReport
+
+
+def number(value: Any) -> str:
+    """Metrics and hyperparameters in a short, exact-enough form."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def groups_table(report: GroupsReport) -> Table:
+    """One row per param group: what the optimizer gets."""
+    table = Table(title="param groups", title_justify="left")
+    for column in ("group", "rule", "tensors", "elements", "lr", "weight_decay", "options"):
+        table.add_column(column, justify="right" if column in ("tensors", "elements") else "left")
+    for group in report.groups:
+        options = ", ".join(f"{k}={number(v)}" for k, v in group.options.items())
+        table.add_row(
+            group.name,
+            group.rule or "-",
+            str(len(group.params)),
+            f"{group.numel:,}",
+            number(group.lr),
+            number(group.weight_decay),
+            options or "-",
+        )
+    return table
+
+
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    """The per-epoch summary: every metric of the epoch on one line."""
+    parts = [f"epoch {record['epoch']}/{epochs}"]
+    parts += [f"{k} {number(v)}" for k, v in record.items() if k not in ("epoch",)]
+    return "  ".join(parts)
+
+
+class Reporter:
+    """Prints a run's progress: a rich bar on a terminal, periodic plain lines otherwise."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console()
+        self.live = self.console.is_terminal
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self._epochs = 0
+
+    def device(self, device: Any, reason: str) -> None:
+        self.note(f"device: {device} ({reason})")
+
+    def groups(self, report: GroupsReport) -> None:
+        self.console.print(groups_table(report))
+        frozen = len(report.frozen_by_config) + len(report.frozen_by_model)
+        if frozen:
+            self.note(
+                f"frozen: {len(report.frozen_by_config)} tensors by "
+                f"param_groups.freeze, {len(report.frozen_by_model)} by the model"
+            )
+
+    def note(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def start_epoch(self, epoch: int, epochs: int, batches: int, done: int = 0) -> None:
+        self._epochs = epochs
+        if not self.live:
+            return
+        self._progress = Progress(
+            TextColumn(f"epoch {epoch}/{epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("lr {task.fields[lr]}"),
+            TextColumn("{task.fields[speed]} samples/s"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(
+            "train", total=batches, completed=done, loss="-", lr="-", speed="-"
+        )
+
+    def advance(self) -> None:
+        """One batch done (cheap: no device sync, nothing printed off a terminal)."""
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def log(
+        self, record: dict[str, Any], *, batch: int, batches: int, samples_per_s: float
+    ) -> None:
+        """A periodic step record (every trainer.log_every optimizer steps)."""
+        lr = next((v for k, v in record.items() if k.startswith("lr/")), None)
+        if self._progress is not None:
+            self._progress.update(
+                self._task,
+                loss=number(record["train/loss"]),
+                lr=number(lr),
+                speed=f"{samples_per_s:,.0f}",
+            )
+            return
+        self.note(
+            f"epoch {record['epoch']}/{self._epochs}  batch {batch}/{batches}  "
+            f"step {record['step']}  train/loss {number(record['train/loss'])}  "
+            f"lr {number(lr)}  {samples_per_s:,.0f} samples/s"
+        )
+
+    def end_epoch(self, record: dict[str, Any]) -> None:
+        self.stop()
+        self.note(epoch_line(record, self._epochs))
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
