@@ -97,9 +97,8 @@ def main() -> None:
             hand += hand_written(args.epochs)
             ours += runner(args.epochs, f"{tmp}/run{round_}")
     hand_speed, our_speed = statistics.median(hand), statistics.median(ours)
-    print(
-        f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    )
+    threads = torch.get_num_threads()
+    print(f"machine: {platform.machine()}, {threads} threads, torch {torch.__version__}")
     print(
         f"job: MLP {FEATURES}-64-{CLASSES}, {SAMPLES} samples, batch {BATCH}, "
         f"{args.epochs} epochs x {args.rounds} rounds"
