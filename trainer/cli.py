@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from trainer.errors import UserError
+from trainer.errors import Interrupted, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -56,12 +56,95 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 @app.command()
 @user_errors
-def fit(config: ConfigPath, overrides: Overrides = None) -> None:
+def fit(
+    config: ConfigPath,
+    overrides: Overrides = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(help="A checkpoint to resume from, or 'auto' for this run's newest."),
+    ] = None,
+    reset_optimizer: Annotated[
+        bool, typer.Option(help="With --resume: load the weights only; fresh optimizer.")
+    ] = False,
+) -> None:
     """Train: build everything the config names, then run the loop."""
+    import shlex
+
     from trainer.config import load_config
     from trainer.loop import fit as run_fit
 
-    run_fit(load_config(config, overrides or []))
+    try:
+        run_fit(
+            load_config(config, overrides or []), resume=resume, reset_optimizer=reset_optimizer
+        )
+    except Interrupted as stopped:
+        command = shlex.join(["trainer", "fit", config, *(overrides or [])])
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"interrupted: saved {stopped.checkpoint}\nresume with: {command} "
+            f"--resume {shlex.quote(stopped.checkpoint)}",
+            markup=False,
+        )
+        raise typer.Exit(130) from None
+
+
+@app.command("eval")
+@user_errors
+def evaluate(
+    config: ConfigPath,
+    overrides: Overrides = None,
+    checkpoint: Annotated[str, typer.Option(help="The checkpoint to evaluate.")] = ...,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Validation metrics of a checkpoint's weights on the config's validation data."""
+    import json
+
+    from trainer.config import load_config
+    from trainer.loop import evaluate_checkpoint
+    from trainer.report import number
+
+    metrics = evaluate_checkpoint(load_config(config, overrides or []), checkpoint)
+    if as_json:
+        sys.stdout.write(json.dumps(metrics) + "\n")
+    else:
+        sys.stdout.write("  ".join(f"{k} {number(v)}" for k, v in metrics.items()) + "\n")
+
+
+@app.command()
+@user_errors
+def inspect(
+    checkpoint: Annotated[str, typer.Argument(metavar="CHECKPOINT", help="A .pt checkpoint.")],
+) -> None:
+    """Epoch, step, lr per group, metrics, best and config of a checkpoint."""
+    from trainer.checkpoint import load_checkpoint
+    from trainer.report import checkpoint_summary
+
+    sys.stdout.write(checkpoint_summary(load_checkpoint(checkpoint)) + "\n")
+
+
+@app.command()
+@user_errors
+def groups(
+    config: ConfigPath,
+    overrides: Overrides = None,
+    names: Annotated[bool, typer.Option("--names", help="List every parameter.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the resolved param groups without training (the model is built on `meta`)."""
+    import json
+
+    from trainer import report
+    from trainer.config import load_config
+    from trainer.optim import plan_param_groups
+
+    model, groups_report = plan_param_groups(load_config(config, overrides or []))
+    if as_json:
+        sys.stdout.write(json.dumps(groups_report.to_json(), indent=2) + "\n")
+        return
+    console = report.make_console()
+    console.print(report.groups_table(groups_report))
+    console.print(report.groups_footer(groups_report), markup=False)
+    if names:
+        console.print(report.names_table(groups_report, model))
 
 
 @app.command("config")
@@ -80,8 +163,9 @@ def list_names(kind: Annotated[Kind | None, typer.Argument(help="What to list.")
     from rich.table import Table
 
     from trainer import registry
+    from trainer.report import make_console
 
-    console = Console(highlight=False)
+    console = make_console()
     for chosen in [kind] if kind else list(Kind):
         table = Table(title=chosen.value, title_justify="left")
         table.add_column("name", no_wrap=True)

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from trainer.interrupt import ignore_in_workers
+
 if TYPE_CHECKING:
     from trainer.config import DataConfig
 
@@ -141,7 +143,10 @@ def build_loaders(
     """Train and validation loaders; the train order comes from an EpochSampler."""
     train_set, val_set = build_datasets(config)
     common = dict(
-        num_workers=config.num_workers, pin_memory=device.type == "cuda", persistent_workers=False
+        worker_init_fn=ignore_in_workers,
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
     )
     train = DataLoader(
         train_set,

@@ -25,3 +25,11 @@ def unknown_name(key: str, name: str, choices: list[str], *, shown: int = 12) ->
     """The one message for a name that is not in a list of choices."""
     listed = ", ".join(choices[:shown]) + (", ..." if len(choices) > shown else "")
     return f"{key}: unknown '{name}'{did_you_mean(name, choices)} (choices: {listed})"
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after saving `checkpoint`: exit 130."""
+
+    def __init__(self, checkpoint: str) -> None:
+        self.checkpoint = checkpoint
+        super().__init__(f"interrupted; saved {checkpoint}")

@@ -43,14 +43,14 @@ def small_cnn(num_classes: int = 10, in_channels: int = 3, width: int = 16) -> S
 BUILT_IN = {"small_cnn": small_cnn}
 
 
-def build_model(config: ModelConfig) -> nn.Module:
-    """The configured model, with `init_from` weights loaded when given."""
+def build_model(config: ModelConfig, *, load_weights: bool = True) -> nn.Module:
+    """The configured model, with `init_from` weights loaded when given (and asked for)."""
     from trainer import registry
 
     model = registry.build("models", config.name, config.kwargs, key="model")
     if not isinstance(model, nn.Module):
         raise _not_a(config.name, model)
-    if config.init_from:
+    if config.init_from and load_weights:
         load_initial_weights(model, config.init_from)
     return model
 

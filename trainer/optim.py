@@ -6,11 +6,14 @@ import inspect
 from typing import TYPE_CHECKING, Any
 
 from trainer import registry
+from trainer.errors import UserError
+from trainer.models import build_model
+from trainer.param_groups import GroupsReport, build_param_groups
 
 if TYPE_CHECKING:
     import torch
 
-    from trainer.config import LossConfig, OptimizerConfig, SchedulerConfig
+    from trainer.config import Config, LossConfig, OptimizerConfig, SchedulerConfig
 
 
 def optimizer_defaults(config: OptimizerConfig) -> dict[str, Any]:
@@ -22,6 +25,30 @@ def optimizer_defaults(config: OptimizerConfig) -> dict[str, Any]:
         if param.default is not param.empty
     }
     return {**defaults, **config.kwargs}
+
+
+def plan_param_groups(config: Config) -> tuple[torch.nn.Module, GroupsReport]:
+    """The model (on the meta device where it can be) and its resolved param groups.
+
+    No weights are loaded and no data is touched, so a large torchvision model resolves fast.
+    """
+    import torch
+
+    problems = registry.check_components(config, sections=("model", "optimizer"))
+    if problems:
+        raise UserError(problems)
+    try:
+        with torch.device("meta"):
+            model = build_model(config.model, load_weights=False)
+    except (NotImplementedError, RuntimeError):
+        model = build_model(config.model, load_weights=False)
+    _, report = build_param_groups(
+        model,
+        optimizer_defaults(config.optimizer),
+        config.param_groups,
+        optimizer=config.optimizer.name,
+    )
+    return model, report
 
 
 def build_optimizer(config: OptimizerConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:

@@ -1,26 +1,45 @@
-"""Param-group rules → torch param groups and a report (pure functions).
+"""Param-group rules → torch param groups and a report, in one pass over named_parameters().
 
-For now every trainable parameter forms one group, `default`, with the optimizer's options.
+1. Names are qualified names with wrapper prefixes (`module.`, `_orig_mod.`) stripped;
+   a tied tensor appears once, under its first name, and any of its names can match.
+2. `freeze` regexes set requires_grad=False; frozen tensors never reach the optimizer.
+3. `rules` are ordered; a tensor goes to the first rule whose `match` (re.search) hits it;
+   the rest go to `default` with the optimizer's own options.
+4. A rule sets `lr` | `lr_mult`, `weight_decay` | `wd_mult`, and other optimizer options.
+5. A pattern that matches nothing, or a rule shadowed by earlier rules, is an error.
+6. `no_decay` splits each group into a decay part and a `<group>.no_decay` part (wd 0).
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-from trainer.config import ParamGroupsConfig
+from trainer.config import ParamGroupsConfig, RuleConfig
+from trainer.errors import UserError, did_you_mean
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+NORM_LAYERS = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.RMSNorm,
+)
 
 
 @dataclass
 class GroupInfo:
-    """One resolved group: what the optimizer gets, and where it came from."""
+    """One resolved group: what the optimizer gets, and the rule it came from."""
 
     name: str
     rule: str | None
-    lr: float
-    weight_decay: float
+    lr: float | None
+    weight_decay: float | None
     options: dict[str, Any]
     params: list[str]
     numel: int
@@ -31,33 +50,227 @@ class GroupsReport:
     groups: list[GroupInfo]
     frozen_by_config: list[str] = field(default_factory=list)
     frozen_by_model: list[str] = field(default_factory=list)
+    rule_hits: dict[str, int] = field(default_factory=dict)
 
     def manifest(self) -> dict[str, list[str]]:
         """Group name → parameter names, as saved in every checkpoint."""
-        return {g.name: list(g.params) for g in self.groups}
+        return {group.name: list(group.params) for group in self.groups}
+
+    def to_json(self) -> dict[str, Any]:
+        """The document `trainer groups --json` prints."""
+        return {
+            "groups": [
+                {
+                    "name": g.name,
+                    "rule": g.rule,
+                    "lr": g.lr,
+                    "weight_decay": g.weight_decay,
+                    "options": g.options,
+                    "params": g.params,
+                    "numel": g.numel,
+                }
+                for g in self.groups
+            ],
+            "frozen": self.frozen_by_config + self.frozen_by_model,
+            "frozen_by_config": self.frozen_by_config,
+            "frozen_by_model": self.frozen_by_model,
+            "rule_hits": self.rule_hits,
+            "unmatched_rules": [],
+        }
+
+
+def clean_name(name: str) -> str:
+    """A parameter name without wrapper prefixes (DDP's `module.`, torch.compile's `_orig_mod.`)."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, stripped = name[len(prefix) :], True
+    return name
+
+
+@dataclass
+class _Tensor:
+    name: str
+    aliases: list[str]
+    param: nn.Parameter
+    module: nn.Module
+
+
+def _named_tensors(model: nn.Module) -> list[_Tensor]:
+    """Each parameter tensor once, with every name it goes by and the module that owns it."""
+    modules = dict(model.named_modules())
+    by_id: dict[int, _Tensor] = {}
+    for raw_name, param in model.named_parameters(remove_duplicate=False):
+        name = clean_name(raw_name)
+        if id(param) in by_id:
+            by_id[id(param)].aliases.append(name)
+            continue
+        owner = modules.get(raw_name.rpartition(".")[0], model)
+        by_id[id(param)] = _Tensor(name, [name], param, owner)
+    return list(by_id.values())
 
 
 def build_param_groups(
-    model: nn.Module, options: dict[str, Any], config: ParamGroupsConfig
+    model: nn.Module,
+    options: dict[str, Any],
+    config: ParamGroupsConfig,
+    *,
+    optimizer: str = "the optimizer",
 ) -> tuple[list[dict[str, Any]], GroupsReport]:
-    """Torch param groups (with `name`, `lr`, `weight_decay`) and a report of them."""
-    trainable, frozen = [], []
-    for name, param in model.named_parameters():
-        (trainable if param.requires_grad else frozen).append((name, param))
-    lr, weight_decay = options.get("lr"), options.get("weight_decay", 0.0)
-    group = {
-        "name": "default",
-        "params": [p for _, p in trainable],
-        "lr": lr,
-        "weight_decay": weight_decay,
-    }
-    info = GroupInfo(
-        name="default",
-        rule=None,
-        lr=lr,
-        weight_decay=weight_decay,
-        options={},
-        params=[n for n, _ in trainable],
-        numel=sum(p.numel() for _, p in trainable),
+    """Torch param groups (each with `name`, real `lr` and `weight_decay`) and a report.
+
+    `options` are the optimizer's options as it will see them (signature defaults, then
+    the config); `optimizer` is its name, for messages. Freezing sets requires_grad=False
+    on the model's parameters.
+    """
+    tensors = _named_tensors(model)
+    names = [t.name for t in tensors]
+    problems: list[str] = []
+
+    # Freeze: what the model froze itself is reported apart from what the config froze.
+    frozen_by_model = [t.name for t in tensors if not t.param.requires_grad]
+    frozen_by_config = []
+    for index, pattern in enumerate(config.freeze):
+        hits = [t for t in tensors if _matches(pattern, t)]
+        if not hits:
+            problems.append(_no_match(f"param_groups.freeze.{index}", pattern, names))
+        for tensor in hits:
+            if tensor.param.requires_grad:
+                tensor.param.requires_grad_(False)
+                frozen_by_config.append(tensor.name)
+    trainable = [t for t in tensors if t.param.requires_grad]
+    if not trainable:
+        problems.append("param_groups.freeze: nothing left to train; every parameter is frozen")
+
+    # Rules: first match wins; the rest go to `default`.
+    members: dict[str | None, list[_Tensor]] = {rule.name: [] for rule in config.rules}
+    members[None] = []
+    owner_of: dict[int, RuleConfig] = {}
+    for tensor in trainable:
+        rule = next((r for r in config.rules if _matches(r.match, tensor)), None)
+        members[rule.name if rule else None].append(tensor)
+        if rule:
+            owner_of[id(tensor.param)] = rule
+    for index, rule in enumerate(config.rules):
+        if not members[rule.name]:
+            problems.append(_unused_rule(index, rule, tensors, trainable, owner_of, names))
+        problems += _check_options(index, rule, options, optimizer)
+    if config.no_decay and "weight_decay" not in options:
+        problems.append(f"param_groups.no_decay: {optimizer} has no weight_decay option")
+    if problems:
+        raise UserError(problems)
+
+    groups, infos = [], []
+    specs = [(rule, members[rule.name]) for rule in config.rules] + [(None, members[None])]
+    for rule, group_tensors in specs:
+        if not group_tensors:
+            continue
+        settings = _group_settings(rule, options)
+        for suffix, part in _split_no_decay(group_tensors, config.no_decay, settings):
+            name = (rule.name if rule else "default") + suffix
+            values = {**settings, "weight_decay": 0.0} if suffix else settings
+            groups.append({"params": [t.param for t in part], "name": name, **values})
+            infos.append(
+                GroupInfo(
+                    name=name,
+                    rule=rule.name if rule else None,
+                    lr=values.get("lr"),
+                    weight_decay=values.get("weight_decay"),
+                    options={k: v for k, v in values.items() if k not in ("lr", "weight_decay")},
+                    params=[t.name for t in part],
+                    numel=sum(t.param.numel() for t in part),
+                )
+            )
+    report = GroupsReport(
+        groups=infos,
+        frozen_by_config=frozen_by_config,
+        frozen_by_model=frozen_by_model,
+        rule_hits={rule.name: len(members[rule.name]) for rule in config.rules},
     )
-    return [group], GroupsReport(groups=[info], frozen_by_model=[n for n, _ in frozen])
+    return groups, report
+
+
+def _matches(pattern: str, tensor: _Tensor) -> bool:
+    return any(re.search(pattern, alias) for alias in tensor.aliases)
+
+
+def _no_match(key: str, pattern: str, names: list[str]) -> str:
+    closest = difflib.get_close_matches(pattern, names, n=3, cutoff=0.0)
+    return f"{key}: {pattern!r} matches no parameter; closest names: {', '.join(closest)}"
+
+
+def _unused_rule(
+    index: int,
+    rule: RuleConfig,
+    tensors: list[_Tensor],
+    trainable: list[_Tensor],
+    owner_of: dict[int, RuleConfig],
+    names: list[str],
+) -> str:
+    key = f"param_groups.rules.{index}.match"
+    hits = [t for t in trainable if _matches(rule.match, t)]
+    if hits:
+        earlier = list(dict.fromkeys(owner_of[id(t.param)].name for t in hits))
+        return (
+            f"{key}: rule '{rule.name}' ({rule.match!r}) gets nothing: every tensor it matches "
+            f"was taken by earlier rule(s) {', '.join(repr(n) for n in earlier)}"
+        )
+    if any(_matches(rule.match, t) for t in tensors):
+        return f"{key}: rule '{rule.name}' ({rule.match!r}) matches only frozen parameters"
+    return _no_match(key, rule.match, names)
+
+
+def _check_options(
+    index: int, rule: RuleConfig, options: dict[str, Any], optimizer: str
+) -> list[str]:
+    problems = []
+    for key in ("lr", "weight_decay"):
+        set_here = getattr(rule, key) is not None or getattr(rule, _MULT[key]) is not None
+        if set_here and key not in options:
+            problems.append(f"param_groups.rules.{index}.{key}: {optimizer} has no {key} option")
+    allowed = [k for k in options if k not in ("params", "lr", "weight_decay")]
+    for key in rule.options:
+        if key not in options or key == "params":
+            problems.append(
+                f"param_groups.rules.{index}.{key}: not an option of {optimizer}"
+                f"{did_you_mean(key, allowed)} (options: {', '.join(allowed)})"
+            )
+    return problems
+
+
+_MULT = {"lr": "lr_mult", "weight_decay": "wd_mult"}
+
+
+def _group_settings(rule: RuleConfig | None, options: dict[str, Any]) -> dict[str, Any]:
+    """The real values a group carries: lr and weight_decay (absolute), then rule options."""
+    settings = {key: options[key] for key in ("lr", "weight_decay") if key in options}
+    if rule is None:
+        return settings
+    for key, mult in _MULT.items():
+        if getattr(rule, key) is not None:
+            settings[key] = getattr(rule, key)
+        elif getattr(rule, mult) is not None and key in settings:
+            settings[key] = settings[key] * getattr(rule, mult)
+    return {**settings, **rule.options}
+
+
+def _split_no_decay(
+    tensors: list[_Tensor], kinds: list[str], settings: dict[str, Any]
+) -> list[tuple[str, list[_Tensor]]]:
+    """(suffix, tensors): the decay part ('') and the `.no_decay` part, the empty ones left out."""
+    if not kinds or not settings.get("weight_decay"):
+        return [("", tensors)]
+    decay, no_decay = [], []
+    for tensor in tensors:
+        (no_decay if _is_no_decay(tensor, kinds) else decay).append(tensor)
+    return [(suffix, part) for suffix, part in (("", decay), (".no_decay", no_decay)) if part]
+
+
+def _is_no_decay(tensor: _Tensor, kinds: list[str]) -> bool:
+    return (
+        ("bias" in kinds and tensor.name.rpartition(".")[2] == "bias")
+        or ("norm" in kinds and isinstance(tensor.module, NORM_LAYERS))
+        or ("1d" in kinds and tensor.param.ndim <= 1)
+    )

@@ -170,17 +170,20 @@ def check_component(kind: str, name: str, kwargs: dict[str, Any], *, key: str) -
     return check_arguments(fn, kwargs, key=key, kind=kind)
 
 
-def check_components(config: Any) -> list[str]:
-    """Every name and keyword argument of the config's components, checked without building."""
-    sections = [
-        ("models", "model", config.model),
-        ("datasets", "data", config.data),
-        ("losses", "loss", config.loss),
-        ("optimizers", "optimizer", config.optimizer),
-        ("schedulers", "scheduler", config.scheduler),
-    ]
+SECTION_KINDS = {
+    "model": "models",
+    "data": "datasets",
+    "loss": "losses",
+    "optimizer": "optimizers",
+    "scheduler": "schedulers",
+}
+
+
+def check_components(config: Any, sections: Iterable[str] = tuple(SECTION_KINDS)) -> list[str]:
+    """Names and keyword arguments of the config's components, checked without building."""
     problems = []
-    for kind, key, section in sections:
+    for key in sections:
+        section = getattr(config, key)
         if section is not None:
-            problems += check_component(kind, section.name, section.kwargs, key=key)
+            problems += check_component(SECTION_KINDS[key], section.name, section.kwargs, key=key)
     return problems

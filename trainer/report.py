@@ -18,6 +18,14 @@ if TYPE_CHECKING:
     from trainer.param_groups import GroupsReport
 
 
+def make_console(**kwargs: Any) -> Console:
+    """A console for tables and lines; off a terminal it is wide, so tables are not squeezed."""
+    console = Console(highlight=False, **kwargs)
+    if not console.is_terminal:
+        console.width = max(console.width, 160)
+    return console
+
+
 def number(value: Any) -> str:
     """Metrics and hyperparameters in a short, exact-enough form."""
     if isinstance(value, float):
@@ -44,6 +52,55 @@ def groups_table(report: GroupsReport) -> Table:
     return table
 
 
+def groups_footer(report: GroupsReport) -> str:
+    """Frozen counts (by the config, by the model) and rule hits, below the groups table."""
+    lines = [
+        f"frozen: {len(report.frozen_by_config)} tensors by param_groups.freeze, "
+        f"{len(report.frozen_by_model)} by the model"
+    ]
+    if report.rule_hits:
+        hits = ", ".join(f"{rule} {count}" for rule, count in report.rule_hits.items())
+        lines.append(f"rule hits (tensors): {hits}")
+    return "\n".join(lines)
+
+
+def names_table(report: GroupsReport, model: Any) -> Table:
+    """Every parameter with its shape and group (or why it is frozen)."""
+    from trainer.param_groups import clean_name
+
+    where = {name: group.name for group in report.groups for name in group.params}
+    where |= {name: "frozen (param_groups.freeze)" for name in report.frozen_by_config}
+    where |= {name: "frozen (by the model)" for name in report.frozen_by_model}
+    table = Table(title="parameters", title_justify="left")
+    for column in ("parameter", "shape", "group"):
+        table.add_column(column)
+    for raw_name, param in model.named_parameters():
+        name = clean_name(raw_name)
+        table.add_row(name, "x".join(map(str, param.shape)) or "scalar", where[name])
+    return table
+
+
+def checkpoint_summary(checkpoint: dict[str, Any]) -> str:
+    """What `trainer inspect` prints: position, lr per group, metrics, best, config."""
+    import yaml
+
+    groups = checkpoint["optimizer"]["param_groups"]
+    best = checkpoint["best"]
+    lines = [
+        f"epoch: {checkpoint['epoch']} completed, step: {checkpoint['step']}, "
+        f"batch_in_epoch: {checkpoint['batch_in_epoch']}",
+        "lr: " + ", ".join(f"{g.get('name', i)} {number(g['lr'])}" for i, g in enumerate(groups)),
+        "groups: " + ", ".join(f"{n} ({len(p)} tensors)" for n, p in checkpoint["groups"].items()),
+        "metrics: " + "  ".join(f"{k} {number(v)}" for k, v in checkpoint["metrics"].items()),
+        f"best: {best['monitor']} {number(best['value'])} at epoch {best['epoch']}"
+        if best
+        else "best: -",
+        "config:",
+        yaml.safe_dump(checkpoint["config"], sort_keys=False).rstrip(),
+    ]
+    return "\n".join(lines)
+
+
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
     """The per-epoch summary: every metric of the epoch on one line."""
     parts = [f"epoch {record['epoch']}/{epochs}"]
@@ -55,7 +112,7 @@ class Reporter:
     """Prints a run's progress: a rich bar on a terminal, periodic plain lines otherwise."""
 
     def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console()
+        self.console = console or make_console()
         self.live = self.console.is_terminal
         self._progress: Progress | None = None
         self._task: Any = None
@@ -66,12 +123,7 @@ class Reporter:
 
     def groups(self, report: GroupsReport) -> None:
         self.console.print(groups_table(report))
-        frozen = len(report.frozen_by_config) + len(report.frozen_by_model)
-        if frozen:
-            self.note(
-                f"frozen: {len(report.frozen_by_config)} tensors by "
-                f"param_groups.freeze, {len(report.frozen_by_model)} by the model"
-            )
+        self.note(groups_footer(report))
 
     def note(self, text: str) -> None:
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)
