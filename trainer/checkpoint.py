@@ -124,6 +124,7 @@ def make_checkpoint(
     groups: dict[str, list[str]],
     metrics: dict[str, Any],
     best: dict[str, Any] | None,
+    early_stopping: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict: every key of KEYS, nothing that needs pickle to load."""
     return {
@@ -140,6 +141,7 @@ def make_checkpoint(
         "groups": groups,
         "metrics": dict(metrics),
         "best": best,
+        "early_stopping": early_stopping,
     }
 
 

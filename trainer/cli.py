@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from trainer.errors import Interrupted, UserError
+from trainer.errors import Interrupted, TrainingError, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -47,6 +47,11 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             for problem in err.problems:
                 stderr.print(f"error: {problem}")
             raise typer.Exit(2) from None
+        except TrainingError as err:
+            Console(stderr=True, markup=False, highlight=False, soft_wrap=True).print(
+                f"error: {err}"
+            )
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             Console(stderr=True).print("interrupted")
             raise typer.Exit(130) from None
@@ -99,7 +104,7 @@ def evaluate(
     import json
 
     from trainer.config import load_config
-    from trainer.loop import evaluate_checkpoint
+    from trainer.evaluate import evaluate_checkpoint
     from trainer.report import number
 
     metrics = evaluate_checkpoint(load_config(config, overrides or []), checkpoint)
@@ -136,7 +141,7 @@ def groups(
     from trainer.config import load_config
     from trainer.optim import plan_param_groups
 
-    model, groups_report = plan_param_groups(load_config(config, overrides or []))
+    model, _, groups_report = plan_param_groups(load_config(config, overrides or []))
     if as_json:
         sys.stdout.write(json.dumps(groups_report.to_json(), indent=2) + "\n")
         return
@@ -145,6 +150,36 @@ def groups(
     console.print(report.groups_footer(groups_report), markup=False)
     if names:
         console.print(report.names_table(groups_report, model))
+
+
+@app.command()
+@user_errors
+def schedule(
+    config: ConfigPath,
+    overrides: Overrides = None,
+    steps: Annotated[bool, typer.Option("--steps", help="Per optimizer step.")] = False,
+    plot: Annotated[str | None, typer.Option(help="Write a picture (needs matplotlib).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the lr of every group per epoch (or step) without loading data or training."""
+    import json
+
+    from trainer import report
+    from trainer.config import load_config
+    from trainer.schedulers import plan_schedule
+
+    table, notes = plan_schedule(load_config(config, overrides or []), per_step=steps)
+    unit = "step" if steps else "epoch"
+    if plot:
+        report.plot_schedule(table, unit, plot)
+    if as_json:
+        sys.stdout.write(json.dumps({"interval": unit, "lr": table}) + "\n")
+        return
+    console = report.make_console()
+    console.print(report.schedule_table(table, unit))
+    console.print(report.schedule_chart(table, unit), markup=False)
+    for note in notes + ([f"wrote {plot}"] if plot else []):
+        console.print(note, markup=False)
 
 
 @app.command("config")

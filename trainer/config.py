@@ -10,10 +10,11 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -23,6 +24,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from trainer.errors import UserError, did_you_mean
@@ -70,9 +72,47 @@ class OptimizerConfig(Component):
     name: str = "SGD"
 
 
+EPOCH_METRICS = ("train/loss", "val/loss", "val/acc")
+
+
+def _check_monitor(monitor: str) -> str:
+    if monitor not in EPOCH_METRICS:
+        raise ValueError(
+            f"{monitor!r} is not a logged metric (metrics: {', '.join(EPOCH_METRICS)})"
+        )
+    return monitor
+
+
+class WarmupConfig(Section):
+    """A LinearLR warmup from `start_factor` x lr, composed with the scheduler by SequentialLR."""
+
+    steps: PositiveInt | None = None
+    epochs: PositiveInt | None = None
+    start_factor: float = Field(default=0.1, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> WarmupConfig:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("set one of warmup.steps or warmup.epochs")
+        return self
+
+
 class SchedulerConfig(Component):
     interval: Literal["epoch", "step"] = "epoch"
     monitor: str | None = None
+    warmup: WarmupConfig | None = None
+
+    _monitor = field_validator("monitor")(
+        classmethod(lambda cls, v: v if v is None else _check_monitor(v))
+    )
+
+    @model_validator(mode="after")
+    def _fits(self) -> SchedulerConfig:
+        if self.monitor is not None and self.name != "ReduceLROnPlateau":
+            raise ValueError("monitor is for ReduceLROnPlateau only")
+        if self.warmup and self.warmup.steps and self.interval == "epoch":
+            raise ValueError("warmup.steps needs interval: step (or use warmup.epochs)")
+        return self
 
 
 def _check_regex(pattern: str) -> str:
@@ -89,13 +129,18 @@ class RuleConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str
-    match: str
+    match: Regex
     lr: PositiveFloat | None = None
     lr_mult: PositiveFloat | None = None
     weight_decay: float | None = Field(default=None, ge=0)
     wd_mult: float | None = Field(default=None, ge=0)
 
-    _regex = field_validator("match")(classmethod(lambda cls, v: _check_regex(v)))
+    @field_validator("name")
+    @classmethod
+    def _own_name(cls, name: str) -> str:
+        if name == "default" or name.endswith(".no_decay"):
+            raise ValueError("'default' and '<name>.no_decay' name the runner's own groups")
+        return name
 
     @field_validator("lr_mult", "wd_mult")
     @classmethod
@@ -111,15 +156,13 @@ class RuleConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+Regex = Annotated[str, AfterValidator(_check_regex)]
+
+
 class ParamGroupsConfig(Section):
-    freeze: list[str] = []
+    freeze: list[Regex] = []
     no_decay: list[Literal["bias", "norm", "1d"]] = []
     rules: list[RuleConfig] = []
-
-    @field_validator("freeze")
-    @classmethod
-    def _regexes(cls, patterns: list[str]) -> list[str]:
-        return [_check_regex(p) for p in patterns]
 
     @field_validator("rules")
     @classmethod
@@ -134,12 +177,27 @@ class ParamGroupsConfig(Section):
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
+class EarlyStoppingConfig(Section):
+    monitor: str = "val/loss"
+    patience: PositiveInt = 3
+    mode: Literal["min", "max"] = "min"
+    min_delta: float = Field(default=0.0, ge=0)
+
+    _monitor = field_validator("monitor")(classmethod(lambda cls, v: _check_monitor(v)))
+
+
 class TrainerConfig(Section):
     epochs: PositiveInt = 10
+    max_steps: PositiveInt | None = None
     device: str = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     accumulate: PositiveInt = 1
     clip_grad_norm: PositiveFloat | None = None
+    clip_grad_value: PositiveFloat | None = None
+    compile: bool = False
+    channels_last: bool = False
+    early_stopping: EarlyStoppingConfig | None = None
+    skip_nonfinite: bool = False
     log_every: PositiveInt = 50
     out_dir: str | None = None
 
@@ -157,6 +215,8 @@ class CheckpointConfig(Section):
     keep_last: NonNegativeInt | None = 3
     monitor: str = "val/loss"
     mode: Literal["min", "max"] = "min"
+
+    _monitor = field_validator("monitor")(classmethod(lambda cls, v: _check_monitor(v)))
 
 
 class Config(Section):

@@ -6,9 +6,11 @@ an epoch and skip the batches it already trained on without loading them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -105,6 +107,11 @@ def shapes(
 BUILT_IN = {"shapes": shapes}
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 32-bit seed mixed from both numbers (torch's CPU generator keeps only 32 bits)."""
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch]).generate_state(1)[0])
+
+
 class EpochSampler(Sampler[int]):
     """Indices of one epoch, in an order fixed by (seed, epoch); can start part-way through."""
 
@@ -120,7 +127,7 @@ class EpochSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
             return iter(range(self.start, self.size))
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         return iter(torch.randperm(self.size, generator=generator)[self.start :].tolist())
 
     def __len__(self) -> int:
@@ -135,6 +142,13 @@ def build_datasets(config: DataConfig) -> tuple[Dataset, Dataset]:
         registry.build("datasets", config.name, config.kwargs, key="data", train=train)
         for train in (True, False)
     )
+
+
+def train_set_size(config: DataConfig) -> int:
+    """The number of training samples (builds the training set, loads no batch)."""
+    from trainer import registry
+
+    return len(registry.build("datasets", config.name, config.kwargs, key="data", train=True))
 
 
 def build_loaders(
@@ -161,7 +175,12 @@ def build_loaders(
     return train, val
 
 
+def batches_per_epoch(loader: DataLoader) -> int:
+    """Batches in a whole epoch, wherever the sampler starts now."""
+    return math.ceil(loader.sampler.size / loader.batch_size)
+
+
 def start_epoch(loader: DataLoader, epoch: int, *, seed: int, skip_batches: int = 0) -> None:
     """Fix the epoch's sample order and worker seeds; skip batches a resumed run already did."""
     loader.sampler.set_epoch(epoch, start=skip_batches * loader.batch_size)
-    loader.generator.manual_seed(seed + epoch)
+    loader.generator.manual_seed(epoch_seed(seed, epoch))

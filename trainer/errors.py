@@ -33,3 +33,7 @@ class Interrupted(Exception):
     def __init__(self, checkpoint: str) -> None:
         self.checkpoint = checkpoint
         super().__init__(f"interrupted; saved {checkpoint}")
+
+
+class TrainingError(Exception):
+    """Training failed in a way the user should hear about without a traceback: exit 1."""

@@ -1,13 +1,17 @@
 """`trainer fit`: the training loop, readable top to bottom.
 
 Building, files and printing live in their own modules; what stays here is the order of
-things: zero_grad → forward → backward → (clip) → step per window of batches, the scheduler
-per step or per epoch, validation and checkpoints per epoch, and where a resume picks up.
+things. Per batch: zero_grad at the start of a window of `accumulate` batches, forward,
+backward, and at the window's end (clip) → optimizer.step → scheduler.step for
+`interval: step`. Per epoch: validation → scheduler.step for `interval: epoch` (or on the
+monitor for ReduceLROnPlateau) → checkpoints → early stopping.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,17 +21,20 @@ from rich.console import Console
 
 from trainer.checkpoint import make_checkpoint, save_checkpoints, seed_everything
 from trainer.config import Config, config_to_yaml
-from trainer.data import build_loaders, start_epoch
+from trainer.data import batches_per_epoch, build_loaders, start_epoch
 from trainer.device import autocast, check_precision, grad_scaler, pick_device
-from trainer.errors import Interrupted, UserError
+from trainer.errors import Interrupted, TrainingError, UserError
+from trainer.evaluate import evaluate
 from trainer.interrupt import StopRequests
 from trainer.models import build_model
-from trainer.optim import build_loss, build_optimizer, build_scheduler, optimizer_defaults
-from trainer.param_groups import build_param_groups
+from trainer.monitor import EarlyStopping, improved_best
+from trainer.optim import build_loss, build_optimizer, needs_closure, optimizer_defaults
+from trainer.param_groups import GroupsReport, build_param_groups
 from trainer.registry import check_components
 from trainer.report import Reporter
 from trainer.resume import Position, find_checkpoint, restore
 from trainer.rundir import MetricsFile, fresh_run_dir
+from trainer.schedulers import build_scheduler, steps_per_epoch, warnings_for
 
 
 @dataclass
@@ -36,6 +43,38 @@ class FitResult:
     epoch: int
     step: int
     metrics: dict[str, Any]
+
+
+@dataclass
+class Run:
+    """What one training run is made of; built once, from the config, by `build_run`."""
+
+    config: Config
+    device: torch.device
+    module: torch.nn.Module  # the model as built: its state_dict has the plain names
+    model: torch.nn.Module  # what runs forward: `module`, or torch.compile(module)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    loss_fn: torch.nn.Module
+    train_loader: Any
+    val_loader: Any
+    groups: GroupsReport
+    closure: bool  # the optimizer's step() evaluates the loss itself (LBFGS)
+
+    @property
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def rebuild_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        settings = self.config.trainer
+        return build_scheduler(
+            self.config.scheduler,
+            optimizer,
+            epochs=settings.epochs,
+            steps=steps_per_epoch(batches_per_epoch(self.train_loader), settings.accumulate),
+            max_steps=settings.max_steps,
+        )
 
 
 def fit(
@@ -48,44 +87,27 @@ def fit(
     """Train as `config` says (from a checkpoint with `resume`); returns the run and metrics."""
     report = Reporter(console)
     device, reason = pick_device(config.trainer.device)
-    check_precision(config.trainer.precision, device)
-    problems = check_components(config)
-    if problems:
-        raise UserError(problems)
+    check_before_building(config, device)
     run_base = Path(config.trainer.out_dir or f"runs/{config.name}")
     checkpoint_path, checkpoint, notes = (
         find_checkpoint(resume, run_base=run_base) if resume else (None, None, [])
     )
     report.device(device, reason)
-
-    # Build: model → param groups → optimizer → scheduler (the order resume relies on).
-    seed_everything(config.seed)
-    model = build_model(config.model).to(device)
-    groups, groups_report = build_param_groups(
-        model,
-        optimizer_defaults(config.optimizer),
-        config.param_groups,
-        optimizer=config.optimizer.name,
-    )
-    optimizer = build_optimizer(config.optimizer, groups)
-    scheduler = build_scheduler(config.scheduler, optimizer)
-    loss_fn = build_loss(config.loss).to(device)
-    scaler = grad_scaler(config.trainer.precision, device)
-    train_loader, val_loader = build_loaders(config.data, seed=config.seed, device=device)
-    report.groups(groups_report)
+    run = build_run(config, device)
+    report.groups(run.groups)
 
     position = Position()
     if checkpoint is not None:
-        position, scheduler, restored = restore(
+        position, run.scheduler, restored = restore(
             checkpoint,
-            model=model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler,
+            model=run.module,
+            optimizer=run.optimizer,
+            scheduler=run.scheduler,
+            scaler=run.scaler,
             config=config,
-            manifest=groups_report.manifest(),
+            manifest=run.groups.manifest(),
             reset_optimizer=reset_optimizer,
-            rebuild_scheduler=lambda opt: build_scheduler(config.scheduler, opt),
+            rebuild_scheduler=run.rebuild_scheduler,
         )
         run_dir = checkpoint_path.parent.parent
         notes += [
@@ -96,130 +118,96 @@ def fit(
     else:
         run_dir = fresh_run_dir(run_base)
         (run_dir / "config.yaml").write_text(config_to_yaml(config), encoding="utf-8")
-    for note in notes:
+    for note in [*notes, *warnings_for(config.scheduler), f"run directory: {run_dir}"]:
         report.note(note)
-    report.note(f"run directory: {run_dir}")
+    if config.trainer.compile:
+        run.model = torch.compile(run.module)
     metrics_file = MetricsFile(run_dir / "metrics.jsonl")
 
     settings = config.trainer
-    trainable = [p for group in groups for p in group["params"]]
-    interval = config.scheduler.interval if config.scheduler else None
-    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-    batches = len(train_loader)
-    step, best, record = position.step, position.best, {}
-    window_loss = torch.zeros((), device=device)  # summed on the device; read every log_every
+    batches = batches_per_epoch(run.train_loader)
+    best, record = position.best, {}
+    stopping = (
+        EarlyStopping(**settings.early_stopping.model_dump()) if (settings.early_stopping) else None
+    )
+    if stopping and checkpoint is not None and checkpoint.get("early_stopping"):
+        stopping.load_state_dict(checkpoint["early_stopping"])
 
-    def checkpoint_now(epoch: int, batch_in_epoch: int, epoch_loss: float) -> dict[str, Any]:
-        return make_checkpoint(
-            model=model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler,
-            epoch=epoch,
-            step=step,
+    def save(epoch_done: int, batch_in_epoch: int, epoch_loss: float, is_best: bool) -> None:
+        checkpoint = make_checkpoint(
+            model=run.module,
+            optimizer=run.optimizer,
+            scheduler=run.scheduler,
+            scaler=run.scaler,
+            epoch=epoch_done,
+            step=position.step,
             batch_in_epoch=batch_in_epoch,
             epoch_loss=epoch_loss,
             config=config,
-            groups=groups_report.manifest(),
+            groups=run.groups.manifest(),
             metrics=record,
             best=best,
+            early_stopping=stopping.state_dict() if stopping else None,
         )
+        save_checkpoints(run_dir / "checkpoints", checkpoint, config.checkpoint, is_best=is_best)
+
+    def log(step_record: dict[str, Any], batch: int, samples_per_s: float) -> None:
+        metrics_file.write(step_record)
+        report.log(step_record, batch=batch, batches=batches, samples_per_s=samples_per_s)
 
     with StopRequests() as stop:
         for epoch in range(position.epoch + 1, settings.epochs + 1):
             skip = position.batch_in_epoch if epoch == position.epoch + 1 else 0
-            start_epoch(train_loader, epoch, seed=config.seed, skip_batches=skip)
             report.start_epoch(epoch, settings.epochs, batches, done=skip)
-            model.train()
-            epoch_loss = position.epoch_loss if skip else 0.0
-            logged, samples = skip, 0
-            started = time.perf_counter()
-
-            for batch, (inputs, targets) in enumerate(train_loader, start=skip):
-                inputs = inputs.to(device, non_blocking=True)
-                targets = targets.to(device, non_blocking=True)
-                # Gradients add up over a window of `accumulate` batches (shorter at the end).
-                window_start = batch - batch % settings.accumulate
-                window = min(settings.accumulate, batches - window_start)
-                if batch == window_start:
-                    optimizer.zero_grad(set_to_none=True)
-
-                with autocast(settings.precision, device):
-                    loss = loss_fn(model(inputs), targets)
-                scaler.scale(loss / window if window > 1 else loss).backward()
-                window_loss += loss.detach()
-                samples += inputs.shape[0]
-                report.advance()
-                if batch + 1 < window_start + window:
-                    continue
-
-                if settings.clip_grad_norm is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(trainable, settings.clip_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
-                lrs = learning_rates(optimizer) if step % settings.log_every == 0 else None
-                if interval == "step" and not plateau:
-                    scheduler.step()
-
-                every_steps = config.checkpoint.every_steps
-                mid_epoch_save = batch + 1 < batches and (
-                    stop.requested or (every_steps is not None and step % every_steps == 0)
-                )
-                if lrs is not None or mid_epoch_save:  # the only host syncs of the hot path
-                    mean = window_loss.item() / (batch + 1 - logged)
-                    epoch_loss += mean * (batch + 1 - logged)
-                    logged = batch + 1
-                    window_loss.zero_()
-                if lrs is not None:
-                    step_record = {"epoch": epoch, "step": step, "train/loss": mean, **lrs}
-                    metrics_file.write(step_record)
-                    report.log(
-                        step_record,
-                        batch=batch + 1,
-                        batches=batches,
-                        samples_per_s=samples / (time.perf_counter() - started),
-                    )
-                if mid_epoch_save:
-                    save_checkpoints(
-                        run_dir / "checkpoints",
-                        checkpoint_now(epoch - 1, batch + 1, epoch_loss),
-                        config.checkpoint,
-                        is_best=False,
-                    )
-                if stop.requested and batch + 1 < batches:
-                    report.stop()
-                    raise Interrupted(str(run_dir / "checkpoints" / "last.pt"))
-
-            epoch_loss += window_loss.item()
-            window_loss.zero_()
-            seconds = time.perf_counter() - started
-            lrs = learning_rates(optimizer)
+            lrs = learning_rates(run.optimizer)  # the lr of the epoch's first step
+            trained = train_epoch(
+                run,
+                position,
+                epoch,
+                skip=skip,
+                stop=stop,
+                report=report,
+                log=log,
+                save_mid_epoch=lambda batch, loss, e=epoch: save(e - 1, batch, loss, False),
+            )
+            if trained.stopped_by_signal:
+                report.stop()
+                raise Interrupted(str(run_dir / "checkpoints" / "last.pt"))
 
             # Validation, then the epoch-interval scheduler (the plateau one on its monitor).
             record = {
                 "epoch": epoch,
-                "step": step,
-                "train/loss": epoch_loss / batches,
-                **evaluate(model, val_loader, loss_fn, device, settings.precision),
+                "step": position.step,
+                "train/loss": trained.loss_sum / max(trained.batches, 1),
+                **evaluate(run.model, run.val_loader, run.loss_fn, device, settings.precision),
                 **lrs,
-                "train/samples_per_s": samples / seconds,
+                "train/samples_per_s": trained.samples / trained.seconds,
             }
-            if plateau:
-                scheduler.step(record[config.scheduler.monitor or "val/loss"])
-            elif interval == "epoch":
-                scheduler.step()
+            check_finite(record["train/loss"], position.step)
+            whole_epoch = trained.batches == batches
+            if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                run.scheduler.step(record[config.scheduler.monitor or "val/loss"])
+            elif (
+                run.scheduler is not None and config.scheduler.interval == "epoch" and (whole_epoch)
+            ):
+                run.scheduler.step()
             metrics_file.write(record)
             report.end_epoch(record)
 
             best = improved_best(best, record, config.checkpoint.monitor, config.checkpoint.mode)
-            save_checkpoints(
-                run_dir / "checkpoints",
-                checkpoint_now(epoch, 0, 0.0),
-                config.checkpoint,
-                is_best=best is not None and best["epoch"] == epoch,
-            )
+            is_best = best is not None and best["epoch"] == epoch
+            if whole_epoch:
+                save(epoch, 0, 0.0, is_best)
+            else:  # stopped by trainer.max_steps: a mid-epoch checkpoint resumes exactly
+                save(epoch - 1, trained.batches, trained.loss_sum, is_best)
+                report.note(f"trainer.max_steps={settings.max_steps} reached")
+                break
+            if stopping is not None and stopping.update(record):
+                report.note(
+                    f"early stopping: {stopping.monitor} did not improve by "
+                    f"{stopping.min_delta} for {stopping.patience} epochs"
+                )
+                break
             if stop.requested and epoch < settings.epochs:
                 raise Interrupted(str(run_dir / "checkpoints" / "last.pt"))
 
@@ -229,73 +217,209 @@ def fit(
             f"nothing to train: the checkpoint has {position.epoch} of "
             f"trainer.epochs={settings.epochs} epochs; raise trainer.epochs to go on"
         )
-    report.note(f"done: epoch {settings.epochs}, step {step}; run directory {run_dir}")
-    return FitResult(run_dir=run_dir, epoch=settings.epochs, step=step, metrics=record)
+    report.note(f"done: step {position.step}; run directory {run_dir}")
+    return FitResult(
+        run_dir=run_dir,
+        epoch=record.get("epoch", position.epoch),
+        step=position.step,
+        metrics=record,
+    )
+
+
+@dataclass
+class EpochResult:
+    loss_sum: float  # summed batch losses of the epoch (with those before a resume)
+    batches: int  # batches of the epoch trained so far
+    samples: int  # samples trained in this call
+    seconds: float
+    stopped_by_signal: bool
+
+
+def train_epoch(
+    run: Run,
+    position: Position,
+    epoch: int,
+    *,
+    skip: int,
+    stop: StopRequests,
+    report: Reporter,
+    log: Callable[[dict[str, Any], int, float], None],
+    save_mid_epoch: Callable[[int, float], None],
+) -> EpochResult:
+    """One epoch of optimizer steps from batch `skip` on; advances `position.step`."""
+    config, settings, device = run.config, run.config.trainer, run.device
+    model, optimizer, scaler, scheduler = run.model, run.optimizer, run.scaler, run.scheduler
+    step_scheduler = (
+        scheduler is not None
+        and config.scheduler.interval == "step"
+        and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    )
+    every_steps, max_steps = config.checkpoint.every_steps, settings.max_steps
+    batches, accumulate, trainable = (
+        batches_per_epoch(run.train_loader),
+        settings.accumulate,
+        run.trainable,
+    )
+    window_loss = torch.zeros((), device=device)  # summed on the device; read at sync points
+    epoch_loss = position.epoch_loss if skip else 0.0
+    synced, skipped, samples, batch = skip, 0, 0, skip - 1
+    grad_norm = None
+    start_epoch(run.train_loader, epoch, seed=config.seed, skip_batches=skip)
+    model.train()
+    started = time.perf_counter()
+
+    def forward_backward(inputs: torch.Tensor, targets: torch.Tensor, divide: int) -> torch.Tensor:
+        with autocast(settings.precision, device):
+            loss = run.loss_fn(model(inputs), targets)
+        scaler.scale(loss / divide if divide > 1 else loss).backward()
+        return loss
+
+    def clip(measure: bool) -> torch.Tensor | None:
+        """Clip as configured; returns the pre-clip grad norm when it is known or `measure`d."""
+        if settings.clip_grad_norm is None and settings.clip_grad_value is None:
+            return None
+        scaler.unscale_(optimizer)
+        if settings.clip_grad_norm is not None:
+            return torch.nn.utils.clip_grad_norm_(trainable, settings.clip_grad_norm)
+        grads = [p.grad for p in trainable if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if measure else None
+        torch.nn.utils.clip_grad_value_(trainable, settings.clip_grad_value)
+        return norm
+
+    for batch, (inputs, targets) in enumerate(run.train_loader, start=skip):
+        inputs = inputs.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if settings.channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        samples += inputs.shape[0]
+        report.advance()
+        logging = (position.step + 1) % settings.log_every == 0
+        stepped = True
+
+        if run.closure:
+            # LBFGS-style: the optimizer re-evaluates the loss itself, several times a step.
+            def closure(x: torch.Tensor = inputs, y: torch.Tensor = targets) -> torch.Tensor:
+                optimizer.zero_grad(set_to_none=True)
+                loss = forward_backward(x, y, 1)
+                clip(False)
+                return loss
+
+            window_loss += optimizer.step(closure).detach()
+        else:
+            # A window of `accumulate` batches: zero the grads at its start, step at its end.
+            window_start = batch - batch % accumulate
+            window = min(accumulate, batches - window_start)
+            if batch == window_start:
+                optimizer.zero_grad(set_to_none=True)
+            loss = forward_backward(inputs, targets, window)
+            if settings.skip_nonfinite and not torch.isfinite(loss):  # a host sync, by choice
+                skipped += 1
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                window_loss += loss.detach()
+            if batch + 1 < window_start + window:
+                continue
+            grad_norm = clip(logging)
+            scale = scaler.get_scale() if scaler.is_enabled() else None
+            scaler.step(optimizer)
+            scaler.update()
+            stepped = scale is None or scaler.get_scale() >= scale  # fp16: inf grads skip
+        position.step += 1
+        lrs = learning_rates(optimizer) if logging else None
+        if step_scheduler and stepped:
+            scheduler.step()
+
+        last_batch = batch + 1 == batches
+        reached_max = max_steps is not None and position.step >= max_steps
+        save_now = every_steps is not None and position.step % every_steps == 0
+        if logging or (not last_batch and (stop.requested or reached_max or save_now)):
+            total = window_loss.item()  # the hot path's only host sync, every log_every steps
+            check_finite(total, position.step)
+            mean = total / max(batch + 1 - synced - skipped, 1)
+            epoch_loss += total
+            synced, skipped = batch + 1, 0
+            window_loss.zero_()
+        if logging:
+            record = {"epoch": epoch, "step": position.step, "train/loss": mean, **lrs}
+            if grad_norm is not None:
+                record["train/grad_norm"] = float(grad_norm)
+            log(record, batch + 1, samples / (time.perf_counter() - started))
+        if last_batch:
+            break
+        if stop.requested:
+            save_mid_epoch(batch + 1, epoch_loss)
+            return EpochResult(epoch_loss, batch + 1, samples, 0.0, stopped_by_signal=True)
+        if reached_max:
+            break  # fit validates, then writes the mid-epoch checkpoint
+        if save_now:
+            save_mid_epoch(batch + 1, epoch_loss)
+
+    epoch_loss += window_loss.item()
+    seconds = time.perf_counter() - started
+    return EpochResult(epoch_loss, batch + 1, samples, seconds, stopped_by_signal=False)
+
+
+def check_before_building(config: Config, device: torch.device) -> None:
+    """Every problem the config can be found to have before anything is built."""
+    check_precision(config.trainer.precision, device)
+    problems = check_components(config)
+    if not problems and needs_closure(config.optimizer):
+        name = config.optimizer.name
+        if config.trainer.accumulate > 1:
+            problems.append(
+                f"trainer.accumulate: {name} evaluates the loss itself in "
+                "step(closure), so it cannot accumulate gradients; use accumulate: 1"
+            )
+        if config.trainer.precision == "fp16":
+            problems.append(
+                f"trainer.precision: fp16 needs a GradScaler, which {name}'s "
+                "step(closure) does not support; use bf16 or fp32"
+            )
+    if problems:
+        raise UserError(problems)
+
+
+def build_run(config: Config, device: torch.device) -> Run:
+    """Build in the order resume relies on: model → param groups → optimizer → scheduler."""
+    seed_everything(config.seed)
+    module = build_model(config.model).to(device)
+    if config.trainer.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    groups, groups_report = build_param_groups(
+        module,
+        optimizer_defaults(config.optimizer),
+        config.param_groups,
+        optimizer=config.optimizer.name,
+    )
+    optimizer = build_optimizer(config.optimizer, groups)
+    train_loader, val_loader = build_loaders(config.data, seed=config.seed, device=device)
+    run = Run(
+        config=config,
+        device=device,
+        module=module,
+        model=module,
+        optimizer=optimizer,
+        scheduler=None,
+        scaler=grad_scaler(config.trainer.precision, device),
+        loss_fn=build_loss(config.loss).to(device),
+        train_loader=train_loader,
+        val_loader=val_loader,
+        groups=groups_report,
+        closure=needs_closure(config.optimizer),
+    )
+    run.scheduler = run.rebuild_scheduler(optimizer)
+    return run
+
+
+def check_finite(loss: float, step: int) -> None:
+    """Stop on a NaN or inf loss; the last checkpoint written stays the last good one."""
+    if not math.isfinite(loss):
+        raise TrainingError(
+            f"train/loss is {loss} by step {step}: training stopped, the last good checkpoint "
+            "is kept (set trainer.skip_nonfinite: true to skip such steps instead)"
+        )
 
 
 def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """`lr/<group>` for every param group."""
     return {f"lr/{group['name']}": float(group["lr"]) for group in optimizer.param_groups}
-
-
-@torch.no_grad()
-def evaluate(
-    model: torch.nn.Module,
-    loader: Any,
-    loss_fn: torch.nn.Module,
-    device: torch.device,
-    precision: str,
-) -> dict[str, float]:
-    """`val/loss`, and `val/acc` when targets are class indices; one host sync at the end."""
-    model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    count, classify = 0, True
-    for inputs, targets in loader:
-        inputs = inputs.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        with autocast(precision, device):
-            outputs = model(inputs)
-            loss = loss_fn(outputs, targets)
-        loss_sum += loss.float() * inputs.shape[0]
-        count += inputs.shape[0]
-        classify = classify and not targets.is_floating_point()
-        classify = classify and outputs.dim() == targets.dim() + 1
-        if classify:
-            correct += (outputs.argmax(dim=1) == targets).sum()
-    metrics = {"val/loss": loss_sum.item() / max(count, 1)}
-    if classify and count:
-        metrics["val/acc"] = correct.item() / count
-    return metrics
-
-
-def evaluate_checkpoint(config: Config, path: str) -> dict[str, float]:
-    """Validation metrics of a checkpoint's weights (`trainer eval`)."""
-    from trainer.checkpoint import load_checkpoint
-    from trainer.resume import model_changes
-
-    problems = check_components(config, sections=("model", "data", "loss"))
-    if problems:
-        raise UserError(problems)
-    checkpoint = load_checkpoint(path)
-    device, _ = pick_device(config.trainer.device)
-    model = build_model(config.model, load_weights=False)
-    mismatch = model_changes(checkpoint["model"], model)
-    if mismatch:
-        raise UserError([f"--checkpoint: {path} does not fit the configured model:", *mismatch])
-    model.load_state_dict(checkpoint["model"])
-    _, val_loader = build_loaders(config.data, seed=config.seed, device=device)
-    loss_fn = build_loss(config.loss).to(device)
-    return evaluate(model.to(device), val_loader, loss_fn, device, config.trainer.precision)
-
-
-def improved_best(
-    best: dict[str, Any] | None, record: dict[str, Any], monitor: str, mode: str
-) -> dict[str, Any] | None:
-    """The best-so-far entry after this epoch's record (unchanged if it did not improve)."""
-    value = record.get(monitor)
-    if value is None:
-        return best
-    if best is None or (value < best["value"] if mode == "min" else value > best["value"]):
-        return {"monitor": monitor, "mode": mode, "value": value, "epoch": record["epoch"]}
-    return best

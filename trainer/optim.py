@@ -13,7 +13,7 @@ from trainer.param_groups import GroupsReport, build_param_groups
 if TYPE_CHECKING:
     import torch
 
-    from trainer.config import Config, LossConfig, OptimizerConfig, SchedulerConfig
+    from trainer.config import Config, LossConfig, OptimizerConfig
 
 
 def optimizer_defaults(config: OptimizerConfig) -> dict[str, Any]:
@@ -27,7 +27,9 @@ def optimizer_defaults(config: OptimizerConfig) -> dict[str, Any]:
     return {**defaults, **config.kwargs}
 
 
-def plan_param_groups(config: Config) -> tuple[torch.nn.Module, GroupsReport]:
+def plan_param_groups(
+    config: Config,
+) -> tuple[torch.nn.Module, list[dict[str, Any]], GroupsReport]:
     """The model (on the meta device where it can be) and its resolved param groups.
 
     No weights are loaded and no data is touched, so a large torchvision model resolves fast.
@@ -42,13 +44,13 @@ def plan_param_groups(config: Config) -> tuple[torch.nn.Module, GroupsReport]:
             model = build_model(config.model, load_weights=False)
     except (NotImplementedError, RuntimeError):
         model = build_model(config.model, load_weights=False)
-    _, report = build_param_groups(
+    groups, report = build_param_groups(
         model,
         optimizer_defaults(config.optimizer),
         config.param_groups,
         optimizer=config.optimizer.name,
     )
-    return model, report
+    return model, groups, report
 
 
 def build_optimizer(config: OptimizerConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
@@ -56,13 +58,14 @@ def build_optimizer(config: OptimizerConfig, groups: list[dict[str, Any]]) -> to
     return registry.build("optimizers", config.name, config.kwargs, key="optimizer", params=groups)
 
 
-def build_scheduler(config: SchedulerConfig | None, optimizer: torch.optim.Optimizer) -> Any:
-    """The configured lr scheduler, or None for a constant learning rate."""
-    if config is None:
-        return None
-    return registry.build(
-        "schedulers", config.name, config.kwargs, key="scheduler", optimizer=optimizer
-    )
+def needs_closure(config: OptimizerConfig) -> bool:
+    """Whether the optimizer's step() requires a closure (LBFGS and the like)."""
+    fn = registry.resolve("optimizers", config.name, key="optimizer.name")
+    step = getattr(fn, "step", None)
+    if step is None:
+        return False
+    closure = inspect.signature(step).parameters.get("closure")
+    return closure is not None and closure.default is closure.empty
 
 
 def build_loss(config: LossConfig) -> torch.nn.Module:

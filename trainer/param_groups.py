@@ -90,7 +90,7 @@ def clean_name(name: str) -> str:
     return name
 
 
-@dataclass
+@dataclass(eq=False)
 class _Tensor:
     name: str
     aliases: list[str]
@@ -131,16 +131,13 @@ def build_param_groups(
 
     # Freeze: what the model froze itself is reported apart from what the config froze.
     frozen_by_model = [t.name for t in tensors if not t.param.requires_grad]
-    frozen_by_config = []
+    to_freeze: list[_Tensor] = []
     for index, pattern in enumerate(config.freeze):
         hits = [t for t in tensors if _matches(pattern, t)]
         if not hits:
             problems.append(_no_match(f"param_groups.freeze.{index}", pattern, names))
-        for tensor in hits:
-            if tensor.param.requires_grad:
-                tensor.param.requires_grad_(False)
-                frozen_by_config.append(tensor.name)
-    trainable = [t for t in tensors if t.param.requires_grad]
+        to_freeze += [t for t in hits if t.param.requires_grad and t not in to_freeze]
+    trainable = [t for t in tensors if t.param.requires_grad and t not in to_freeze]
     if not trainable:
         problems.append("param_groups.freeze: nothing left to train; every parameter is frozen")
 
@@ -161,6 +158,8 @@ def build_param_groups(
         problems.append(f"param_groups.no_decay: {optimizer} has no weight_decay option")
     if problems:
         raise UserError(problems)
+    for tensor in to_freeze:
+        tensor.param.requires_grad_(False)
 
     groups, infos = [], []
     specs = [(rule, members[rule.name]) for rule in config.rules] + [(None, members[None])]
@@ -185,7 +184,7 @@ def build_param_groups(
             )
     report = GroupsReport(
         groups=infos,
-        frozen_by_config=frozen_by_config,
+        frozen_by_config=[t.name for t in to_freeze],
         frozen_by_model=frozen_by_model,
         rule_hits={rule.name: len(members[rule.name]) for rule in config.rules},
     )

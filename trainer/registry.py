@@ -109,9 +109,17 @@ def _import_path(path: str, *, key: str) -> Callable[..., Any]:
 
 
 def check_arguments(
-    fn: Callable[..., Any], kwargs: dict[str, Any], *, key: str, kind: str
+    fn: Callable[..., Any],
+    kwargs: dict[str, Any],
+    *,
+    key: str,
+    kind: str,
+    filled_in: Iterable[str] = (),
 ) -> list[str]:
-    """Problems with `kwargs` for `fn`: unknown keywords and missing required ones."""
+    """Problems with `kwargs` for `fn`: unknown keywords and missing required ones.
+
+    `filled_in` names arguments the runner supplies when the config leaves them out.
+    """
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -138,7 +146,7 @@ def check_arguments(
             param.VAR_POSITIONAL,
             param.VAR_KEYWORD,
         )
-        if required and name not in kwargs and name not in supplied:
+        if required and name not in kwargs and name not in supplied and name not in filled_in:
             problems.append(f"{key}.{name}: required argument of {label} is missing")
     return problems
 
@@ -156,18 +164,18 @@ def build(kind: str, name: str, kwargs: dict[str, Any], *, key: str, **supplied:
             raise
         raise UserError(f"{key}: {name} rejected its arguments: {err}") from None
     except ValueError as err:
-        if kind not in ("optimizers", "schedulers", "losses"):
-            raise
         raise UserError(f"{key}: {name} rejected its arguments: {err}") from None
 
 
-def check_component(kind: str, name: str, kwargs: dict[str, Any], *, key: str) -> list[str]:
+def check_component(
+    kind: str, name: str, kwargs: dict[str, Any], *, key: str, filled_in: Iterable[str] = ()
+) -> list[str]:
     """Problems with a component's name and keyword arguments, without building it."""
     try:
         fn = resolve(kind, name, key=f"{key}.name")
     except UserError as err:
         return err.problems
-    return check_arguments(fn, kwargs, key=key, kind=kind)
+    return check_arguments(fn, kwargs, key=key, kind=kind, filled_in=filled_in)
 
 
 SECTION_KINDS = {
@@ -181,9 +189,18 @@ SECTION_KINDS = {
 
 def check_components(config: Any, sections: Iterable[str] = tuple(SECTION_KINDS)) -> list[str]:
     """Names and keyword arguments of the config's components, checked without building."""
+    from trainer.schedulers import LENGTH_ARGUMENTS
+
     problems = []
     for key in sections:
         section = getattr(config, key)
         if section is not None:
-            problems += check_component(SECTION_KINDS[key], section.name, section.kwargs, key=key)
+            filled_in = (
+                [LENGTH_ARGUMENTS[section.name]]
+                if key == "scheduler" and (section.name in LENGTH_ARGUMENTS)
+                else []
+            )
+            problems += check_component(
+                SECTION_KINDS[key], section.name, section.kwargs, key=key, filled_in=filled_in
+            )
     return problems

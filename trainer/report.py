@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -99,6 +100,81 @@ def checkpoint_summary(checkpoint: dict[str, Any]) -> str:
         yaml.safe_dump(checkpoint["config"], sort_keys=False).rstrip(),
     ]
     return "\n".join(lines)
+
+
+def schedule_table(table: dict[str, list[float]], unit: str, *, rows: int = 40) -> Table:
+    """lr per group per epoch (or step); long schedules are shown at evenly spaced rows."""
+    length = len(next(iter(table.values()), []))
+    count = min(rows, length)
+    shown = sorted({round(i * (length - 1) / max(count - 1, 1)) for i in range(count)})
+    title = f"lr per {unit}" + (f" ({len(shown)} of {length} shown)" if len(shown) < length else "")
+    out = Table(title=title, title_justify="left")
+    out.add_column(unit, justify="right")
+    for name in table:
+        out.add_column(name, justify="right")
+    for index in shown:
+        out.add_row(str(index + 1), *(f"{lrs[index]:.6g}" for lrs in table.values()))
+    return out
+
+
+CHART_MARKS = "*o+x#@"
+
+
+def schedule_chart(
+    table: dict[str, list[float]], unit: str, *, width: int = 60, height: int = 10
+) -> str:
+    """A terminal line chart of every group's lr over the run (one mark per group); the
+    scale is logarithmic when the lr spans more than a factor of 10."""
+    values = [v for lrs in table.values() for v in lrs]
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    scale = math.log10 if low > 0 and high / low > 10 else float
+    length = len(next(iter(table.values())))
+    columns = min(width, length)
+    grid = [[" "] * columns for _ in range(height)]
+    for mark, lrs in zip(CHART_MARKS, table.values(), strict=False):
+        for column in range(columns):
+            value = lrs[column * (length - 1) // max(columns - 1, 1)]
+            span = scale(high) - scale(low)
+            row = 0 if span == 0 else round((scale(value) - scale(low)) / span * (height - 1))
+            grid[height - 1 - row][column] = mark
+    label = max(len(f"{high:.3g}"), len(f"{low:.3g}"))
+    lines = []
+    for index, cells in enumerate(grid):
+        axis = f"{high:.3g}" if index == 0 else f"{low:.3g}" if index == height - 1 else ""
+        lines.append(f"{axis:>{label}} |{''.join(cells)}")
+    lines.append(f"{'':>{label}} +{'-' * columns}")
+    log = ", log scale" if scale is math.log10 else ""
+    lines.append(f"{'':>{label}}  {unit} 1 .. {length}{log}")
+    legend = ", ".join(f"{m} {name}" for m, name in zip(CHART_MARKS, table, strict=False))
+    lines.append(f"{'':>{label}}  {legend}")
+    return "\n".join(lines)
+
+
+def plot_schedule(table: dict[str, list[float]], unit: str, path: str) -> None:
+    """Write the lr schedule as a picture (matplotlib, an optional extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from trainer.errors import UserError
+
+        raise UserError(
+            "--plot: needs matplotlib, an optional extra: `uv sync --extra plot` "
+            "or `pip install 'trainer[plot]'`"
+        ) from None
+    figure, axes = plt.subplots(figsize=(8, 4))
+    for name, lrs in table.items():
+        axes.plot(range(1, len(lrs) + 1), lrs, label=name)
+    axes.set_xlabel(unit)
+    axes.set_ylabel("lr")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:

@@ -1,0 +1,73 @@
+"""Shared helpers: inline YAML configs written into tmp_path, and the CLI run inside it."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from trainer.cli import app
+
+# A fit small enough for a unit test: 128 samples of 16x16 in batches of 32, two epochs.
+TINY_CONFIG = """
+    name: tiny
+    seed: 0
+    model: {name: small_cnn, num_classes: 4, in_channels: 3, width: 4}
+    data: {name: shapes, num_classes: 4, size: 128, image_size: 16, batch_size: 32}
+    loss: {name: CrossEntropyLoss}
+    optimizer: {name: SGD, lr: 0.1, momentum: 0.9}
+    trainer: {epochs: 2, device: cpu, log_every: 2}
+"""
+
+
+@pytest.fixture
+def tiny_yaml() -> str:
+    """The tiny quickstart-shaped config, as YAML text (append sections it lacks)."""
+    return textwrap.dedent(TINY_CONFIG).lstrip()
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """`write_config(text, name="cfg.yaml")`: dedent `text` into tmp_path, return the path."""
+
+    def write(text: str, name: str = "cfg.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    """`run_cli(*args)`: invoke the `trainer` app inside tmp_path, so runs/ lands there."""
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+
+    def run(*args: str | Path) -> Result:
+        return runner.invoke(app, [str(arg) for arg in args])
+
+    return run
+
+
+@pytest.fixture
+def user_error(run_cli: Callable[..., Result]) -> Callable[..., str]:
+    """`user_error(*args, expect=[...])`: the CLI must exit 2 with every fragment, no traceback.
+
+    Returns stderr, for further checks.
+    """
+
+    def check(*args: str | Path, expect: list[str]) -> str:
+        result = run_cli(*args)
+        assert result.exit_code == 2, (result.exception, result.output)
+        # Exit 2 comes from typer.Exit (a SystemExit); anything else escaped the handler.
+        assert isinstance(result.exception, SystemExit), result.exception
+        assert "Traceback" not in result.output
+        for fragment in expect:
+            assert fragment in result.stderr, f"{fragment!r} not in:\n{result.stderr}"
+        return result.stderr
+
+    return check

@@ -1,0 +1,66 @@
+"""Validation: `val/loss`, and `val/acc` for class-index targets; `trainer eval`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from trainer.config import Config
+from trainer.device import autocast, pick_device
+from trainer.errors import UserError
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    loader: Any,
+    loss_fn: torch.nn.Module,
+    device: torch.device,
+    precision: str,
+) -> dict[str, float]:
+    """`val/loss`, and `val/acc` when targets are class indices; one host sync at the end."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count, classify = 0, True
+    for inputs, targets in loader:
+        inputs = inputs.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with autocast(precision, device):
+            outputs = model(inputs)
+            loss = loss_fn(outputs, targets)
+        loss_sum += loss.float() * inputs.shape[0]
+        count += inputs.shape[0]
+        classify = classify and not targets.is_floating_point()
+        classify = classify and outputs.dim() == targets.dim() + 1
+        if classify:
+            correct += (outputs.argmax(dim=1) == targets).sum()
+    metrics = {"val/loss": loss_sum.item() / max(count, 1)}
+    if classify and count:
+        metrics["val/acc"] = correct.item() / count
+    return metrics
+
+
+def evaluate_checkpoint(config: Config, path: str) -> dict[str, float]:
+    """Validation metrics of a checkpoint's weights (`trainer eval`)."""
+    from trainer.checkpoint import load_checkpoint
+    from trainer.data import build_loaders
+    from trainer.models import build_model
+    from trainer.optim import build_loss
+    from trainer.registry import check_components
+    from trainer.resume import model_changes
+
+    problems = check_components(config, sections=("model", "data", "loss"))
+    if problems:
+        raise UserError(problems)
+    checkpoint = load_checkpoint(path)
+    device, _ = pick_device(config.trainer.device)
+    model = build_model(config.model, load_weights=False)
+    mismatch = model_changes(checkpoint["model"], model)
+    if mismatch:
+        raise UserError([f"--checkpoint: {path} does not fit the configured model:", *mismatch])
+    model.load_state_dict(checkpoint["model"])
+    _, val_loader = build_loaders(config.data, seed=config.seed, device=device)
+    loss_fn = build_loss(config.loss).to(device)
+    return evaluate(model.to(device), val_loader, loss_fn, device, config.trainer.precision)
