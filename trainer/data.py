@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from trainer.errors import UserError
 from trainer.interrupt import ignore_in_workers
 
 if TYPE_CHECKING:
@@ -156,6 +157,8 @@ def build_loaders(
 ) -> tuple[DataLoader, DataLoader]:
     """Train and validation loaders; the train order comes from an EpochSampler."""
     train_set, val_set = build_datasets(config)
+    if len(train_set) == 0:
+        raise UserError(f"data: the training set of {config.name!r} is empty")
     common = dict(
         worker_init_fn=ignore_in_workers,
         num_workers=config.num_workers,
