@@ -74,7 +74,10 @@ def entries(kind: str) -> dict[str, Callable[..., Any]]:
         from torch.optim import lr_scheduler
 
         bases = (lr_scheduler.LRScheduler, lr_scheduler.ReduceLROnPlateau)
-        return _subclasses_in(lr_scheduler, bases, skip=["LRScheduler"])
+        # SequentialLR and ChainedScheduler take scheduler objects, which YAML cannot name;
+        # `scheduler.warmup` builds the common SequentialLR.
+        skip = ["LRScheduler", "SequentialLR", "ChainedScheduler"]
+        return _subclasses_in(lr_scheduler, bases, skip=skip)
     raise ValueError(f"unknown kind {kind!r}")
 
 
@@ -86,14 +89,14 @@ def describe(kind: str) -> list[tuple[str, str]]:
 def resolve(kind: str, name: str, *, key: str) -> Callable[..., Any]:
     """The callable for a name or an import path; a UserError naming `key` if there is none."""
     if ":" in name:
-        return _import_path(name, key=key)
+        return import_path(name, key=key)
     table = entries(kind)
     if name not in table:
         raise UserError(unknown_name(key, name, sorted(table, key=str.lower)))
     return table[name]
 
 
-def _import_path(path: str, *, key: str) -> Callable[..., Any]:
+def import_path(path: str, *, key: str) -> Callable[..., Any]:
     module_name, _, attr = path.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)

@@ -52,6 +52,8 @@ def filled_arguments(config: SchedulerConfig, length: int, warmup: int) -> dict[
         omitted = omitted and not {"epochs", "steps_per_epoch"} & set(kwargs)
     if omitted:
         kwargs[name] = max(length - warmup, 1)
+    if isinstance(kwargs.get("lr_lambda"), str):  # LambdaLR, MultiplicativeLR
+        kwargs["lr_lambda"] = registry.import_path(kwargs["lr_lambda"], key="scheduler.lr_lambda")
     return kwargs
 
 
