@@ -2,7 +2,9 @@
 
 Both train the same MLP on in-memory tensors (batch 64, SGD with momentum, StepLR per epoch,
 a shuffled DataLoader) in this one process, alternating, several rounds. Samples/s counts
-training only (validation excluded) and is the median over epochs of all rounds.
+training only (validation excluded) and is the median over epochs of all rounds. The runner
+batches a TensorDataset by indexing whole batches; the last lines measure that against
+per-sample collation, loading alone.
 
     uv run python scripts/bench.py [--epochs 3] [--rounds 3]
 """
@@ -86,6 +88,24 @@ def runner(epochs: int, out_dir: str) -> list[float]:
     return [r["train/samples_per_s"] for r in records if "train/samples_per_s" in r]
 
 
+def loader_speeds(rounds: int) -> tuple[float, float]:
+    """Samples/s of one epoch's loading alone: per-sample collation vs whole-batch indexing."""
+    from torch.utils.data import BatchSampler, RandomSampler
+
+    dataset = tensors(True)
+    collated = DataLoader(dataset, batch_size=BATCH, shuffle=True)
+    indexed = DataLoader(
+        dataset, sampler=BatchSampler(RandomSampler(dataset), BATCH, False), batch_size=None
+    )
+    speeds: dict[str, list[float]] = {"collated": [], "indexed": []}
+    for _ in range(rounds):
+        for name, loader in (("collated", collated), ("indexed", indexed)):
+            started = time.perf_counter()
+            count = sum(inputs.shape[0] for inputs, _ in loader)
+            speeds[name].append(count / (time.perf_counter() - started))
+    return statistics.median(speeds["collated"]), statistics.median(speeds["indexed"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
@@ -106,6 +126,10 @@ def main() -> None:
     print(f"hand-written loop: {hand_speed:10,.0f} samples/s")
     print(f"trainer fit:       {our_speed:10,.0f} samples/s")
     print(f"ratio (trainer / hand-written): {our_speed / hand_speed:.3f}")
+    collated, indexed = loader_speeds(args.rounds * 2)
+    print(f"loading alone, per-sample collation: {collated:10,.0f} samples/s")
+    print(f"loading alone, whole-batch indexing: {indexed:10,.0f} samples/s")
+    print(f"ratio (indexing / collation): {indexed / collated:.1f}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from rich.console import Console
 from torch import nn
 
 from trainer.config import load_config
-from trainer.data import Shapes
+from trainer.datasets import Shapes, shapes
 from trainer.errors import Interrupted
 from trainer.loop import FitResult, fit
 from trainer.rundir import read_metrics
@@ -98,8 +98,8 @@ def mlp(
 class SignallingShapes(Shapes):
     """`shapes` that sends SIGTERM to its own process when the `at`-th sample is fetched, once."""
 
-    def __init__(self, train: bool, *, at: int, **kwargs: Any) -> None:
-        super().__init__(train, **kwargs)
+    def __init__(self, base: Shapes, *, at: int) -> None:
+        super().__init__(base.images, base.targets, base.classes)
         self.at, self.calls = at, 0
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,9 +111,8 @@ class SignallingShapes(Shapes):
 
 def signalling_shapes(train: bool = True, *, at: int | None = None, **kwargs: Any) -> Shapes:
     """The training split stops the run at sample `at` (counted over the whole run)."""
-    if train and at is not None:
-        return SignallingShapes(train, at=at, **kwargs)
-    return Shapes(train, **kwargs)
+    base = shapes(train, **kwargs)
+    return SignallingShapes(base, at=at) if train and at is not None else base
 
 
 def write_config(directory: Path, text: str = CONFIG) -> Path:

@@ -146,7 +146,7 @@ def test_component_keys_become_keyword_arguments() -> None:
     raw["data"] = {"name": "shapes", "size": 10, "batch_size": 5}
     config = validate_config(raw)
     assert config.model.kwargs == {"width": 8}
-    assert config.model.init_from == "w.pt"
+    assert config.model.init_from.path == "w.pt"
     assert config.scheduler.kwargs == {"step_size": 2}
     assert config.scheduler.interval == "step"
     assert config.data.kwargs == {"size": 10}

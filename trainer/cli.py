@@ -33,6 +33,7 @@ class Kind(str, Enum):
     losses = "losses"
     optimizers = "optimizers"
     schedulers = "schedulers"
+    transforms = "transforms"
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -194,7 +195,7 @@ def show_config(config: ConfigPath, overrides: Overrides = None) -> None:
 @app.command("list")
 @user_errors
 def list_names(kind: Annotated[Kind | None, typer.Argument(help="What to list.")] = None) -> None:
-    """List what a config can name: models, datasets, losses, optimizers, schedulers."""
+    """List what a config can name: models, datasets, losses, optimizers, schedulers, transforms."""
     from rich.table import Table
 
     from trainer import registry

@@ -51,8 +51,21 @@ class Component(BaseModel):
         return dict(self.model_extra or {})
 
 
+class InitFrom(Section):
+    """A local state dict to start from; `prefix` renames key prefixes (old: new)."""
+
+    path: str
+    strict: bool = True
+    prefix: dict[str, str] = {}
+
+
 class ModelConfig(Component):
-    init_from: str | None = None
+    init_from: InitFrom | None = None
+
+    @field_validator("init_from", mode="before")
+    @classmethod
+    def _path_alone(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
 
 
 class DataConfig(Component):
@@ -60,6 +73,10 @@ class DataConfig(Component):
     val_batch_size: PositiveInt | None = None
     num_workers: NonNegativeInt = 0
     shuffle: bool = True
+    drop_last: bool = False
+    val_fraction: float | None = Field(default=None, gt=0, lt=1)
+    persistent_workers: bool = False
+    pin_memory: bool | None = None
     train_transforms: list[dict[str, Any]] | None = None
     val_transforms: list[dict[str, Any]] | None = None
 

@@ -1,7 +1,9 @@
-"""Datasets and loaders: the built-in offline `shapes` dataset, and the epoch-ordered sampler.
+"""Loaders: datasets split and transformed as configured, and the epoch-ordered sampler.
 
 The order of every epoch is a pure function of (seed, epoch), so a resumed run can replay
-an epoch and skip the batches it already trained on without loading them.
+an epoch and skip the batches it already trained on without loading them. Datasets held in
+memory as tensors (TensorDataset) are batched by indexing whole batches, not by collating
+samples one by one (scripts/bench.py measures the difference).
 """
 
 from __future__ import annotations
@@ -12,100 +14,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, Subset, TensorDataset
 
+from trainer import registry
 from trainer.errors import UserError
 from trainer.interrupt import ignore_in_workers
+from trainer.transforms import build_transform, resolved_specs
 
 if TYPE_CHECKING:
     from trainer.config import DataConfig
-
-SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond")
-
-
-class Shapes(Dataset):
-    """Procedurally drawn shapes on noisy backgrounds, generated offline from a seed."""
-
-    def __init__(
-        self,
-        train: bool = True,
-        *,
-        size: int | None = None,
-        image_size: int = 32,
-        num_classes: int = 4,
-        channels: int = 3,
-        seed: int = 0,
-    ) -> None:
-        if not 2 <= num_classes <= len(SHAPES):
-            raise ValueError(f"num_classes must be 2..{len(SHAPES)}, got {num_classes}")
-        size = size if size is not None else (4000 if train else 1000)
-        generator = torch.Generator().manual_seed(seed * 2 + (0 if train else 1))
-        self.classes = list(SHAPES[:num_classes])
-        self.targets = torch.randint(num_classes, (size,), generator=generator)
-        self.images = _draw(self.targets, image_size, channels, generator)
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.targets[index]
-
-
-def _draw(
-    labels: torch.Tensor, image_size: int, channels: int, generator: torch.Generator
-) -> torch.Tensor:
-    """Images (N, C, S, S) in [-1, 1]: one shape per image, random place, size and colours."""
-    n = len(labels)
-
-    def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
-        return low + (high - low) * torch.rand(*shape, generator=generator)
-
-    radius = uniform(0.2, 0.4, n) * image_size
-    cx = radius + uniform(0, 1, n) * (image_size - 2 * radius)
-    cy = radius + uniform(0, 1, n) * (image_size - 2 * radius)
-    grid = torch.arange(image_size, dtype=torch.float32) + 0.5
-    dx = grid.view(1, 1, -1) - cx.view(-1, 1, 1)
-    dy = grid.view(1, -1, 1) - cy.view(-1, 1, 1)
-    r = radius.view(-1, 1, 1)
-    ax, ay, dist = dx.abs(), dy.abs(), (dx**2 + dy**2).sqrt()
-    masks = torch.stack(
-        [
-            dist <= r,  # circle
-            torch.maximum(ax, ay) <= 0.8 * r,  # square
-            (ay <= 0.8 * r) & (ax <= (dy + 0.8 * r) * 0.6),  # triangle, apex up
-            ((ax <= r / 3) & (ay <= r)) | ((ay <= r / 3) & (ax <= r)),  # cross
-            (dist <= r) & (dist >= 0.55 * r),  # ring
-            ax + ay <= r,  # diamond
-        ]
-    )
-    mask = masks[labels, torch.arange(n)].unsqueeze(1).float()
-    background = uniform(0.0, 0.4, n, channels, 1, 1)
-    foreground = uniform(0.6, 1.0, n, channels, 1, 1)
-    noise = 0.08 * torch.randn(n, channels, image_size, image_size, generator=generator)
-    return (background + (foreground - background) * mask + noise) * 2 - 1
-
-
-def shapes(
-    train: bool = True,
-    *,
-    size: int | None = None,
-    image_size: int = 32,
-    num_classes: int = 4,
-    channels: int = 3,
-    seed: int = 0,
-) -> Shapes:
-    """Offline shapes (circle, square, triangle, cross, ring, diamond) drawn from a seed."""
-    return Shapes(
-        train,
-        size=size,
-        image_size=image_size,
-        num_classes=num_classes,
-        channels=channels,
-        seed=seed,
-    )
-
-
-BUILT_IN = {"shapes": shapes}
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -135,55 +52,101 @@ class EpochSampler(Sampler[int]):
         return self.size - self.start
 
 
-def build_datasets(config: DataConfig) -> tuple[Dataset, Dataset]:
-    """The train and validation datasets: the callable is called with train=True / False."""
-    from trainer import registry
+def build_datasets(config: DataConfig, *, seed: int) -> tuple[Dataset, Dataset]:
+    """The train and validation datasets, each with its transforms.
 
-    return tuple(
-        registry.build("datasets", config.name, config.kwargs, key="data", train=train)
-        for train in (True, False)
-    )
+    The dataset callable is called with train=True / False; with `val_fraction`, both
+    splits are carved (deterministically, from `seed`) out of the train=True dataset.
+    """
+    fn = registry.resolve("datasets", config.name, key="data.name")
+    transforms = {
+        train: build_transform(
+            resolved_specs(getattr(config, f"{split}_transforms"), config.name, train=train),
+            key=f"data.{split}_transforms",
+        )
+        for train, split in ((True, "train"), (False, "val"))
+    }
+    takes_transform = registry.accepts(fn, "transform")
+    if not takes_transform and (config.train_transforms or config.val_transforms):
+        raise UserError(f"data.train_transforms: {config.name!r} takes no transform argument")
 
+    def build(train: bool, transform_of: bool) -> Dataset:
+        extra = {"transform": transforms[transform_of]} if takes_transform else {}
+        if not takes_transform or transforms[transform_of] is None:
+            extra = {}
+        return registry.build(
+            "datasets", config.name, config.kwargs, key="data", train=train, **extra
+        )
 
-def train_set_size(config: DataConfig) -> int:
-    """The number of training samples (builds the training set, loads no batch)."""
-    from trainer import registry
-
-    return len(registry.build("datasets", config.name, config.kwargs, key="data", train=True))
+    if config.val_fraction is None:
+        return build(True, True), build(False, False)
+    train_set = build(True, True)
+    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))
+    val_size = max(1, round(len(train_set) * config.val_fraction))
+    val_part, train_part = order[:val_size].tolist(), order[val_size:].tolist()
+    return Subset(train_set, train_part), Subset(build(True, False), val_part)
 
 
 def build_loaders(
     config: DataConfig, *, seed: int, device: torch.device
 ) -> tuple[DataLoader, DataLoader]:
     """Train and validation loaders; the train order comes from an EpochSampler."""
-    train_set, val_set = build_datasets(config)
+    train_set, val_set = build_datasets(config, seed=seed)
     if len(train_set) == 0:
         raise UserError(f"data: the training set of {config.name!r} is empty")
-    common = dict(
-        worker_init_fn=ignore_in_workers,
-        num_workers=config.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
+    workers = config.num_workers
+    common = {
+        "num_workers": workers,
+        "pin_memory": device.type == "cuda" if config.pin_memory is None else config.pin_memory,
+        "persistent_workers": config.persistent_workers and workers > 0,
+        "worker_init_fn": ignore_in_workers if workers > 0 else None,
+    }
+    sampler = EpochSampler(len(train_set), shuffle=config.shuffle, seed=seed)
+    batches = BatchSampler(sampler, config.batch_size, drop_last=config.drop_last)
+    val_batches = BatchSampler(
+        range(len(val_set)), config.val_batch_size or config.batch_size, drop_last=False
     )
-    train = DataLoader(
-        train_set,
-        batch_size=config.batch_size,
-        sampler=EpochSampler(len(train_set), shuffle=config.shuffle, seed=seed),
-        generator=torch.Generator(),
-        **common,
-    )
-    val = DataLoader(
-        val_set, batch_size=config.val_batch_size or config.batch_size, shuffle=False, **common
-    )
-    return train, val
+    loaders = []
+    for dataset, batch_sampler in ((train_set, batches), (val_set, val_batches)):
+        # Its own generator: making an iterator then draws no number from the global RNG.
+        common["generator"] = torch.Generator().manual_seed(seed)
+        if _indexable(dataset) and workers == 0:
+            # Whole batches by indexing the tensors: no per-sample collation.
+            loader = DataLoader(dataset, sampler=batch_sampler, batch_size=None, **common)
+        else:
+            loader = DataLoader(dataset, batch_sampler=batch_sampler, **common)
+        loaders.append(loader)
+    return loaders[0], loaders[1]
+
+
+def _indexable(dataset: Dataset) -> bool:
+    """Tensors in memory that a list of indices turns into a batch directly."""
+    from trainer.datasets import Shapes
+
+    item = type(dataset).__getitem__
+    plain = item is TensorDataset.__getitem__ or item is Shapes.__getitem__
+    return plain and getattr(dataset, "transform", None) is None
+
+
+def _batch_sampler(loader: DataLoader) -> BatchSampler:
+    return loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
 
 
 def batches_per_epoch(loader: DataLoader) -> int:
     """Batches in a whole epoch, wherever the sampler starts now."""
-    return math.ceil(loader.sampler.size / loader.batch_size)
+    batch_sampler = _batch_sampler(loader)
+    size, batch_size = batch_sampler.sampler.size, batch_sampler.batch_size
+    return size // batch_size if batch_sampler.drop_last else math.ceil(size / batch_size)
 
 
 def start_epoch(loader: DataLoader, epoch: int, *, seed: int, skip_batches: int = 0) -> None:
     """Fix the epoch's sample order and worker seeds; skip batches a resumed run already did."""
-    loader.sampler.set_epoch(epoch, start=skip_batches * loader.batch_size)
+    batch_sampler = _batch_sampler(loader)
+    batch_sampler.sampler.set_epoch(epoch, start=skip_batches * batch_sampler.batch_size)
     loader.generator.manual_seed(epoch_seed(seed, epoch))
+
+
+def train_set_size(config: DataConfig) -> int:
+    """The number of training samples (builds the training set, loads no batch)."""
+    size = len(registry.build("datasets", config.name, config.kwargs, key="data", train=True))
+    return size - max(1, round(size * config.val_fraction)) if config.val_fraction else size

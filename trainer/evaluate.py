@@ -56,7 +56,7 @@ def evaluate_checkpoint(config: Config, path: str) -> dict[str, float]:
         raise UserError(problems)
     checkpoint = load_checkpoint(path)
     device, _ = pick_device(config.trainer.device)
-    model = build_model(config.model, load_weights=False)
+    model = build_model(config.model)
     mismatch = model_changes(checkpoint["model"], model)
     if mismatch:
         raise UserError([f"--checkpoint: {path} does not fit the configured model:", *mismatch])

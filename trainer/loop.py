@@ -26,7 +26,7 @@ from trainer.device import autocast, check_precision, grad_scaler, pick_device
 from trainer.errors import Interrupted, TrainingError, UserError
 from trainer.evaluate import evaluate
 from trainer.interrupt import StopRequests
-from trainer.models import build_model
+from trainer.models import build_model, load_initial_weights
 from trainer.monitor import EarlyStopping, improved_best
 from trainer.optim import build_loss, build_optimizer, needs_closure, optimizer_defaults
 from trainer.param_groups import GroupsReport, build_param_groups
@@ -61,6 +61,7 @@ class Run:
     val_loader: Any
     groups: GroupsReport
     closure: bool  # the optimizer's step() evaluates the loss itself (LBFGS)
+    notes: list[str]  # what building had to say (init_from's report)
 
     @property
     def trainable(self) -> list[torch.nn.Parameter]:
@@ -95,6 +96,7 @@ def fit(
     report.device(device, reason)
     run = build_run(config, device)
     report.groups(run.groups)
+    notes = run.notes + notes
 
     position = Position()
     if checkpoint is not None:
@@ -382,7 +384,9 @@ def check_before_building(config: Config, device: torch.device) -> None:
 def build_run(config: Config, device: torch.device) -> Run:
     """Build in the order resume relies on: model → param groups → optimizer → scheduler."""
     seed_everything(config.seed)
-    module = build_model(config.model).to(device)
+    module = build_model(config.model)
+    notes = load_initial_weights(module, config.model.init_from) if config.model.init_from else []
+    module = module.to(device)
     if config.trainer.channels_last:
         module = module.to(memory_format=torch.channels_last)
     groups, groups_report = build_param_groups(
@@ -406,6 +410,7 @@ def build_run(config: Config, device: torch.device) -> Run:
         val_loader=val_loader,
         groups=groups_report,
         closure=needs_closure(config.optimizer),
+        notes=notes,
     )
     run.scheduler = run.rebuild_scheduler(optimizer)
     return run

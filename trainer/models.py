@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -11,7 +11,7 @@ from torch import nn
 from trainer.errors import UserError
 
 if TYPE_CHECKING:
-    from trainer.config import ModelConfig
+    from trainer.config import InitFrom, ModelConfig
 
 
 class SmallCNN(nn.Module):
@@ -43,33 +43,78 @@ def small_cnn(num_classes: int = 10, in_channels: int = 3, width: int = 16) -> S
 BUILT_IN = {"small_cnn": small_cnn}
 
 
-def build_model(config: ModelConfig, *, load_weights: bool = True) -> nn.Module:
-    """The configured model, with `init_from` weights loaded when given (and asked for)."""
+def build_model(config: ModelConfig) -> nn.Module:
+    """The configured model, as its callable builds it (weights from `init_from` come apart)."""
     from trainer import registry
 
-    model = registry.build("models", config.name, config.kwargs, key="model")
+    try:
+        model = registry.build("models", config.name, config.kwargs, key="model")
+    except OSError as err:  # torchvision's pretrained `weights` need a download
+        raise UserError(
+            f"model.weights: {config.kwargs.get('weights')!r} needs pretrained weights that "
+            f"could not be fetched ({err}); offline, save a state dict and use model.init_from"
+        ) from None
     if not isinstance(model, nn.Module):
-        raise _not_a(config.name, model)
-    if config.init_from and load_weights:
-        load_initial_weights(model, config.init_from)
+        raise UserError(
+            f"model.name: {config.name!r} returned a {type(model).__name__}, not a torch.nn.Module"
+        )
     return model
 
 
-def _not_a(name: str, obj: Any) -> Exception:
-    return UserError(f"model.name: {name!r} returned a {type(obj).__name__}, not a torch.nn.Module")
+def load_initial_weights(model: nn.Module, init_from: InitFrom) -> list[str]:
+    """Load a local state dict into `model` as `model.init_from` says; returns a report.
 
-
-def load_initial_weights(model: nn.Module, path: str) -> None:
-    """Load a local state dict into `model` (strict), as `model.init_from` asks."""
+    `prefix` renames key prefixes first (`{"module.": ""}` strips DDP's). With `strict: false`
+    keys the model lacks, and tensors whose shape differs (a new head), are left out and
+    reported; with `strict: true` any difference is an error.
+    """
+    path = init_from.path
     if not Path(path).is_file():
-        raise UserError(f"model.init_from: no such file {path!r}")
+        raise UserError(f"model.init_from.path: no such file {path!r}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise UserError(f"model.init_from: cannot read {path!r} as a state dict: {err}") from None
+        raise UserError(f"model.init_from.path: cannot read {path!r}: {err}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise UserError(f"model.init_from: {path!r} does not fit the model: {err}") from None
+        state = state["model"]  # a trainer checkpoint
+    if not isinstance(state, dict):
+        raise UserError(f"model.init_from.path: {path!r} holds no state dict")
+    state = {_renamed(key, init_from.prefix): value for key, value in state.items()}
+    own = model.state_dict()
+    reshaped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in state]
+    if init_from.strict and (reshaped or unexpected or missing):
+        problems = [
+            f"  {k}: shape {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
+            for k in reshaped
+        ]
+        problems += [f"  {k}: in the file, not in the model" for k in unexpected]
+        problems += [f"  {k}: in the model, not in the file" for k in missing]
+        raise UserError(
+            [
+                f"model.init_from: {path!r} does not fit the model (strict: true; "
+                "strict: false loads what fits, prefix renames keys):",
+                *problems,
+            ]
+        )
+    model.load_state_dict(
+        {k: v for k, v in state.items() if k in own and k not in reshaped}, strict=False
+    )
+    loaded = len(state) - len(reshaped) - len(unexpected)
+    report = [f"init_from: loaded {loaded} tensors from {path}"]
+    for label, keys in (
+        ("missing (kept as built)", missing + reshaped),
+        ("unexpected (ignored)", unexpected),
+    ):
+        if keys:
+            shown = ", ".join(keys[:6]) + (", ..." if len(keys) > 6 else "")
+            report.append(f"init_from: {len(keys)} {label}: {shown}")
+    return report
+
+
+def _renamed(key: str, prefix: dict[str, str]) -> str:
+    for old, new in prefix.items():
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return key

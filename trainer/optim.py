@@ -39,11 +39,16 @@ def plan_param_groups(
     problems = registry.check_components(config, sections=("model", "optimizer"))
     if problems:
         raise UserError(problems)
+    model_config = config.model
+    if model_config.kwargs.get("weights") is not None:  # names do not depend on the weights
+        model_config = type(model_config).model_validate(
+            {**model_config.model_dump(), "weights": None}
+        )
     try:
         with torch.device("meta"):
-            model = build_model(config.model, load_weights=False)
+            model = build_model(model_config)
     except (NotImplementedError, RuntimeError):
-        model = build_model(config.model, load_weights=False)
+        model = build_model(model_config)
     groups, report = build_param_groups(
         model,
         optimizer_defaults(config.optimizer),

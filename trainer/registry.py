@@ -15,15 +15,16 @@ from typing import Any
 
 from trainer.errors import UserError, did_you_mean, unknown_name
 
-KINDS = ("models", "datasets", "losses", "optimizers", "schedulers")
+KINDS = ("models", "datasets", "losses", "optimizers", "schedulers", "transforms")
 
 # Arguments the runner passes itself: a config that sets them is an error, not a surprise.
 SUPPLIED_BY_RUNNER = {
     "models": (),
-    "datasets": ("train",),
+    "datasets": ("train", "transform"),
     "losses": (),
     "optimizers": ("params",),
     "schedulers": ("optimizer",),
+    "transforms": (),
 }
 
 
@@ -59,9 +60,13 @@ def entries(kind: str) -> dict[str, Callable[..., Any]]:
             found[name] = torchvision.models.get_model_builder(name)
         return found
     if kind == "datasets":
-        from trainer import data
+        from trainer import datasets
 
-        return dict(data.BUILT_IN)
+        return dict(datasets.BUILT_IN)
+    if kind == "transforms":
+        from torchvision.transforms import v2
+
+        return _subclasses_in(v2, (v2.Transform,), skip=["Transform"])
     if kind == "losses":
         import torch.nn
 
@@ -154,6 +159,15 @@ def check_arguments(
     return problems
 
 
+def accepts(fn: Callable[..., Any], argument: str) -> bool:
+    """Whether `fn` takes a keyword `argument` (by name or through **kwargs)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return True
+    return argument in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
 def build(kind: str, name: str, kwargs: dict[str, Any], *, key: str, **supplied: Any) -> Any:
     """Resolve, check and call: `fn(**supplied, **kwargs)`; bad arguments are UserErrors."""
     fn = resolve(kind, name, key=f"{key}.name")
@@ -193,8 +207,12 @@ SECTION_KINDS = {
 def check_components(config: Any, sections: Iterable[str] = tuple(SECTION_KINDS)) -> list[str]:
     """Names and keyword arguments of the config's components, checked without building."""
     from trainer.schedulers import LENGTH_ARGUMENTS
+    from trainer.transforms import check_transforms
 
     problems = []
+    if "data" in sections:
+        for split in ("train_transforms", "val_transforms"):
+            problems += check_transforms(getattr(config.data, split), key=f"data.{split}")
     for key in sections:
         section = getattr(config, key)
         if section is not None:
