@@ -123,7 +123,7 @@ def test_start_epoch_skips_whole_batches_of_the_same_order() -> None:
     )
     start_epoch(loader, 2, seed=1)
     full = [batch[0].tolist() for batch in loader]
-    start_epoch(loader, 2, seed=1, skip_batches=2)
+    start_epoch(loader, 2, seed=1, skip_samples=2 * 3)
     resumed = [batch[0].tolist() for batch in loader]
     assert resumed == full[2:]
     start_epoch(loader, 3, seed=1)

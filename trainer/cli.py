@@ -72,11 +72,24 @@ def fit(
     reset_optimizer: Annotated[
         bool, typer.Option(help="With --resume: load the weights only; fresh optimizer.")
     ] = False,
+    nproc: Annotated[
+        int, typer.Option(help="Processes on this machine, started with torchrun.", min=1)
+    ] = 1,
 ) -> None:
     """Train: build everything the config names, then run the loop."""
+    import os
     import shlex
 
     from trainer.config import load_config
+
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        load_config(config, overrides or [])  # bad input: exit 2 here, not in N processes
+        from trainer.distributed import launch
+
+        argv = ["fit", config, *(overrides or [])]
+        argv += [f"--resume={resume}"] if resume else []
+        argv += ["--reset-optimizer"] if reset_optimizer else []
+        raise typer.Exit(launch(nproc, argv))
     from trainer.loop import fit as run_fit
 
     try:

@@ -217,6 +217,7 @@ class TrainerConfig(Section):
     skip_nonfinite: bool = False
     log_every: PositiveInt = 50
     out_dir: str | None = None
+    dist_timeout: PositiveInt = 600
 
     @field_validator("device")
     @classmethod

@@ -8,7 +8,6 @@ samples one by one (scripts/bench.py measures the difference).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -31,10 +30,19 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 class EpochSampler(Sampler[int]):
-    """Indices of one epoch, in an order fixed by (seed, epoch); can start part-way through."""
+    """Indices of one epoch, in an order fixed by (seed, epoch); can start part-way through.
 
-    def __init__(self, size: int, *, shuffle: bool, seed: int) -> None:
+    Under torch.distributed each rank takes every `world_size`-th index of the order (padded
+    to a multiple of world_size, as DistributedSampler does), so the ranks together see each
+    sample once per epoch. `start` counts samples of the whole job, so an epoch stopped by N
+    processes can go on with M.
+    """
+
+    def __init__(
+        self, size: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.start = 0
 
@@ -42,14 +50,23 @@ class EpochSampler(Sampler[int]):
         """Select the epoch's order, beginning at sample `start` (to resume mid-epoch)."""
         self.epoch, self.start = epoch, start
 
+    def _order(self) -> list[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        padding = -self.size % self.world_size
+        return order + order[:padding]
+
     def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
+        if self.world_size == 1 and not self.shuffle:
             return iter(range(self.start, self.size))
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        return iter(torch.randperm(self.size, generator=generator)[self.start :].tolist())
+        return iter(self._order()[self.start :][self.rank :: self.world_size])
 
     def __len__(self) -> int:
-        return self.size - self.start
+        remaining = self.size + (-self.size % self.world_size) - self.start
+        return max(0, -(-(remaining - self.rank) // self.world_size))
 
 
 def build_datasets(config: DataConfig, *, seed: int) -> tuple[Dataset, Dataset]:
@@ -88,9 +105,13 @@ def build_datasets(config: DataConfig, *, seed: int) -> tuple[Dataset, Dataset]:
 
 
 def build_loaders(
-    config: DataConfig, *, seed: int, device: torch.device
+    config: DataConfig, *, seed: int, device: torch.device, rank: int = 0, world_size: int = 1
 ) -> tuple[DataLoader, DataLoader]:
-    """Train and validation loaders; the train order comes from an EpochSampler."""
+    """Train and validation loaders; the train order comes from an EpochSampler.
+
+    Under torch.distributed (`world_size` > 1) each rank gets its share of both sets;
+    `batch_size` is per process.
+    """
     train_set, val_set = build_datasets(config, seed=seed)
     if len(train_set) == 0:
         raise UserError(f"data: the training set of {config.name!r} is empty")
@@ -101,10 +122,14 @@ def build_loaders(
         "persistent_workers": config.persistent_workers and workers > 0,
         "worker_init_fn": ignore_in_workers if workers > 0 else None,
     }
-    sampler = EpochSampler(len(train_set), shuffle=config.shuffle, seed=seed)
+    sampler = EpochSampler(
+        len(train_set), shuffle=config.shuffle, seed=seed, rank=rank, world_size=world_size
+    )
     batches = BatchSampler(sampler, config.batch_size, drop_last=config.drop_last)
     val_batches = BatchSampler(
-        range(len(val_set)), config.val_batch_size or config.batch_size, drop_last=False
+        range(rank, len(val_set), world_size),
+        config.val_batch_size or config.batch_size,
+        drop_last=False,
     )
     loaders = []
     for dataset, batch_sampler in ((train_set, batches), (val_set, val_batches)):
@@ -133,17 +158,20 @@ def _batch_sampler(loader: DataLoader) -> BatchSampler:
 
 
 def batches_per_epoch(loader: DataLoader) -> int:
-    """Batches in a whole epoch, wherever the sampler starts now."""
+    """Batches of this process in a whole epoch, wherever the sampler starts now."""
     batch_sampler = _batch_sampler(loader)
-    size, batch_size = batch_sampler.sampler.size, batch_sampler.batch_size
-    return size // batch_size if batch_sampler.drop_last else math.ceil(size / batch_size)
+    sampler = batch_sampler.sampler
+    per_rank = -(-sampler.size // sampler.world_size)
+    size = batch_sampler.batch_size
+    return per_rank // size if batch_sampler.drop_last else -(-per_rank // size)
 
 
-def start_epoch(loader: DataLoader, epoch: int, *, seed: int, skip_batches: int = 0) -> None:
-    """Fix the epoch's sample order and worker seeds; skip batches a resumed run already did."""
-    batch_sampler = _batch_sampler(loader)
-    batch_sampler.sampler.set_epoch(epoch, start=skip_batches * batch_sampler.batch_size)
+def start_epoch(loader: DataLoader, epoch: int, *, seed: int, skip_samples: int = 0) -> int:
+    """Fix the epoch's order and worker seeds, skipping the samples (of all ranks) a resumed
+    run already trained on; returns this process's batches left in the epoch."""
+    _batch_sampler(loader).sampler.set_epoch(epoch, start=skip_samples)
     loader.generator.manual_seed(epoch_seed(seed, epoch))
+    return len(loader)
 
 
 def train_set_size(config: DataConfig) -> int:

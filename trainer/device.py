@@ -9,11 +9,19 @@ import torch
 from trainer.errors import UserError
 
 
-def pick_device(requested: str) -> tuple[torch.device, str]:
-    """The device to train on and the reason it was chosen."""
+def pick_device(requested: str, *, local_rank: int = 0) -> tuple[torch.device, str]:
+    """The device to train on and the reason it was chosen.
+
+    Under torchrun, `auto` and `cuda` mean the GPU of this process's LOCAL_RANK.
+    """
+    if requested in ("auto", "cuda") and local_rank and torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        return device, f"{requested}: CUDA device of LOCAL_RANK {local_rank}"
     if requested == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda"), f"auto: CUDA is available ({torch.cuda.get_device_name()})"
+            return torch.device(
+                "cuda", 0
+            ), f"auto: CUDA is available ({torch.cuda.get_device_name()})"
         if torch.backends.mps.is_available():
             return torch.device("mps"), "auto: no CUDA, MPS is available"
         return torch.device("cpu"), "auto: no CUDA or MPS device found"

@@ -8,6 +8,7 @@ import torch
 
 from trainer.config import Config
 from trainer.device import autocast, pick_device
+from trainer.distributed import SINGLE, Distributed
 from trainer.errors import UserError
 
 
@@ -18,27 +19,35 @@ def evaluate(
     loss_fn: torch.nn.Module,
     device: torch.device,
     precision: str,
+    *,
+    job: Distributed = SINGLE,
 ) -> dict[str, float]:
-    """`val/loss`, and `val/acc` when targets are class indices; one host sync at the end."""
+    """`val/loss`, and `val/acc` when targets are class indices; one host sync at the end.
+
+    Under torch.distributed each rank sees its share and the sums are all-reduced, so
+    every rank reports the same numbers.
+    """
     model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    count, classify = 0, True
+    totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
+    loss_sum, correct, count = totals[0], totals[1], 0
+    classify = True
     for inputs, targets in loader:
         inputs = inputs.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with autocast(precision, device):
             outputs = model(inputs)
             loss = loss_fn(outputs, targets)
-        loss_sum += loss.float() * inputs.shape[0]
+        loss_sum += loss.double() * inputs.shape[0]
         count += inputs.shape[0]
         classify = classify and not targets.is_floating_point()
         classify = classify and outputs.dim() == targets.dim() + 1
         if classify:
             correct += (outputs.argmax(dim=1) == targets).sum()
-    metrics = {"val/loss": loss_sum.item() / max(count, 1)}
-    if classify and count:
-        metrics["val/acc"] = correct.item() / count
+    totals[2] = count
+    loss_total, correct_total, count_total = job.sum_(totals).tolist()
+    metrics = {"val/loss": loss_total / max(count_total, 1)}
+    if classify and count_total:
+        metrics["val/acc"] = correct_total / count_total
     return metrics
 
 

@@ -9,6 +9,8 @@ monitor for ReduceLROnPlateau) → checkpoints → early stopping.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import time
 from collections.abc import Callable
@@ -17,12 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from rich.console import Console
+from torch.nn.parallel import DistributedDataParallel
 
-from trainer.checkpoint import make_checkpoint, save_checkpoints, seed_everything
+from trainer import distributed
+from trainer.checkpoint import make_checkpoint, rng_state, save_checkpoints, seed_everything
 from trainer.config import Config, config_to_yaml
 from trainer.data import batches_per_epoch, build_loaders, start_epoch
 from trainer.device import autocast, check_precision, grad_scaler, pick_device
+from trainer.distributed import SINGLE, Distributed
 from trainer.errors import Interrupted, TrainingError, UserError
 from trainer.evaluate import evaluate
 from trainer.interrupt import StopRequests
@@ -85,16 +91,47 @@ def fit(
     reset_optimizer: bool = False,
     console: Console | None = None,
 ) -> FitResult:
-    """Train as `config` says (from a checkpoint with `resume`); returns the run and metrics."""
-    report = Reporter(console)
-    device, reason = pick_device(config.trainer.device)
+    """Train as `config` says (from a checkpoint with `resume`); returns the run and metrics.
+
+    Under torchrun every process calls this; rank 0 alone prints and writes.
+    """
+    job = distributed.from_environment()
+    report = Reporter(console if job.is_main else Console(file=io.StringIO()))
+    device, reason = pick_device(config.trainer.device, local_rank=job.local_rank)
     check_before_building(config, device)
+    distributed.start(job, device, timeout_s=config.trainer.dist_timeout)
+    try:
+        return train(
+            config,
+            job,
+            device,
+            reason,
+            resume=resume,
+            reset_optimizer=reset_optimizer,
+            report=report,
+        )
+    finally:
+        distributed.stop()
+
+
+def train(
+    config: Config,
+    job: Distributed,
+    device: torch.device,
+    reason: str,
+    *,
+    resume: str | None,
+    reset_optimizer: bool,
+    report: Reporter,
+) -> FitResult:
+    """The body of `fit`, once the device (and the process group) are set up."""
     run_base = Path(config.trainer.out_dir or f"runs/{config.name}")
-    checkpoint_path, checkpoint, notes = (
-        find_checkpoint(resume, run_base=run_base) if resume else (None, None, [])
-    )
+    checkpoint_path, checkpoint, notes = None, None, []
+    if resume:
+        found = find_checkpoint(resume, run_base=run_base) if job.is_main else None
+        checkpoint_path, checkpoint, notes = job.broadcast(found)
     report.device(device, reason)
-    run = build_run(config, device)
+    run = build_run(config, device, job)
     report.groups(run.groups)
     notes = run.notes + notes
 
@@ -110,6 +147,8 @@ def fit(
             manifest=run.groups.manifest(),
             reset_optimizer=reset_optimizer,
             rebuild_scheduler=run.rebuild_scheduler,
+            rank=job.rank,
+            world_size=job.world_size,
         )
         run_dir = checkpoint_path.parent.parent
         notes += [
@@ -118,15 +157,27 @@ def fit(
             *restored,
         ]
     else:
-        run_dir = fresh_run_dir(run_base)
-        (run_dir / "config.yaml").write_text(config_to_yaml(config), encoding="utf-8")
+        run_dir = job.broadcast(fresh_run_dir(run_base) if job.is_main else None)
+        if job.is_main:
+            (run_dir / "config.yaml").write_text(config_to_yaml(config), encoding="utf-8")
+    settings = config.trainer
+    if job.enabled:
+        global_batch = job.world_size * config.data.batch_size * settings.accumulate
+        notes.append(
+            f"distributed: {job.world_size} processes ({dist.get_backend()}), global "
+            f"batch {job.world_size} x {config.data.batch_size} x {settings.accumulate}"
+            f" = {global_batch}"
+        )
     for note in [*notes, *warnings_for(config.scheduler), f"run directory: {run_dir}"]:
         report.note(note)
-    if config.trainer.compile:
-        run.model = torch.compile(run.module)
-    metrics_file = MetricsFile(run_dir / "metrics.jsonl")
+    if job.enabled:
+        run.model = DistributedDataParallel(
+            run.module, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if settings.compile:
+        run.model = torch.compile(run.model)
+    metrics_file = MetricsFile(run_dir / "metrics.jsonl", enabled=job.is_main)
 
-    settings = config.trainer
     batches = batches_per_epoch(run.train_loader)
     best, record = position.best, {}
     stopping = (
@@ -134,8 +185,12 @@ def fit(
     )
     if stopping and checkpoint is not None and checkpoint.get("early_stopping"):
         stopping.load_state_dict(checkpoint["early_stopping"])
+    samples_per_batch = config.data.batch_size * job.world_size
 
     def save(epoch_done: int, batch_in_epoch: int, epoch_loss: float, is_best: bool) -> None:
+        rngs = job.gather(rng_state())  # every rank's RNG, for an exact resume on each
+        if not job.is_main:
+            return
         checkpoint = make_checkpoint(
             model=run.module,
             optimizer=run.optimizer,
@@ -144,12 +199,14 @@ def fit(
             epoch=epoch_done,
             step=position.step,
             batch_in_epoch=batch_in_epoch,
+            samples_in_epoch=batch_in_epoch * samples_per_batch,
             epoch_loss=epoch_loss,
             config=config,
             groups=run.groups.manifest(),
             metrics=record,
             best=best,
             early_stopping=stopping.state_dict() if stopping else None,
+            rngs=rngs,
         )
         save_checkpoints(run_dir / "checkpoints", checkpoint, config.checkpoint, is_best=is_best)
 
@@ -159,14 +216,17 @@ def fit(
 
     with StopRequests() as stop:
         for epoch in range(position.epoch + 1, settings.epochs + 1):
-            skip = position.batch_in_epoch if epoch == position.epoch + 1 else 0
+            skip_samples = position.samples_in_epoch if epoch == position.epoch + 1 else 0
+            skip = skip_samples // samples_per_batch
             report.start_epoch(epoch, settings.epochs, batches, done=skip)
             lrs = learning_rates(run.optimizer)  # the lr of the epoch's first step
             trained = train_epoch(
                 run,
+                job,
                 position,
                 epoch,
                 skip=skip,
+                skip_samples=skip_samples,
                 stop=stop,
                 report=report,
                 log=log,
@@ -181,12 +241,14 @@ def fit(
                 "epoch": epoch,
                 "step": position.step,
                 "train/loss": trained.loss_sum / max(trained.batches, 1),
-                **evaluate(run.model, run.val_loader, run.loss_fn, device, settings.precision),
+                **evaluate(
+                    run.model, run.val_loader, run.loss_fn, device, settings.precision, job=job
+                ),
                 **lrs,
-                "train/samples_per_s": trained.samples / trained.seconds,
+                "train/samples_per_s": trained.samples * job.world_size / trained.seconds,
             }
             check_finite(record["train/loss"], position.step)
-            whole_epoch = trained.batches == batches
+            whole_epoch = trained.batches == trained.epoch_batches
             if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 run.scheduler.step(record[config.scheduler.monitor or "val/loss"])
             elif (
@@ -210,7 +272,7 @@ def fit(
                     f"{stopping.min_delta} for {stopping.patience} epochs"
                 )
                 break
-            if stop.requested and epoch < settings.epochs:
+            if job.any(stop.requested, device) and epoch < settings.epochs:
                 raise Interrupted(str(run_dir / "checkpoints" / "last.pt"))
 
     metrics_file.close()
@@ -231,18 +293,21 @@ def fit(
 @dataclass
 class EpochResult:
     loss_sum: float  # summed batch losses of the epoch (with those before a resume)
-    batches: int  # batches of the epoch trained so far
-    samples: int  # samples trained in this call
+    batches: int  # batches of the epoch trained so far (by this process)
+    epoch_batches: int  # batches of the whole epoch (of this process)
+    samples: int  # samples trained in this call (by this process)
     seconds: float
     stopped_by_signal: bool
 
 
 def train_epoch(
     run: Run,
+    job: Distributed,
     position: Position,
     epoch: int,
     *,
     skip: int,
+    skip_samples: int,
     stop: StopRequests,
     report: Reporter,
     log: Callable[[dict[str, Any], int, float], None],
@@ -257,23 +322,25 @@ def train_epoch(
         and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     )
     every_steps, max_steps = config.checkpoint.every_steps, settings.max_steps
-    batches, accumulate, trainable = (
-        batches_per_epoch(run.train_loader),
-        settings.accumulate,
-        run.trainable,
+    accumulate, trainable = settings.accumulate, run.trainable
+    batches = skip + start_epoch(
+        run.train_loader, epoch, seed=config.seed, skip_samples=skip_samples
     )
     window_loss = torch.zeros((), device=device)  # summed on the device; read at sync points
     epoch_loss = position.epoch_loss if skip else 0.0
     synced, skipped, samples, batch = skip, 0, 0, skip - 1
     grad_norm = None
-    start_epoch(run.train_loader, epoch, seed=config.seed, skip_batches=skip)
     model.train()
     started = time.perf_counter()
 
-    def forward_backward(inputs: torch.Tensor, targets: torch.Tensor, divide: int) -> torch.Tensor:
-        with autocast(settings.precision, device):
-            loss = run.loss_fn(model(inputs), targets)
-        scaler.scale(loss / divide if divide > 1 else loss).backward()
+    def forward_backward(
+        inputs: torch.Tensor, targets: torch.Tensor, divide: int, sync: bool = True
+    ) -> torch.Tensor:
+        # Under DDP, gradients are all-reduced only on the window's last backward.
+        with contextlib.nullcontext() if sync or not job.enabled else model.no_sync():
+            with autocast(settings.precision, device):
+                loss = run.loss_fn(model(inputs), targets)
+            scaler.scale(loss / divide if divide > 1 else loss).backward()
         return loss
 
     def clip(measure: bool) -> torch.Tensor | None:
@@ -311,15 +378,16 @@ def train_epoch(
             # A window of `accumulate` batches: zero the grads at its start, step at its end.
             window_start = batch - batch % accumulate
             window = min(accumulate, batches - window_start)
+            window_end = batch + 1 == window_start + window
             if batch == window_start:
                 optimizer.zero_grad(set_to_none=True)
-            loss = forward_backward(inputs, targets, window)
+            loss = forward_backward(inputs, targets, window, sync=window_end)
             if settings.skip_nonfinite and not torch.isfinite(loss):  # a host sync, by choice
                 skipped += 1
                 optimizer.zero_grad(set_to_none=True)
             else:
                 window_loss += loss.detach()
-            if batch + 1 < window_start + window:
+            if not window_end:
                 continue
             grad_norm = clip(logging)
             scale = scaler.get_scale() if scaler.is_enabled() else None
@@ -334,8 +402,15 @@ def train_epoch(
         last_batch = batch + 1 == batches
         reached_max = max_steps is not None and position.step >= max_steps
         save_now = every_steps is not None and position.step % every_steps == 0
-        if logging or (not last_batch and (stop.requested or reached_max or save_now)):
-            total = window_loss.item()  # the hot path's only host sync, every log_every steps
+        # A stop request is acted on by all ranks at once: checked every step alone, at
+        # the sync points (log_every, every_steps) under DDP.
+        stopping = not last_batch and (
+            job.any(stop.requested, device)
+            if logging or save_now
+            else stop.requested and not job.enabled
+        )
+        if logging or (not last_batch and (stopping or reached_max or save_now)):
+            total = job.sum_(window_loss).item() / job.world_size  # the hot path's host sync
             check_finite(total, position.step)
             mean = total / max(batch + 1 - synced - skipped, 1)
             epoch_loss += total
@@ -345,20 +420,20 @@ def train_epoch(
             record = {"epoch": epoch, "step": position.step, "train/loss": mean, **lrs}
             if grad_norm is not None:
                 record["train/grad_norm"] = float(grad_norm)
-            log(record, batch + 1, samples / (time.perf_counter() - started))
+            log(record, batch + 1, samples * job.world_size / (time.perf_counter() - started))
         if last_batch:
             break
-        if stop.requested:
+        if stopping:
             save_mid_epoch(batch + 1, epoch_loss)
-            return EpochResult(epoch_loss, batch + 1, samples, 0.0, stopped_by_signal=True)
+            return EpochResult(epoch_loss, batch + 1, batches, samples, 0.0, True)
         if reached_max:
             break  # fit validates, then writes the mid-epoch checkpoint
         if save_now:
             save_mid_epoch(batch + 1, epoch_loss)
 
-    epoch_loss += window_loss.item()
+    epoch_loss += job.sum_(window_loss).item() / job.world_size
     seconds = time.perf_counter() - started
-    return EpochResult(epoch_loss, batch + 1, samples, seconds, stopped_by_signal=False)
+    return EpochResult(epoch_loss, batch + 1, batches, samples, seconds, False)
 
 
 def check_before_building(config: Config, device: torch.device) -> None:
@@ -381,8 +456,11 @@ def check_before_building(config: Config, device: torch.device) -> None:
         raise UserError(problems)
 
 
-def build_run(config: Config, device: torch.device) -> Run:
-    """Build in the order resume relies on: model → param groups → optimizer → scheduler."""
+def build_run(config: Config, device: torch.device, job: Distributed = SINGLE) -> Run:
+    """Build in the order resume relies on: model → param groups → optimizer → scheduler.
+
+    Every rank builds the same model from the same seed; each then gets its own RNG stream.
+    """
     seed_everything(config.seed)
     module = build_model(config.model)
     notes = load_initial_weights(module, config.model.init_from) if config.model.init_from else []
@@ -396,7 +474,11 @@ def build_run(config: Config, device: torch.device) -> Run:
         optimizer=config.optimizer.name,
     )
     optimizer = build_optimizer(config.optimizer, groups)
-    train_loader, val_loader = build_loaders(config.data, seed=config.seed, device=device)
+    train_loader, val_loader = build_loaders(
+        config.data, seed=config.seed, device=device, rank=job.rank, world_size=job.world_size
+    )
+    if job.enabled:
+        seed_everything(config.seed + job.rank)
     run = Run(
         config=config,
         device=device,

@@ -26,7 +26,8 @@ class Position:
 
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
-    batch_in_epoch: int = 0  # batches of epoch `epoch + 1` already trained
+    batch_in_epoch: int = 0  # batches of epoch `epoch + 1` already trained (per process)
+    samples_in_epoch: int = 0  # samples of epoch `epoch + 1` already trained (all processes)
     epoch_loss: float = 0.0  # summed batch losses of those batches
     best: dict[str, Any] | None = None
 
@@ -132,6 +133,8 @@ def restore(
     manifest: dict[str, list[str]],
     reset_optimizer: bool,
     rebuild_scheduler: Any,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[Position, Any, list[str]]:
     """Load the checkpoint's states into the built objects; returns (position, scheduler, notes).
 
@@ -156,6 +159,8 @@ def restore(
         epoch=checkpoint["epoch"],
         step=checkpoint["step"],
         batch_in_epoch=checkpoint["batch_in_epoch"],
+        samples_in_epoch=checkpoint.get("samples_in_epoch")
+        or checkpoint["batch_in_epoch"] * config.data.batch_size,
         epoch_loss=float(checkpoint.get("epoch_loss", 0.0)),
         best=checkpoint["best"],
     )
@@ -185,7 +190,15 @@ def restore(
                 f"scheduler: rebuilt {config.scheduler.name} from the config, "
                 f"fast-forwarded to last_epoch={last_epoch}"
             )
-    set_rng_state(checkpoint["rng"])
+    # Each rank's own RNG when the process count is the same as when it was saved;
+    # otherwise rank 0's, and the other ranks a stream of their own from the seed.
+    per_rank = checkpoint.get("rng_per_rank") or [checkpoint["rng"]]
+    if len(per_rank) == world_size:
+        set_rng_state(per_rank[rank])
+    else:
+        set_rng_state(per_rank[0])
+        if rank:
+            torch.manual_seed(config.seed + rank + position.step)
     return position, scheduler, notes
 
 

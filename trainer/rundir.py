@@ -25,11 +25,14 @@ def fresh_run_dir(base: Path) -> Path:
 class MetricsFile:
     """metrics.jsonl: one JSON object per line, flushed as it is written."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, enabled: bool = True) -> None:
         self.path = path
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        # Under torch.distributed only rank 0 writes; the others hold a closed-off writer.
+        self._file = open(path, "a", encoding="utf-8") if enabled else None  # noqa: SIM115
 
     def write(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            return
         clean = {
             k: (None if isinstance(v, float) and not math.isfinite(v) else v)
             for k, v in record.items()
@@ -38,7 +41,8 @@ class MetricsFile:
         self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

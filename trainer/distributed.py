@@ -1,0 +1,115 @@
+"""torch.distributed under torchrun: one process per device, DDP, rank 0 prints and writes.
+
+`torchrun --nproc_per_node=N -m trainer fit CONFIG` (or `trainer fit CONFIG --nproc N`)
+sets WORLD_SIZE, RANK and LOCAL_RANK; without them everything here is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """All-reduce (sum) in place; the same tensor on one process."""
+        if self.enabled:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank when it is True on any (e.g. a stop request)."""
+        if not self.enabled:
+            return flag
+        value = torch.tensor(int(flag), device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order, on every rank."""
+        if not self.enabled:
+            return [obj]
+        boxes: list[Any] = [None] * self.world_size
+        dist.all_gather_object(boxes, obj)
+        return boxes
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+SINGLE = Distributed()
+
+
+def from_environment() -> Distributed:
+    """The torchrun environment (WORLD_SIZE, RANK, LOCAL_RANK), or a single process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed()
+    return Distributed(
+        rank=int(os.environ["RANK"]),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        world_size=world_size,
+    )
+
+
+def start(job: Distributed, device: torch.device, *, timeout_s: int) -> None:
+    """init_process_group: nccl on CUDA (one device per local rank), gloo on CPU.
+
+    A rank that stops answering ends every rank's collective after `timeout_s`, so a fault
+    on one rank ends the job instead of hanging it.
+    """
+    if not job.enabled or dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+
+
+def stop() -> None:
+    """destroy_process_group, if one was started."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """`trainer fit ... --nproc N`: torchrun's elastic launcher on this machine."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    try:
+        torchrun(["--standalone", f"--nproc_per_node={nproc}", "-m", "trainer", *argv])
+    except ChildFailedError as err:
+        failures = err.failures
+        codes = {failure.exitcode for failure in failures.values()}
+        return 130 if codes == {130} else (2 if codes == {2} else 1)
+    return 0
