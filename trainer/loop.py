@@ -240,7 +240,7 @@ def train(
             record = {
                 "epoch": epoch,
                 "step": position.step,
-                "train/loss": trained.loss_sum / max(trained.batches, 1),
+                "train/loss": trained.loss_sum / max(trained.batches - trained.skipped, 1),
                 **evaluate(
                     run.model, run.val_loader, run.loss_fn, device, settings.precision, job=job
                 ),
@@ -249,12 +249,14 @@ def train(
             }
             check_finite(record["train/loss"], position.step)
             whole_epoch = trained.batches == trained.epoch_batches
-            if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                run.scheduler.step(record[config.scheduler.monitor or "val/loss"])
-            elif (
-                run.scheduler is not None and config.scheduler.interval == "epoch" and (whole_epoch)
+            plateau = isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+            if whole_epoch and (
+                plateau or (run.scheduler and config.scheduler.interval == "epoch")
             ):
-                run.scheduler.step()
+                if plateau:
+                    run.scheduler.step(record[config.scheduler.monitor or "val/loss"])
+                else:
+                    run.scheduler.step()
             metrics_file.write(record)
             report.end_epoch(record)
 
@@ -264,6 +266,7 @@ def train(
                 save(epoch, 0, 0.0, is_best)
             else:  # stopped by trainer.max_steps: a mid-epoch checkpoint resumes exactly
                 save(epoch - 1, trained.batches, trained.loss_sum, is_best)
+            if settings.max_steps is not None and position.step >= settings.max_steps:
                 report.note(f"trainer.max_steps={settings.max_steps} reached")
                 break
             if stopping is not None and stopping.update(record):
@@ -298,6 +301,7 @@ class EpochResult:
     samples: int  # samples trained in this call (by this process)
     seconds: float
     stopped_by_signal: bool
+    skipped: int = 0  # batches skip_nonfinite left out
 
 
 def train_epoch(
@@ -329,17 +333,27 @@ def train_epoch(
     window_loss = torch.zeros((), device=device)  # summed on the device; read at sync points
     epoch_loss = position.epoch_loss if skip else 0.0
     synced, skipped, samples, batch = skip, 0, 0, skip - 1
+    window_skipped = skipped_total = 0  # batches skip_nonfinite left out
     grad_norm = None
     model.train()
     started = time.perf_counter()
 
     def forward_backward(
-        inputs: torch.Tensor, targets: torch.Tensor, divide: int, sync: bool = True
-    ) -> torch.Tensor:
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        divide: int,
+        sync: bool = True,
+        may_skip: bool = True,
+    ) -> torch.Tensor | None:
+        """Forward and backward; None, and no backward, for a loss skip_nonfinite skips."""
         # Under DDP, gradients are all-reduced only on the window's last backward.
         with contextlib.nullcontext() if sync or not job.enabled else model.no_sync():
             with autocast(settings.precision, device):
                 loss = run.loss_fn(model(inputs), targets)
+            # skip_nonfinite costs a host sync per batch, by choice; all ranks agree.
+            skip = may_skip and settings.skip_nonfinite
+            if skip and job.any(not bool(torch.isfinite(loss)), device):
+                return None
             scaler.scale(loss / divide if divide > 1 else loss).backward()
         return loss
 
@@ -369,7 +383,7 @@ def train_epoch(
             # LBFGS-style: the optimizer re-evaluates the loss itself, several times a step.
             def closure(x: torch.Tensor = inputs, y: torch.Tensor = targets) -> torch.Tensor:
                 optimizer.zero_grad(set_to_none=True)
-                loss = forward_backward(x, y, 1)
+                loss = forward_backward(x, y, 1, may_skip=False)
                 clip(False)
                 return loss
 
@@ -381,19 +395,26 @@ def train_epoch(
             window_end = batch + 1 == window_start + window
             if batch == window_start:
                 optimizer.zero_grad(set_to_none=True)
+                window_skipped = 0
             loss = forward_backward(inputs, targets, window, sync=window_end)
-            if settings.skip_nonfinite and not torch.isfinite(loss):  # a host sync, by choice
-                skipped += 1
-                optimizer.zero_grad(set_to_none=True)
+            if loss is None:
+                skipped, window_skipped, skipped_total = (
+                    skipped + 1,
+                    window_skipped + 1,
+                    skipped_total + 1,
+                )
             else:
                 window_loss += loss.detach()
             if not window_end:
                 continue
-            grad_norm = clip(logging)
-            scale = scaler.get_scale() if scaler.is_enabled() else None
-            scaler.step(optimizer)
-            scaler.update()
-            stepped = scale is None or scaler.get_scale() >= scale  # fp16: inf grads skip
+            # Nothing to step with: all of the window skipped, or (DDP) grads left unsynced.
+            stepped = window_skipped == 0 or (window_skipped < window and not job.enabled)
+            if stepped:
+                grad_norm = clip(logging)
+                scale = scaler.get_scale() if scaler.is_enabled() else None
+                scaler.step(optimizer)
+                scaler.update()
+                stepped = scale is None or scaler.get_scale() >= scale  # fp16: inf grads skip
         position.step += 1
         lrs = learning_rates(optimizer) if logging else None
         if step_scheduler and stepped:
@@ -425,7 +446,7 @@ def train_epoch(
             break
         if stopping:
             save_mid_epoch(batch + 1, epoch_loss)
-            return EpochResult(epoch_loss, batch + 1, batches, samples, 0.0, True)
+            return EpochResult(epoch_loss, batch + 1, batches, samples, 0.0, True, skipped_total)
         if reached_max:
             break  # fit validates, then writes the mid-epoch checkpoint
         if save_now:
@@ -433,7 +454,7 @@ def train_epoch(
 
     epoch_loss += job.sum_(window_loss).item() / job.world_size
     seconds = time.perf_counter() - started
-    return EpochResult(epoch_loss, batch + 1, batches, samples, seconds, False)
+    return EpochResult(epoch_loss, batch + 1, batches, samples, seconds, False, skipped_total)
 
 
 def check_before_building(config: Config, device: torch.device) -> None:

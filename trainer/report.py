@@ -107,8 +107,14 @@ def schedule_table(table: dict[str, list[float]], unit: str, *, rows: int = 40) 
     length = len(next(iter(table.values()), []))
     count = min(rows, length)
     shown = sorted({round(i * (length - 1) / max(count - 1, 1)) for i in range(count)})
-    title = f"lr per {unit}" + (f" ({len(shown)} of {length} shown)" if len(shown) < length else "")
-    out = Table(title=title, title_justify="left")
+    caption = (
+        f"{len(shown)} of {length} {unit}s shown; --json lists all"
+        if (len(shown) < length)
+        else None
+    )
+    out = Table(
+        title=f"lr per {unit}", title_justify="left", caption=caption, caption_justify="left"
+    )
     out.add_column(unit, justify="right")
     for name in table:
         out.add_column(name, justify="right")
