@@ -122,6 +122,11 @@ def _torchvision(class_name: str, folder: Callable[[str], str], hint: str) -> Ca
         try:
             return cls(root, train=train, transform=transform, download=download)
         except RuntimeError as err:
+            if download and "download" in str(err).lower():  # torchvision wraps the URLError
+                raise UserError(
+                    f"data.download: downloading {class_name} into {root!r} failed ({err}); "
+                    f"offline? {hint}"
+                ) from None
             if "not found" not in str(err).lower() and "corrupted" not in str(err).lower():
                 raise
             raise UserError(
@@ -146,12 +151,12 @@ def _mnist_folder(name: str) -> Callable[[str], str]:
 mnist = _torchvision(
     "MNIST",
     _mnist_folder("MNIST"),
-    "put train-images-idx3-ubyte and its three siblings (or their .gz) there",
+    "put train-images-idx3-ubyte and its three siblings there, uncompressed (gunzip)",
 )
 fashion_mnist = _torchvision(
     "FashionMNIST",
     _mnist_folder("FashionMNIST"),
-    "put the four Fashion-MNIST idx files (or their .gz) there",
+    "put the four Fashion-MNIST idx files there, uncompressed (gunzip)",
 )
 cifar10 = _torchvision(
     "CIFAR10",

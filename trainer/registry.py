@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from collections.abc import Callable, Iterable
 from functools import cache
 from typing import Any
@@ -29,8 +30,10 @@ SUPPLIED_BY_RUNNER = {
 
 
 def _first_line(obj: Any) -> str:
-    doc = inspect.getdoc(obj) or ""
-    return doc.strip().splitlines()[0].rstrip(".") if doc.strip() else ""
+    """The docstring's first sentence (which may run over several lines), on one line."""
+    doc = (inspect.getdoc(obj) or "").strip().split("\n\n")[0]
+    doc = re.sub(r"`([^`<]+?)\s*<[^>]*>`_+", r"\1", doc)  # reST links: keep their titles
+    return " ".join(doc.split()).split(". ")[0].rstrip(".")
 
 
 def _subclasses_in(module: Any, base: tuple[type, ...], skip: Iterable[str] = ()) -> dict:
@@ -168,6 +171,17 @@ def accepts(fn: Callable[..., Any], argument: str) -> bool:
     return argument in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
+def _keywords_of(cls: Any) -> list[str]:
+    """Keyword arguments of a class a builder returns (torchvision builders pass **kwargs on)."""
+    if not isinstance(cls, type):
+        return []
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return []
+    return [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
 def build(kind: str, name: str, kwargs: dict[str, Any], *, key: str, **supplied: Any) -> Any:
     """Resolve, check and call: `fn(**supplied, **kwargs)`; bad arguments are UserErrors."""
     fn = resolve(kind, name, key=f"{key}.name")
@@ -177,9 +191,15 @@ def build(kind: str, name: str, kwargs: dict[str, Any], *, key: str, **supplied:
     try:
         return fn(**supplied, **kwargs)
     except TypeError as err:
-        if "unexpected keyword argument" not in str(err):
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if unexpected is None:
             raise
-        raise UserError(f"{key}: {name} rejected its arguments: {err}") from None
+        arg = unexpected.group(1)
+        known = _keywords_of(inspect.signature(fn).return_annotation)
+        raise UserError(
+            f"{key}.{arg}: not an argument of {name}{did_you_mean(arg, known)}"
+            + (f" (arguments: {', '.join(known)})" if known else "")
+        ) from None
     except ValueError as err:
         raise UserError(f"{key}: {name} rejected its arguments: {err}") from None
 
