@@ -49,11 +49,11 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, *, option: str = "--resume") -> dict[str, Any]:
     """A checkpoint read with weights_only=True; a UserError if it is missing or not one."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--resume: no checkpoint at {str(path)!r}")
+        raise UserError(f"{option}: no checkpoint at {str(path)!r}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

@@ -137,7 +137,7 @@ def inspect(
     from trainer.checkpoint import load_checkpoint
     from trainer.report import checkpoint_summary
 
-    sys.stdout.write(checkpoint_summary(load_checkpoint(checkpoint)) + "\n")
+    sys.stdout.write(checkpoint_summary(load_checkpoint(checkpoint, option="CHECKPOINT")) + "\n")
 
 
 @app.command()

@@ -92,6 +92,11 @@ class OptimizerConfig(Component):
 EPOCH_METRICS = ("train/loss", "val/loss", "val/acc")
 
 
+def default_mode(monitor: str) -> Literal["min", "max"]:
+    """Higher is better for accuracy, lower for losses."""
+    return "max" if monitor.endswith("acc") else "min"
+
+
 def _check_monitor(monitor: str) -> str:
     if monitor not in EPOCH_METRICS:
         raise ValueError(
@@ -197,10 +202,15 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 class EarlyStoppingConfig(Section):
     monitor: str = "val/loss"
     patience: PositiveInt = 3
-    mode: Literal["min", "max"] = "min"
+    mode: Literal["min", "max"] | None = None  # default: max for val/acc, else min
     min_delta: float = Field(default=0.0, ge=0)
 
     _monitor = field_validator("monitor")(classmethod(lambda cls, v: _check_monitor(v)))
+
+    @model_validator(mode="after")
+    def _mode(self) -> EarlyStoppingConfig:
+        self.mode = self.mode or default_mode(self.monitor)
+        return self
 
 
 class TrainerConfig(Section):
@@ -232,14 +242,19 @@ class CheckpointConfig(Section):
     every_steps: PositiveInt | None = None
     keep_last: NonNegativeInt | None = 3
     monitor: str = "val/loss"
-    mode: Literal["min", "max"] = "min"
+    mode: Literal["min", "max"] | None = None  # default: max for val/acc, else min
 
     _monitor = field_validator("monitor")(classmethod(lambda cls, v: _check_monitor(v)))
+
+    @model_validator(mode="after")
+    def _mode(self) -> CheckpointConfig:
+        self.mode = self.mode or default_mode(self.monitor)
+        return self
 
 
 class Config(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**63)
     model: ModelConfig
     data: DataConfig
     loss: LossConfig = LossConfig()

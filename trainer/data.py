@@ -51,22 +51,25 @@ class EpochSampler(Sampler[int]):
         self.epoch, self.start = epoch, start
 
     def _order(self) -> list[int]:
+        """This epoch's order from `start` on, padded to a multiple of world_size with the
+        first indices of the epoch (as DistributedSampler pads), so every rank gets as many
+        batches as the others, whatever `start` is."""
         if self.shuffle:
             generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
             order = torch.randperm(self.size, generator=generator).tolist()
         else:
             order = list(range(self.size))
-        padding = -self.size % self.world_size
-        return order + order[:padding]
+        rest = order[self.start :]
+        return rest + order[: -len(rest) % self.world_size]
 
     def __iter__(self) -> Iterator[int]:
         if self.world_size == 1 and not self.shuffle:
             return iter(range(self.start, self.size))
-        return iter(self._order()[self.start :][self.rank :: self.world_size])
+        return iter(self._order()[self.rank :: self.world_size])
 
     def __len__(self) -> int:
-        remaining = self.size + (-self.size % self.world_size) - self.start
-        return max(0, -(-(remaining - self.rank) // self.world_size))
+        remaining = self.size - self.start
+        return -(-remaining // self.world_size)
 
 
 def build_datasets(config: DataConfig, *, seed: int) -> tuple[Dataset, Dataset]:
@@ -99,7 +102,7 @@ def build_datasets(config: DataConfig, *, seed: int) -> tuple[Dataset, Dataset]:
         return build(True, True), build(False, False)
     train_set = build(True, True)
     order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))
-    val_size = max(1, round(len(train_set) * config.val_fraction))
+    val_size = val_split_size(len(train_set), config.val_fraction)
     val_part, train_part = order[:val_size].tolist(), order[val_size:].tolist()
     return Subset(train_set, train_part), Subset(build(True, False), val_part)
 
@@ -113,8 +116,20 @@ def build_loaders(
     `batch_size` is per process.
     """
     train_set, val_set = build_datasets(config, seed=seed)
-    if len(train_set) == 0:
-        raise UserError(f"data: the training set of {config.name!r} is empty")
+    if not hasattr(train_set, "__getitem__") or not hasattr(train_set, "__len__"):
+        raise UserError(
+            f"data.name: {config.name!r} returned a {type(train_set).__name__}, "
+            "not a map-style dataset"
+        )
+    per_process = count_batches(
+        len(train_set), config.batch_size, drop_last=config.drop_last, world_size=world_size
+    )
+    if per_process == 0:
+        raise UserError(
+            f"data.batch_size: {config.batch_size} leaves no batch in an epoch of "
+            f"{len(train_set)} samples ({world_size} process(es), drop_last: "
+            f"{str(config.drop_last).lower()})"
+        )
     workers = config.num_workers
     common = {
         "num_workers": workers,
@@ -157,13 +172,22 @@ def _batch_sampler(loader: DataLoader) -> BatchSampler:
     return loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
 
 
+def count_batches(size: int, batch_size: int, *, drop_last: bool, world_size: int = 1) -> int:
+    """Batches of one process in an epoch over `size` samples shared by `world_size`."""
+    per_process = -(-size // world_size)
+    return per_process // batch_size if drop_last else -(-per_process // batch_size)
+
+
 def batches_per_epoch(loader: DataLoader) -> int:
     """Batches of this process in a whole epoch, wherever the sampler starts now."""
     batch_sampler = _batch_sampler(loader)
     sampler = batch_sampler.sampler
-    per_rank = -(-sampler.size // sampler.world_size)
-    size = batch_sampler.batch_size
-    return per_rank // size if batch_sampler.drop_last else -(-per_rank // size)
+    return count_batches(
+        sampler.size,
+        batch_sampler.batch_size,
+        drop_last=batch_sampler.drop_last,
+        world_size=sampler.world_size,
+    )
 
 
 def start_epoch(loader: DataLoader, epoch: int, *, seed: int, skip_samples: int = 0) -> int:
@@ -174,7 +198,14 @@ def start_epoch(loader: DataLoader, epoch: int, *, seed: int, skip_samples: int 
     return len(loader)
 
 
-def train_set_size(config: DataConfig) -> int:
-    """The number of training samples (builds the training set, loads no batch)."""
+def val_split_size(size: int, val_fraction: float) -> int:
+    """Samples `val_fraction` carves out of a training set of `size`."""
+    return max(1, round(size * val_fraction))
+
+
+def train_batches(config: DataConfig) -> int:
+    """Batches in a training epoch of one process (builds the training set, loads no batch)."""
     size = len(registry.build("datasets", config.name, config.kwargs, key="data", train=True))
-    return size - max(1, round(size * config.val_fraction)) if config.val_fraction else size
+    if config.val_fraction:
+        size -= val_split_size(size, config.val_fraction)
+    return count_batches(size, config.batch_size, drop_last=config.drop_last)

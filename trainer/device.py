@@ -9,19 +9,26 @@ import torch
 from trainer.errors import UserError
 
 
-def pick_device(requested: str, *, local_rank: int = 0) -> tuple[torch.device, str]:
+def pick_device(
+    requested: str, *, local_rank: int = 0, world_size: int = 1
+) -> tuple[torch.device, str]:
     """The device to train on and the reason it was chosen.
 
-    Under torchrun, `auto` and `cuda` mean the GPU of this process's LOCAL_RANK.
+    Under torchrun (`world_size` > 1), `auto` and `cuda` mean the GPU of this process's
+    LOCAL_RANK; `cuda:N` would put every process on one GPU, so it is an error.
     """
-    if requested in ("auto", "cuda") and local_rank and torch.cuda.is_available():
+    if world_size > 1 and requested.startswith("cuda:"):
+        raise UserError(
+            f"trainer.device: {requested!r} under torchrun puts every process on "
+            "one GPU; use cuda or auto (each process takes its LOCAL_RANK's GPU)"
+        )
+    if world_size > 1 and requested in ("auto", "cuda") and torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
-        return device, f"{requested}: CUDA device of LOCAL_RANK {local_rank}"
+        return device, f"{requested}: the CUDA device of LOCAL_RANK {local_rank}"
     if requested == "auto":
         if torch.cuda.is_available():
-            return torch.device(
-                "cuda", 0
-            ), f"auto: CUDA is available ({torch.cuda.get_device_name()})"
+            reason = f"auto: CUDA is available ({torch.cuda.get_device_name()})"
+            return torch.device("cuda", torch.cuda.current_device()), reason
         if torch.backends.mps.is_available():
             return torch.device("mps"), "auto: no CUDA, MPS is available"
         return torch.device("cpu"), "auto: no CUDA or MPS device found"

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from trainer.config import Config
-from trainer.device import autocast, pick_device
+from trainer.device import autocast, check_precision, pick_device
 from trainer.distributed import SINGLE, Distributed
 from trainer.errors import UserError
 
@@ -63,8 +63,9 @@ def evaluate_checkpoint(config: Config, path: str) -> dict[str, float]:
     problems = check_components(config, sections=("model", "data", "loss"))
     if problems:
         raise UserError(problems)
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, option="--checkpoint")
     device, _ = pick_device(config.trainer.device)
+    check_precision(config.trainer.precision, device)
     model = build_model(config.model)
     mismatch = model_changes(checkpoint["model"], model)
     if mismatch:

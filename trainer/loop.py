@@ -39,7 +39,7 @@ from trainer.param_groups import GroupsReport, build_param_groups
 from trainer.registry import check_components
 from trainer.report import Reporter
 from trainer.resume import Position, find_checkpoint, restore
-from trainer.rundir import MetricsFile, fresh_run_dir
+from trainer.rundir import MetricsFile, fresh_run_dir, run_dir_of
 from trainer.schedulers import build_scheduler, steps_per_epoch, warnings_for
 
 
@@ -97,8 +97,10 @@ def fit(
     """
     job = distributed.from_environment()
     report = Reporter(console if job.is_main else Console(file=io.StringIO()))
-    device, reason = pick_device(config.trainer.device, local_rank=job.local_rank)
-    check_before_building(config, device)
+    device, reason = pick_device(
+        config.trainer.device, local_rank=job.local_rank, world_size=job.world_size
+    )
+    check_before_building(config, device, job)
     distributed.start(job, device, timeout_s=config.trainer.dist_timeout)
     try:
         return train(
@@ -150,13 +152,15 @@ def train(
             rank=job.rank,
             world_size=job.world_size,
         )
-        run_dir = checkpoint_path.parent.parent
         notes += [
             f"resumed from {checkpoint_path}: epoch {position.epoch}, step "
             f"{position.step}, batch {position.batch_in_epoch} of the next epoch",
             *restored,
         ]
-    else:
+    run_dir = run_dir_of(checkpoint_path) if checkpoint_path else None
+    if checkpoint_path and run_dir is None:
+        notes.append(f"{checkpoint_path} is not in a run's checkpoints/: a new run directory")
+    if run_dir is None:
         run_dir = job.broadcast(fresh_run_dir(run_base) if job.is_main else None)
         if job.is_main:
             (run_dir / "config.yaml").write_text(config_to_yaml(config), encoding="utf-8")
@@ -248,6 +252,7 @@ def train(
                 "train/samples_per_s": trained.samples * job.world_size / trained.seconds,
             }
             check_finite(record["train/loss"], position.step)
+            check_monitors(config, record)
             whole_epoch = trained.batches == trained.epoch_batches
             plateau = isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
             if whole_epoch and (
@@ -364,8 +369,9 @@ def train_epoch(
         scaler.unscale_(optimizer)
         if settings.clip_grad_norm is not None:
             return torch.nn.utils.clip_grad_norm_(trainable, settings.clip_grad_norm)
-        grads = [p.grad for p in trainable if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads) if measure else None
+        norm = None
+        if measure:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in trainable if p.grad is not None])
         torch.nn.utils.clip_grad_value_(trainable, settings.clip_grad_value)
         return norm
 
@@ -411,10 +417,12 @@ def train_epoch(
             stepped = window_skipped == 0 or (window_skipped < window and not job.enabled)
             if stepped:
                 grad_norm = clip(logging)
-                scale = scaler.get_scale() if scaler.is_enabled() else None
+                # fp16: did the scaler skip the step (inf grads)? Two host syncs, so only
+                # asked when a per-step scheduler needs the answer.
+                scale = scaler.get_scale() if scaler.is_enabled() and step_scheduler else None
                 scaler.step(optimizer)
                 scaler.update()
-                stepped = scale is None or scaler.get_scale() >= scale  # fp16: inf grads skip
+                stepped = scale is None or scaler.get_scale() >= scale
         position.step += 1
         lrs = learning_rates(optimizer) if logging else None
         if step_scheduler and stepped:
@@ -457,7 +465,7 @@ def train_epoch(
     return EpochResult(epoch_loss, batch + 1, batches, samples, seconds, False, skipped_total)
 
 
-def check_before_building(config: Config, device: torch.device) -> None:
+def check_before_building(config: Config, device: torch.device, job: Distributed = SINGLE) -> None:
     """Every problem the config can be found to have before anything is built."""
     check_precision(config.trainer.precision, device)
     problems = check_components(config)
@@ -467,6 +475,12 @@ def check_before_building(config: Config, device: torch.device) -> None:
             problems.append(
                 f"trainer.accumulate: {name} evaluates the loss itself in "
                 "step(closure), so it cannot accumulate gradients; use accumulate: 1"
+            )
+        if job.enabled:
+            problems.append(
+                f"optimizer.name: {name} evaluates the loss as often as its own "
+                "line search decides, which differs between processes under "
+                "torchrun; use one process"
             )
         if config.trainer.precision == "fp16":
             problems.append(
@@ -517,6 +531,23 @@ def build_run(config: Config, device: torch.device, job: Distributed = SINGLE) -
     )
     run.scheduler = run.rebuild_scheduler(optimizer)
     return run
+
+
+def check_monitors(config: Config, record: dict[str, Any]) -> None:
+    """Every monitored metric must be in the epoch's record (val/acc needs class targets)."""
+    monitors = {"checkpoint.monitor": config.checkpoint.monitor}
+    if config.scheduler and config.scheduler.name == "ReduceLROnPlateau":
+        monitors["scheduler.monitor"] = config.scheduler.monitor or "val/loss"
+    if config.trainer.early_stopping:
+        monitors["trainer.early_stopping.monitor"] = config.trainer.early_stopping.monitor
+    problems = [
+        f"{key}: {monitor!r} is not logged by this run (its epoch metrics: "
+        f"{', '.join(k for k in record if '/' in k and not k.startswith('lr/'))})"
+        for key, monitor in monitors.items()
+        if monitor not in record
+    ]
+    if problems:
+        raise UserError(problems)
 
 
 def check_finite(loss: float, step: int) -> None:

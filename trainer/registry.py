@@ -190,18 +190,20 @@ def build(kind: str, name: str, kwargs: dict[str, Any], *, key: str, **supplied:
         raise UserError(problems)
     try:
         return fn(**supplied, **kwargs)
-    except TypeError as err:
-        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(err))
-        if unexpected is None:
-            raise
-        arg = unexpected.group(1)
-        known = _keywords_of(inspect.signature(fn).return_annotation)
-        raise UserError(
-            f"{key}.{arg}: not an argument of {name}{did_you_mean(arg, known)}"
-            + (f" (arguments: {', '.join(known)})" if known else "")
-        ) from None
-    except ValueError as err:
-        raise UserError(f"{key}: {name} rejected its arguments: {err}") from None
+    except (ValueError, TypeError, RuntimeError, AttributeError, KeyError) as err:
+        # The callable refused the config's values (a string for a number, a negative size):
+        # the user's input, so a message naming the config key rather than a traceback.
+        raise UserError(_rejected(fn, name, err, key=key)) from None
+
+
+def _rejected(fn: Callable[..., Any], name: str, err: Exception, *, key: str) -> str:
+    unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+    if not isinstance(err, TypeError) or unexpected is None:
+        return f"{key}: {name} rejected its arguments: {type(err).__name__}: {err}"
+    arg = unexpected.group(1)  # a builder that passes **kwargs on (torchvision's) refused it
+    known = _keywords_of(inspect.signature(fn).return_annotation)
+    listed = f" (arguments: {', '.join(known)})" if known else ""
+    return f"{key}.{arg}: not an argument of {name}{did_you_mean(arg, known)}{listed}"
 
 
 def check_component(

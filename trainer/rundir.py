@@ -22,6 +22,14 @@ def fresh_run_dir(base: Path) -> Path:
         candidate = base.with_name(f"{base.name}-{number}")
 
 
+def run_dir_of(checkpoint: Path) -> Path | None:
+    """The run directory a checkpoint belongs to (`<run>/checkpoints/x.pt`), if any."""
+    run = checkpoint.parent.parent
+    if checkpoint.parent.name == "checkpoints" and (run / "config.yaml").is_file():
+        return run
+    return None
+
+
 class MetricsFile:
     """metrics.jsonl: one JSON object per line, flushed as it is written."""
 

@@ -138,7 +138,7 @@ def plan_schedule(config: Any, *, per_step: bool) -> tuple[dict[str, list[float]
     The model and optimizer are built on the meta device; the training set is built only
     when the number of steps per epoch matters (a step interval, or `per_step`).
     """
-    from trainer.data import train_set_size
+    from trainer.data import train_batches
     from trainer.optim import build_optimizer, plan_param_groups
 
     problems = registry.check_components(config, sections=("optimizer", "scheduler"))
@@ -149,8 +149,7 @@ def plan_schedule(config: Any, *, per_step: bool) -> tuple[dict[str, list[float]
     settings, scheduler_config = config.trainer, config.scheduler
     steps = 1
     if per_step or (scheduler_config and scheduler_config.interval == "step"):
-        batches = math.ceil(train_set_size(config.data) / config.data.batch_size)
-        steps = steps_per_epoch(batches, settings.accumulate)
+        steps = steps_per_epoch(train_batches(config.data), settings.accumulate)
     scheduler = build_scheduler(
         scheduler_config,
         optimizer,

@@ -72,15 +72,17 @@ def build_transform(specs: list[dict[str, Any]] | None, *, key: str) -> Callable
         raise UserError(problems)
     steps = []
     for index, spec in enumerate(specs):
-        kwargs = {k: _value(k, v) for k, v in spec.items() if k != "name"}
+        kwargs = {k: _value(k, v, key=f"{key}.{index}") for k, v in spec.items() if k != "name"}
         steps.append(registry.build("transforms", spec["name"], kwargs, key=f"{key}.{index}"))
     return v2.Compose(steps)
 
 
-def _value(key: str, value: Any) -> Any:
+def _value(name: str, value: Any, *, key: str) -> Any:
     """YAML cannot write a torch dtype: `dtype: float32` names one."""
-    if key == "dtype" and isinstance(value, str):
+    if name == "dtype" and isinstance(value, str):
         import torch
 
+        if not isinstance(getattr(torch, value, None), torch.dtype):
+            raise UserError(f"{key}.dtype: {value!r} is not a torch dtype (float32, uint8, ...)")
         return getattr(torch, value)
     return value
