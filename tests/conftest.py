@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -71,3 +71,15 @@ def user_error(run_cli: Callable[..., Result]) -> Callable[..., str]:
         return result.stderr
 
     return check
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread per process: faster on a 2-core machine, the same for every run
+    (runner, hand-written loops and subprocesses alike, so results compare bit for bit)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

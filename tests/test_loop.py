@@ -14,7 +14,7 @@ import functools
 import io
 import math
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,15 +47,6 @@ BASE = textwrap.dedent(
     trainer: {epochs: 3, device: cpu, log_every: 1}
     """
 ).lstrip()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: faster on a shared 2-core box, and the same for runner and hand."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

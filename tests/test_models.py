@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import urllib.error
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +21,6 @@ from trainer.models import build_model, load_initial_weights, small_cnn
 
 CPU = torch.device("cpu")
 TORCHVISION_MODELS = torchvision.models.list_models(module=torchvision.models)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Two cores on the test machine: one thread per process keeps the fits quick."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
