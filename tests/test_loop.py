@@ -28,9 +28,10 @@ from torch.optim import lr_scheduler
 from torch.utils.data import DataLoader
 
 from trainer import registry
+from trainer.build import check_before_building
 from trainer.config import load_config
 from trainer.errors import TrainingError, UserError
-from trainer.loop import FitResult, check_before_building, fit
+from trainer.loop import FitResult, fit
 from trainer.rundir import read_metrics
 
 TESTS = Path(__file__).parent

@@ -14,9 +14,9 @@ import torchvision.models
 from torch import nn
 
 from trainer import registry
+from trainer.build import build_run
 from trainer.config import InitFrom, ModelConfig, load_config
 from trainer.errors import UserError
-from trainer.loop import build_run
 from trainer.models import build_model, load_initial_weights, small_cnn
 
 CPU = torch.device("cpu")
