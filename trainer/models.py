@@ -61,6 +61,29 @@ def build_model(config: ModelConfig) -> nn.Module:
     return model
 
 
+class StateFit:
+    """How a state dict fits a model: keys missing, unexpected, or of another shape."""
+
+    def __init__(self, state: dict[str, torch.Tensor], model: nn.Module) -> None:
+        own = model.state_dict()
+        self.shapes = {
+            k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own
+        }
+        self.reshaped = [k for k, (saved, now) in self.shapes.items() if saved != now]
+        self.unexpected = [k for k in state if k not in own]
+        self.missing = [k for k in own if k not in state]
+
+    def problems(self, source: str) -> list[str]:
+        """One line per difference; `source` names where the state dict came from."""
+        lines = [f"  {k}: in the model, not in {source}" for k in self.missing]
+        lines += [f"  {k}: in {source}, not in the model" for k in self.unexpected]
+        lines += [
+            f"  {k}: shape {self.shapes[k][0]} in {source}, {self.shapes[k][1]} in the model"
+            for k in self.reshaped
+        ]
+        return lines
+
+
 def load_initial_weights(model: nn.Module, init_from: InitFrom) -> list[str]:
     """Load a local state dict into `model` as `model.init_from` says; returns a report.
 
@@ -80,26 +103,18 @@ def load_initial_weights(model: nn.Module, init_from: InitFrom) -> list[str]:
     if not isinstance(state, dict):
         raise UserError(f"model.init_from.path: {path!r} holds no state dict")
     state = {_renamed(key, init_from.prefix): value for key, value in state.items()}
-    own = model.state_dict()
-    reshaped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    unexpected = [k for k in state if k not in own]
-    missing = [k for k in own if k not in state]
-    if init_from.strict and (reshaped or unexpected or missing):
-        problems = [
-            f"  {k}: shape {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
-            for k in reshaped
-        ]
-        problems += [f"  {k}: in the file, not in the model" for k in unexpected]
-        problems += [f"  {k}: in the model, not in the file" for k in missing]
+    fit = StateFit(state, model)
+    reshaped, unexpected, missing = fit.reshaped, fit.unexpected, fit.missing
+    if init_from.strict and fit.problems("the file"):
         raise UserError(
             [
                 f"model.init_from: {path!r} does not fit the model (strict: true; "
                 "strict: false loads what fits, prefix renames keys):",
-                *problems,
+                *fit.problems("the file"),
             ]
         )
     model.load_state_dict(
-        {k: v for k, v in state.items() if k in own and k not in reshaped}, strict=False
+        {k: v for k, v in state.items() if k not in unexpected and k not in reshaped}, strict=False
     )
     loaded = len(state) - len(reshaped) - len(unexpected)
     report = [f"init_from: loaded {loaded} tensors from {path}"]

@@ -97,15 +97,9 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def model_changes(saved: dict[str, torch.Tensor], model: torch.nn.Module) -> list[str]:
     """What does not fit between saved weights and the model: missing, extra, reshaped."""
-    current = model.state_dict()
-    lines = [f"  {k}: in the model, not in the checkpoint" for k in current if k not in saved]
-    lines += [f"  {k}: in the checkpoint, not in the model" for k in saved if k not in current]
-    lines += [
-        f"  {k}: shape {tuple(saved[k].shape)} in the checkpoint, {tuple(v.shape)} in the model"
-        for k, v in current.items()
-        if k in saved and saved[k].shape != v.shape
-    ]
-    return lines
+    from trainer.models import StateFit
+
+    return StateFit(saved, model).problems("the checkpoint")
 
 
 def manifest_changes(old: dict[str, list[str]], new: dict[str, list[str]]) -> list[str]:
