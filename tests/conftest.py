@@ -83,3 +83,19 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The resume tests' run of 4 epochs without a stop (read-only: copy it to change it)."""
+    from resume_helpers import run_in
+
+    return run_in(tmp_path_factory.mktemp("straight"))
+
+
+@pytest.fixture(scope="session")
+def two_epochs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same config stopped after 2 epochs (keeps epoch-0001 and -0002; read-only)."""
+    from resume_helpers import run_in
+
+    return run_in(tmp_path_factory.mktemp("two-epochs"), "trainer.epochs=2")

@@ -22,7 +22,6 @@ from resume_helpers import (
     assert_same_training_state,
     epoch_records,
     load,
-    run_in,
     step_lrs,
     write_config,
 )
@@ -54,18 +53,6 @@ def assert_user_error(result: Result, *fragments: str) -> None:
     assert "Traceback" not in result.output
     for fragment in fragments:
         assert fragment in result.stderr, f"{fragment!r} not in:\n{result.stderr}"
-
-
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run dir of 4 epochs without a stop."""
-    return run_in(tmp_path_factory.mktemp("straight"))
-
-
-@pytest.fixture(scope="module")
-def two_epochs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run dir of the same config stopped after 2 epochs (keeps epoch-0001 and -0002)."""
-    return run_in(tmp_path_factory.mktemp("two-epochs"), "trainer.epochs=2")
 
 
 @pytest.fixture

@@ -74,18 +74,6 @@ def assert_same_epoch_records(run_dir: Path, straight: Path) -> None:
         assert {**mine, "train/loss": None} == {**other, "train/loss": None}
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run dir of 4 epochs without a stop."""
-    return run_in(tmp_path_factory.mktemp("straight"))
-
-
-@pytest.fixture(scope="module")
-def two_epochs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run dir of the same config stopped after 2 epochs (trainer.epochs=2)."""
-    return run_in(tmp_path_factory.mktemp("two-epochs"), "trainer.epochs=2")
-
-
 @dataclass
 class Resumed:
     root: Path

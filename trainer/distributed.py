@@ -61,10 +61,6 @@ class Distributed:
         dist.all_gather_object(boxes, obj)
         return boxes
 
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
 
 SINGLE = Distributed()
 

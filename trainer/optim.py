@@ -1,4 +1,5 @@
-"""Building the loss, the optimizer from resolved param groups, and the lr scheduler."""
+"""The optimizer (from resolved param groups), its options, the loss, and the param-group
+plan `trainer groups` prints (the model built on the meta device)."""
 
 from __future__ import annotations
 
