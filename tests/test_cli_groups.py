@@ -34,6 +34,11 @@ WITH_RULES = (
 """
 )
 
+# Every option a group's optimizer will use is shown, defaults filled in.
+SGD_DEFAULTS = "momentum=0.9, dampening=0, nesterov=False, maximize=False"
+HEAD_OPTIONS = "momentum=0.5, dampening=0, nesterov=False, maximize=False"
+SGD_OPTIONS = {"momentum": 0.9, "dampening": 0, "nesterov": False, "maximize": False}
+
 RESNET18 = r"""
     name: finetune-resnet
     model: {name: resnet18, weights: null, num_classes: 10, init_from: no/such/weights.pt}
@@ -152,10 +157,10 @@ def test_table_lists_groups_then_frozen_counts_and_rule_hits(tmp_path: Path) -> 
         "options",
     ]
     assert table_rows(result.stdout, "param groups") == [
-        ["features", "features", "2", "23,040", "0.01", "0.0001", "-"],
-        ["features.no_decay", "features", "4", "192", "0.01", "0", "-"],
-        ["head", "head", "1", "256", "1", "0.0001", "momentum=0.5"],
-        ["head.no_decay", "head", "1", "4", "1", "0", "momentum=0.5"],
+        ["features", "features", "2", "23,040", "0.01", "0.0001", SGD_DEFAULTS],
+        ["features.no_decay", "features", "4", "192", "0.01", "0", SGD_DEFAULTS],
+        ["head", "head", "1", "256", "1", "0.0001", HEAD_OPTIONS],
+        ["head.no_decay", "head", "1", "4", "1", "0", HEAD_OPTIONS],
     ]
     assert "frozen: 3 tensors by param_groups.freeze, 0 by the model" in result.stdout
     assert "rule hits (tensors): features 6, head 2" in result.stdout
@@ -167,7 +172,7 @@ def test_table_without_rules_has_one_default_group(tmp_path: Path) -> None:
 
     assert result.exit_code == 0, result.output
     assert table_rows(result.stdout, "param groups") == [
-        ["default", "-", "11", "23,956", "0.1", "0.0001", "-"],
+        ["default", "-", "11", "23,956", "0.1", "0.0001", SGD_DEFAULTS],
     ]
     assert "frozen: 0 tensors by param_groups.freeze, 0 by the model" in result.stdout
     assert "rule hits" not in result.stdout
@@ -183,9 +188,9 @@ def test_overrides_apply_before_the_groups_are_resolved(tmp_path: Path) -> None:
 
     assert result.exit_code == 0, result.output
     assert table_rows(result.stdout, "param groups") == [
-        ["features", "features", "6", "23,232", "0.01", "0.0001", "-"],
-        ["head", "head", "2", "260", "2", "0.0001", "momentum=0.5"],
-        ["default", "-", "3", "464", "0.2", "0.0001", "-"],
+        ["features", "features", "6", "23,232", "0.01", "0.0001", SGD_DEFAULTS],
+        ["head", "head", "2", "260", "2", "0.0001", HEAD_OPTIONS],
+        ["default", "-", "3", "464", "0.2", "0.0001", SGD_DEFAULTS],
     ]
     assert "frozen: 0 tensors by param_groups.freeze, 0 by the model" in result.stdout
 
@@ -235,10 +240,10 @@ def test_json_round_trips_and_lists_every_trainable_parameter_once(tmp_path: Pat
         (g["name"], g["rule"], g["lr"], g["weight_decay"], g["options"]) for g in document["groups"]
     ]
     assert summary == [
-        ("features", "features", 0.01, 1e-4, {}),
-        ("features.no_decay", "features", 0.01, 0.0, {}),
-        ("head", "head", 0.1 * 10, 1e-4, {"momentum": 0.5}),
-        ("head.no_decay", "head", 0.1 * 10, 0.0, {"momentum": 0.5}),
+        ("features", "features", 0.01, 1e-4, SGD_OPTIONS),
+        ("features.no_decay", "features", 0.01, 0.0, SGD_OPTIONS),
+        ("head", "head", 0.1 * 10, 1e-4, {**SGD_OPTIONS, "momentum": 0.5}),
+        ("head.no_decay", "head", 0.1 * 10, 0.0, {**SGD_OPTIONS, "momentum": 0.5}),
     ]
     assert document["groups"][1]["params"] == ["bn2.weight", "bn2.bias", "bn3.weight", "bn3.bias"]
     assert set(document["groups"][0]) == {
@@ -346,7 +351,8 @@ def test_resnet18_design_example(tmp_path: Path) -> None:
 
 
 def test_plan_param_groups_builds_resnet18_on_meta(tmp_path: Path) -> None:
-    model, _, report = plan_param_groups(load_config(write_config(tmp_path, RESNET18)))
+    model, planned = plan_param_groups(load_config(write_config(tmp_path, RESNET18)))
+    report = planned[0].report
 
     devices = {param.device.type for param in model.parameters()}
     assert devices == {"meta"}
@@ -509,4 +515,10 @@ def test_adamw_takes_betas_from_a_rule(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     head = json.loads(result.stdout)["groups"][0]
     assert (head["name"], head["lr"], head["weight_decay"]) == ("head", 1e-3, 0.05)
-    assert head["options"] == {"betas": [0.8, 0.99], "eps": 1e-6}
+    assert head["options"] == {
+        "betas": [0.8, 0.99],
+        "eps": 1e-6,
+        "amsgrad": False,
+        "maximize": False,
+        "decoupled_weight_decay": True,
+    }

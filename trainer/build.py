@@ -1,24 +1,34 @@
-"""Building a run from its config: checks first, then model → param groups → optimizer →
-scheduler (the order resume relies on), the loss, the scaler and the loaders."""
+"""Building a run from its config: checks first, then model → param groups → optimizers →
+schedulers (the order resume relies on), the loss, the scalers, the step and the loaders."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from trainer import registry
 from trainer.checkpoint import seed_everything
-from trainer.config import Config
+from trainer.config import Config, OptimizerSpec, StepConfig
 from trainer.data import batches_per_epoch, build_loaders
 from trainer.device import check_precision, grad_scaler
 from trainer.distributed import SINGLE, Distributed
 from trainer.errors import UserError
+from trainer.handles import Clipping, OptimizerHandle, Optimizers, Window
 from trainer.models import build_model, load_initial_weights
-from trainer.optim import build_loss, build_optimizer, needs_closure, optimizer_defaults
-from trainer.param_groups import GroupsReport, build_param_groups
-from trainer.registry import check_components
-from trainer.schedulers import build_scheduler, steps_per_epoch
+from trainer.optim import (
+    PlannedOptimizer,
+    build_loss,
+    build_optimizer,
+    fill_options,
+    needs_closure,
+    plan_optimizers,
+)
+from trainer.param_groups import GroupsReport
+from trainer.schedulers import ScheduleDriver, build_scheduler, steps_per_epoch
 
 
 @dataclass
@@ -28,60 +38,123 @@ class Run:
     config: Config
     device: torch.device
     module: torch.nn.Module  # the model as built: its state_dict has the plain names
-    model: torch.nn.Module  # what runs forward: `module`, or torch.compile(module)
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    scaler: torch.amp.GradScaler
+    model: torch.nn.Module  # what the step calls: `module`, DDP- or compile-wrapped
+    optimizers: Optimizers
+    planned: list[PlannedOptimizer]
     loss_fn: torch.nn.Module
+    step: Callable[..., dict[str, Any]]
+    val_step: Callable[..., dict[str, Any]] | None
     train_loader: Any
     val_loader: Any
-    groups: GroupsReport
-    closure: bool  # the optimizer's step() evaluates the loss itself (LBFGS)
     notes: list[str]  # what building had to say (init_from's report)
 
     @property
-    def trainable(self) -> list[torch.nn.Parameter]:
-        return [p for group in self.optimizer.param_groups for p in group["params"]]
+    def reports(self) -> dict[str, GroupsReport]:
+        return {plan.spec.name: plan.report for plan in self.planned}
 
-    def rebuild_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
-        settings = self.config.trainer
-        return build_scheduler(
-            self.config.scheduler,
-            optimizer,
-            epochs=settings.epochs,
-            steps=steps_per_epoch(batches_per_epoch(self.train_loader), settings.accumulate),
-            max_steps=settings.max_steps,
-        )
+    def manifest(self) -> dict[str, Any]:
+        """Group → parameter names (one optimizer), or that per optimizer name (several)."""
+        if not self.config.several_optimizers:
+            return self.planned[0].report.manifest()
+        return {plan.spec.name: plan.report.manifest() for plan in self.planned}
+
+    def rebuild_schedule(self, name: str) -> ScheduleDriver:
+        """Optimizer `name`'s scheduler built anew from the config, at the start."""
+        spec = next(plan.spec for plan in self.planned if plan.spec.name == name)
+        return build_schedule(spec, self.optimizers[name].optimizer, self.config, self.train_loader)
 
 
 def check_before_building(config: Config, device: torch.device, job: Distributed = SINGLE) -> None:
     """Every problem the config can be found to have before anything is built."""
     check_precision(config.trainer.precision, device)
-    problems = check_components(config)
-    if not problems and needs_closure(config.optimizer):
-        name = config.optimizer.name
-        if config.trainer.accumulate > 1:
-            problems.append(
-                f"trainer.accumulate: {name} evaluates the loss itself in "
-                "step(closure), so it cannot accumulate gradients; use accumulate: 1"
-            )
-        if job.enabled:
-            problems.append(
-                f"optimizer.name: {name} evaluates the loss as often as its own "
-                "line search decides, which differs between processes under "
-                "torchrun; use one process"
-            )
-        if config.trainer.precision == "fp16":
-            problems.append(
-                f"trainer.precision: fp16 needs a GradScaler, which {name}'s "
-                "step(closure) does not support; use bf16 or fp32"
-            )
+    problems = registry.check_components(config)
+    for spec in config.optimizer_specs():
+        problems += registry.check_component(
+            "optimizers", spec.optimizer.name, spec.optimizer.kwargs, key=f"{spec.key}optimizer"
+        )
+    problems += check_steps(config)
+    if not problems:
+        for spec in config.optimizer_specs():
+            problems += _closure_problems(config, spec, job)
     if problems:
-        raise UserError(problems)
+        raise UserError(list(dict.fromkeys(problems)))
+
+
+def check_steps(config: Config) -> list[str]:
+    """The step and val_step resolve and take their options; a custom step's monitors."""
+    problems = []
+    for key in ("step", "val_step"):
+        section = getattr(config, key)
+        if section is not None:
+            problems += registry.check_component("steps", section.name, section.kwargs, key=key)
+    if config.step.name != "supervised" and config.val_step is None:
+        monitors = {"checkpoint.monitor": config.checkpoint.monitor}
+        if config.trainer.early_stopping:
+            monitors["trainer.early_stopping.monitor"] = config.trainer.early_stopping.monitor
+        problems += [
+            f"{key}: {monitor!r} is not logged: step {config.step.name!r} has no val_step, so "
+            "the run logs no val/ metrics (set val_step, or monitor a train/<key> the step "
+            "returns)"
+            for key, monitor in monitors.items()
+            if monitor.startswith("val/")
+        ]
+    return problems
+
+
+def _closure_problems(config: Config, spec: OptimizerSpec, job: Distributed) -> list[str]:
+    key = f"{spec.key}optimizer.name"
+    if not needs_closure(spec.optimizer, key=f"{spec.key}optimizer"):
+        return []
+    name, problems = spec.optimizer.name, []
+    if config.trainer.accumulate > 1:
+        problems.append(
+            f"trainer.accumulate: {name} evaluates the loss itself in "
+            "step(closure), so it cannot accumulate gradients; use accumulate: 1"
+        )
+    if job.enabled:
+        problems.append(
+            f"{key}: {name} evaluates the loss as often as its own line search decides, "
+            "which differs between processes under torchrun; use one process"
+        )
+    if config.trainer.precision == "fp16":
+        problems.append(
+            f"trainer.precision: fp16 needs a GradScaler, which {name}'s "
+            "step(closure) does not support; use bf16 or fp32"
+        )
+    if config.several_optimizers:
+        problems.append(
+            f"{key}: {name} re-evaluates the loss itself, which a step shared with other "
+            "optimizers cannot offer; use it as the only optimizer"
+        )
+    return problems
+
+
+def build_step(config: StepConfig | None, *, key: str) -> Callable[..., Any] | None:
+    """The step callable with its config options bound (None for no val_step)."""
+    if config is None:
+        return None
+    fn = registry.resolve("steps", config.name, key=f"{key}.name")
+    return functools.partial(fn, **config.kwargs) if config.kwargs else fn
+
+
+def build_schedule(
+    spec: OptimizerSpec, optimizer: torch.optim.Optimizer, config: Config, train_loader: Any
+) -> ScheduleDriver:
+    """An optimizer's scheduler, its length filled in from the run, behind its driver."""
+    settings = config.trainer
+    scheduler = build_scheduler(
+        spec.scheduler,
+        optimizer,
+        epochs=settings.epochs,
+        steps=steps_per_epoch(batches_per_epoch(train_loader), settings.accumulate),
+        max_steps=settings.max_steps,
+        key=f"{spec.key}scheduler",
+    )
+    return ScheduleDriver(scheduler, spec.scheduler)
 
 
 def build_run(config: Config, device: torch.device, job: Distributed = SINGLE) -> Run:
-    """Build in the order resume relies on: model → param groups → optimizer → scheduler.
+    """Build in the order resume relies on: model → param groups → optimizers → schedulers.
 
     Every rank builds the same model from the same seed; each then gets its own RNG stream.
     """
@@ -91,32 +164,45 @@ def build_run(config: Config, device: torch.device, job: Distributed = SINGLE) -
     module = module.to(device)
     if config.trainer.channels_last:
         module = module.to(memory_format=torch.channels_last)
-    groups, groups_report = build_param_groups(
-        module,
-        optimizer_defaults(config.optimizer),
-        config.param_groups,
-        optimizer=config.optimizer.name,
-    )
-    optimizer = build_optimizer(config.optimizer, groups)
+    planned = plan_optimizers(module, config)
+    optimizers = {plan.spec.name: build_optimizer(plan.spec, plan.groups) for plan in planned}
+    for plan in planned:
+        fill_options(plan, optimizers[plan.spec.name])
     train_loader, val_loader = build_loaders(
         config.data, seed=config.seed, device=device, rank=job.rank, world_size=job.world_size
     )
     if job.enabled:
         seed_everything(config.seed + job.rank)
-    run = Run(
+    settings, window = config.trainer, Window()
+    custom_step = config.step.name != "supervised"
+    handles = {
+        plan.spec.name: OptimizerHandle(
+            plan.spec.name,
+            optimizers[plan.spec.name],
+            schedule=build_schedule(plan.spec, optimizers[plan.spec.name], config, train_loader),
+            scaler=grad_scaler(settings.precision, device),
+            window=window,
+            clipping=Clipping(plan.spec.clip_grad_norm, plan.spec.clip_grad_value),
+            closure=needs_closure(plan.spec.optimizer, key=f"{plan.spec.key}optimizer"),
+            skip_nonfinite=settings.skip_nonfinite,
+            own_grads_only=len(planned) > 1,
+            # A custom step calls submodules past DDP's hooks: its grads are synced here.
+            sync_grads=job.enabled and custom_step,
+            job=job,
+        )
+        for plan in planned
+    }
+    return Run(
         config=config,
         device=device,
         module=module,
         model=module,
-        optimizer=optimizer,
-        scheduler=None,
-        scaler=grad_scaler(config.trainer.precision, device),
+        optimizers=Optimizers(handles, window),
+        planned=planned,
         loss_fn=build_loss(config.loss).to(device),
+        step=build_step(config.step, key="step"),
+        val_step=build_step(config.val_step, key="val_step"),
         train_loader=train_loader,
         val_loader=val_loader,
-        groups=groups_report,
-        closure=needs_closure(config.optimizer),
         notes=notes,
     )
-    run.scheduler = run.rebuild_scheduler(optimizer)
-    return run

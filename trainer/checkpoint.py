@@ -113,35 +113,44 @@ def seed_everything(seed: int) -> None:
 def make_checkpoint(
     *,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: torch.amp.GradScaler,
+    optimizers: dict[str, dict[str, Any]],
     epoch: int,
     step: int,
     batch_in_epoch: int,
-    epoch_loss: float,
+    epoch_sums: dict[str, float],
+    epoch_counted: int,
     samples_in_epoch: int | None = None,
     rngs: list[dict[str, Any]] | None = None,
     config: Any,
-    groups: dict[str, list[str]],
+    groups: dict[str, Any],
     metrics: dict[str, Any],
     best: dict[str, Any] | None,
     early_stopping: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint dict: every key of KEYS, nothing that needs pickle to load."""
+    """The checkpoint dict: every key of KEYS, nothing that needs pickle to load.
+
+    `optimizers` is `Optimizers.state()`: one optimizer is saved under `optimizer`,
+    `scheduler` and `scaler`; several under `optimizers`, `schedulers` and `scalers`, by name.
+    """
+    several = len(optimizers["optimizers"]) > 1
+    states = dict.fromkeys(("optimizer", "scheduler", "scaler"))
+    if several:
+        states |= optimizers
+    else:
+        states |= {key: next(iter(optimizers[key + "s"].values())) for key in states}
     return {
         "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict(),
+        **states,
         "epoch": epoch,
         "step": step,
         "batch_in_epoch": batch_in_epoch,
         "samples_in_epoch": samples_in_epoch,
-        "epoch_loss": epoch_loss,
+        "epoch_loss": epoch_sums.get("loss", 0.0),
+        "epoch_sums": dict(epoch_sums),
+        "epoch_counted": epoch_counted,
         "rng": rngs[0] if rngs else rng_state(),
         "rng_per_rank": rngs or None,
-        "config": config.model_dump(mode="json"),
+        "config": config.to_dict(),
         "groups": groups,
         "metrics": dict(metrics),
         "best": best,

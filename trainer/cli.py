@@ -34,6 +34,7 @@ class Kind(str, Enum):
     optimizers = "optimizers"
     schedulers = "schedulers"
     transforms = "transforms"
+    metrics = "metrics"
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -142,6 +143,68 @@ def inspect(
 
 @app.command()
 @user_errors
+def runs(
+    directory: Annotated[
+        str, typer.Argument(metavar="[DIR]", help="Where the runs are (a run directory too).")
+    ] = "runs",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The runs in DIR: status, progress, best value, last metrics, differing config keys."""
+    import json
+    from pathlib import Path
+
+    from trainer import runs as run_dirs
+    from trainer.report import make_console
+
+    summaries, differing = run_dirs.compare(run_dirs.find_runs(Path(directory)))
+    if as_json:
+        sys.stdout.write(json.dumps(run_dirs.runs_json(summaries, differing), indent=2) + "\n")
+        return
+    console = make_console()
+    if not summaries:
+        console.print(f"no runs in {directory}", markup=False)
+        return
+    console.print(run_dirs.runs_table(summaries, differing))
+    for summary in summaries:
+        if summary.reason and summary.status != "stopped":
+            console.print(f"{summary.name}: {summary.reason}", markup=False)
+
+
+class Axis(str, Enum):
+    step = "step"
+    epoch = "epoch"
+
+
+@app.command()
+@user_errors
+def plot(
+    run: Annotated[
+        list[str], typer.Argument(metavar="RUN...", help="Run directories or names under runs/.")
+    ],
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(help="A metric to draw (repeatable); default train/loss and val/*."),
+    ] = None,
+    x: Annotated[Axis, typer.Option(help="The horizontal axis.")] = Axis.step,
+    out: Annotated[str | None, typer.Option(help="Write a PNG (needs matplotlib).")] = None,
+) -> None:
+    """Metric curves of one or several runs: a terminal chart, or a PNG with --out."""
+    from trainer import curves
+    from trainer.report import make_console
+
+    records = curves.load_runs(run)
+    panels = curves.collect(records, metric or curves.default_metrics(records), x=x.value)
+    console = make_console()
+    if out:
+        curves.write_png(panels, out, x=x.value)
+        console.print(f"wrote {out}", markup=False)
+        return
+    for name, series in panels.items():
+        console.print(curves.chart(series, title=name, x=x.value), markup=False)
+
+
+@app.command()
+@user_errors
 def groups(
     config: ConfigPath,
     overrides: Overrides = None,
@@ -155,15 +218,20 @@ def groups(
     from trainer.config import load_config
     from trainer.optim import plan_param_groups
 
-    model, _, groups_report = plan_param_groups(load_config(config, overrides or []))
+    loaded = load_config(config, overrides or [])
+    model, planned = plan_param_groups(loaded)
+    reports = {plan.spec.name: plan.report for plan in planned}
     if as_json:
-        sys.stdout.write(json.dumps(groups_report.to_json(), indent=2) + "\n")
+        document = report.groups_json(reports, several=loaded.several_optimizers)
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
         return
     console = report.make_console()
-    console.print(report.groups_table(groups_report))
-    console.print(report.groups_footer(groups_report), markup=False)
+    for name, groups_report in reports.items():
+        title = name if loaded.several_optimizers else None
+        console.print(report.groups_table(groups_report, optimizer=title))
+    console.print(report.groups_footer(planned[0].report), markup=False)
     if names:
-        console.print(report.names_table(groups_report, model))
+        console.print(report.names_table(reports, model))
 
 
 @app.command()
@@ -196,6 +264,85 @@ def schedule(
         console.print(note, markup=False)
 
 
+@app.command("lr-find")
+@user_errors
+def lr_find(
+    config: ConfigPath,
+    overrides: Overrides = None,
+    start: Annotated[float, typer.Option(help="The lr of the first step.")] = 1e-7,
+    end: Annotated[float, typer.Option(help="The lr of the last step.")] = 10.0,
+    steps: Annotated[int, typer.Option(help="Optimizer steps; the lr grows exponentially.")] = 100,
+    plot: Annotated[str | None, typer.Option(help="Write a picture (needs matplotlib).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The lr range test: loss against an exponentially growing lr, and a suggested lr."""
+    import json
+    import shlex
+
+    from trainer import lr_find as range_test
+    from trainer import report
+    from trainer.config import load_config
+
+    test = range_test.lr_find(
+        load_config(config, overrides or []), start=start, end=end, steps=steps
+    )
+    if plot:
+        range_test.plot_range_test(test, plot)
+    if as_json:
+        sys.stdout.write(json.dumps(test.to_json()) + "\n")
+        return
+    console = report.make_console()
+    lines = range_test.summary_lines(
+        test, command=shlex.join(["trainer", "fit", config, *(overrides or [])])
+    )
+    for line in lines[:2]:
+        console.print(line, markup=False)
+    span = f"optimizer.lr {test.lrs[0]:.3g} .. {test.lrs[-1]:.3g} (log)"
+    chart = {"smoothed loss": test.smoothed}
+    console.print(report.schedule_chart(chart, "step", x_axis=span), markup=False)
+    for line in lines[2:] + ([f"wrote {plot}"] if plot else []):
+        console.print(line, markup=False)
+
+
+@app.command()
+@user_errors
+def sweep(
+    config: ConfigPath,
+    overrides: Overrides = None,
+    space: Annotated[
+        str | None, typer.Option(help="SPACE.yaml: dotted config keys -> distributions.")
+    ] = None,
+    trials: Annotated[int, typer.Option(help="Trials this command runs.", min=1)] = 20,
+    jobs: Annotated[int, typer.Option(help="Trials at once, each its own process.", min=1)] = 1,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="An Optuna RDB URL or a journal file; default runs/<study>/."),
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="Study name; default <name>-sweep.")] = None,
+    summary: Annotated[
+        bool, typer.Option("--summary", help="Print the study's best trials; run none.")
+    ] = False,
+    plots: Annotated[
+        bool, typer.Option("--plots", help="Write history.png and importance.png too.")
+    ] = False,
+) -> None:
+    """Hyperparameter search on Optuna: each trial a `trainer fit` run, pruned per epoch."""
+    from trainer.sweep import sweep as run_sweep
+
+    code = run_sweep(
+        config,
+        overrides or [],
+        space_path=space,
+        trials=trials,
+        jobs=jobs,
+        storage=storage,
+        study_name=study,
+        summary_only=summary,
+        plots=plots,
+    )
+    raise typer.Exit(code)
+
+
 @app.command("config")
 @user_errors
 def show_config(config: ConfigPath, overrides: Overrides = None) -> None:
@@ -208,7 +355,8 @@ def show_config(config: ConfigPath, overrides: Overrides = None) -> None:
 @app.command("list")
 @user_errors
 def list_names(kind: Annotated[Kind | None, typer.Argument(help="What to list.")] = None) -> None:
-    """List what a config can name: models, datasets, losses, optimizers, schedulers, transforms."""
+    """List what a config can name: models, datasets, losses, optimizers, schedulers,
+    transforms, metrics."""
     from rich.table import Table
 
     from trainer import registry
@@ -216,10 +364,17 @@ def list_names(kind: Annotated[Kind | None, typer.Argument(help="What to list.")
 
     console = make_console()
     for chosen in [kind] if kind else list(Kind):
+        try:
+            described = registry.describe(chosen.value)
+        except UserError as err:  # an optional extra is missing: only an error when asked for
+            if kind:
+                raise
+            console.print(f"{chosen.value}: {'; '.join(err.problems)}", markup=False)
+            continue
         table = Table(title=chosen.value, title_justify="left")
         table.add_column("name", no_wrap=True)
         table.add_column("description")
-        for name, description in registry.describe(chosen.value):
+        for name, description in described:
             table.add_row(name, description)
         console.print(table)
 

@@ -6,9 +6,13 @@ Names of components and their keyword arguments are checked by `trainer.registry
 
 from __future__ import annotations
 
+import codecs
+import math
 import re
+import sys
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,21 +31,33 @@ from pydantic import (
     model_validator,
 )
 
-from trainer.errors import UserError, did_you_mean
+from trainer import trust
+from trainer.errors import UserError, did_you_mean, echo
+
+if sys.version_info >= (3, 11):
+    from re import _constants as sre_constants
+    from re import _parser as sre_parse
+
+    _POSSESSIVE, _ATOMIC = (sre_constants.POSSESSIVE_REPEAT,), sre_constants.ATOMIC_GROUP
+else:  # Python 3.10: the same parser under its old names, without possessive repeats
+    import sre_constants
+    import sre_parse
+
+    _POSSESSIVE, _ATOMIC = (), None
 
 # ---------------------------------------------------------------- schema
 
 
 class Section(BaseModel):
-    """A config section with a fixed set of keys."""
+    """A config section with a fixed set of keys (strict types: `true` is not the integer 1)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Component(BaseModel):
     """`{name: ..., <keyword arguments>}`: every key but the reserved ones goes to the callable."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     name: str
 
@@ -90,17 +106,22 @@ class OptimizerConfig(Component):
 
 
 EPOCH_METRICS = ("train/loss", "val/loss", "val/acc")
+MONITOR_PATTERN = re.compile(r"(train|val)/[A-Za-z0-9_.-]+")
 
 
 def default_mode(monitor: str) -> Literal["min", "max"]:
-    """Higher is better for accuracy, lower for losses."""
-    return "max" if monitor.endswith("acc") else "min"
+    """Higher is better for accuracy and what counts modes or scores, lower for the rest."""
+    higher = ("acc", "accuracy", "f1", "score", "covered", "auroc", "precision", "recall")
+    return "max" if monitor.rpartition("/")[2].lower().endswith(higher) else "min"
 
 
 def _check_monitor(monitor: str) -> str:
-    if monitor not in EPOCH_METRICS:
+    # Any epoch metric can be monitored (a custom step's `val/<key>` too); whether this run
+    # logs it is known after its first epoch, where an unlogged monitor is exit 2.
+    if not MONITOR_PATTERN.fullmatch(monitor):
         raise ValueError(
-            f"{monitor!r} is not a logged metric (metrics: {', '.join(EPOCH_METRICS)})"
+            f"{monitor!r} is not an epoch metric name: expected train/<name> or val/<name>, "
+            f"e.g. {', '.join(EPOCH_METRICS)}"
         )
     return monitor
 
@@ -142,13 +163,62 @@ def _check_regex(pattern: str) -> str:
         re.compile(pattern)
     except re.error as err:
         raise ValueError(f"invalid regex {pattern!r}: {err.msg} at position {err.pos}") from None
+    if _repeats_a_varying_part(sre_parse.parse(pattern)):
+        raise ValueError(
+            "the regex repeats a part that itself varies in length (like '(a+)+', '(a?b)*' "
+            "or '(a|ab)+'), which can take exponential time on a long name; give the repeated "
+            r"part one length, e.g. '[a-z0-9_.]+' for '([a-z0-9_]+\.?)+'"
+        )
     return pattern
+
+
+_REPEATS = (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, *_POSSESSIVE)
+
+
+def _repeats_a_varying_part(items: Any) -> bool:
+    """Whether a parsed regex repeats (*, +, {m,n}) a part that can match in several lengths:
+    nested repetition (star height > 1) and repeated alternatives, the backtracking blow-ups."""
+    for op, arg in items:
+        if op in _REPEATS and arg[1] > 1 and _varies(arg[2]):
+            return True
+        if any(_repeats_a_varying_part(part) for part in _parts(op, arg)):
+            return True
+    return False
+
+
+def _varies(items: Any) -> bool:
+    """Whether a parsed regex holds a repeat of several lengths or an alternative."""
+    for op, arg in items:
+        if op in _REPEATS and arg[0] != arg[1]:
+            return True
+        if op in (sre_constants.BRANCH, sre_constants.GROUPREF_EXISTS):
+            return True
+        if any(_varies(part) for part in _parts(op, arg)):
+            return True
+    return False
+
+
+def _parts(op: Any, arg: Any) -> list[Any]:
+    """The sub-patterns inside one parsed regex item."""
+    if op in _REPEATS:
+        return [arg[2]]
+    if op == sre_constants.SUBPATTERN:
+        return [arg[-1]]
+    if op == sre_constants.BRANCH:
+        return list(arg[1])
+    if op in (sre_constants.ASSERT, sre_constants.ASSERT_NOT):
+        return [arg[1]]
+    if op == sre_constants.GROUPREF_EXISTS:
+        return [part for part in arg[1:] if part is not None]
+    if op == _ATOMIC:
+        return [arg]
+    return []
 
 
 class RuleConfig(BaseModel):
     """One param-group rule; keys beyond these are options of the optimizer."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     name: str
     match: Regex
@@ -225,6 +295,7 @@ class TrainerConfig(Section):
     channels_last: bool = False
     early_stopping: EarlyStoppingConfig | None = None
     skip_nonfinite: bool = False
+    max_consecutive_skips: PositiveInt = 100  # skip_nonfinite: more in a row is divergence
     log_every: PositiveInt = 50
     out_dir: str | None = None
     dist_timeout: PositiveInt = 600
@@ -252,24 +323,294 @@ class CheckpointConfig(Section):
         return self
 
 
+class StepConfig(Component):
+    """The training step (or `val_step`): `supervised`, `gan`, or a `pkg.module:callable`."""
+
+    name: str = "supervised"
+
+
+class OptimizerEntry(Section):
+    """One of several optimizers (`optimizers.<name>`), over the tensors `params` selects."""
+
+    params: Regex
+    optimizer: OptimizerConfig
+    param_groups: ParamGroupsConfig = ParamGroupsConfig()
+    scheduler: SchedulerConfig | None = None
+    clip_grad_norm: PositiveFloat | None = None  # overrides trainer.clip_grad_norm
+    clip_grad_value: PositiveFloat | None = None  # overrides trainer.clip_grad_value
+
+    @field_validator("param_groups")
+    @classmethod
+    def _freeze_is_global(cls, value: ParamGroupsConfig) -> ParamGroupsConfig:
+        if value.freeze:
+            raise ValueError("freeze is global: set it in the top-level param_groups.freeze")
+        return value
+
+
+OPTIMIZER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimizer as the builders see it, in either config form; `key` prefixes messages."""
+
+    name: str
+    params: str | None  # None: every trainable tensor (the one-optimizer form)
+    optimizer: OptimizerConfig
+    param_groups: ParamGroupsConfig
+    scheduler: SchedulerConfig | None
+    clip_grad_norm: float | None
+    clip_grad_value: float | None
+    key: str  # "" for the one-optimizer form, else "optimizers.<name>."
+
+
+class MetricConfig(Component):
+    """A validation metric: a torchmetrics class (or import path), logged as `val/<key>`."""
+
+    key: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+    @property
+    def logged_as(self) -> str:
+        """`val/<key>`, the key defaulting to the class name."""
+        return f"val/{self.key or self.name.rpartition(':')[2].rpartition('.')[2]}"
+
+
+def _unique_metric_names(metrics: list[MetricConfig]) -> list[MetricConfig]:
+    names = [m.logged_as for m in metrics]
+    taken = [n for n in names if n in EPOCH_METRICS or names.count(n) > 1]
+    if taken:
+        raise ValueError(
+            f"{', '.join(sorted(set(taken)))} logged twice (val/loss and val/acc are the "
+            "runner's own); give each metric its own key"
+        )
+    return metrics
+
+
+class LoggingConfig(Section):
+    """Viewers written beside metrics.jsonl (which stays the source of truth)."""
+
+    tensorboard: bool = False
+
+
 class Config(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     seed: int = Field(default=0, ge=0, lt=2**63)
     model: ModelConfig
     data: DataConfig
     loss: LossConfig = LossConfig()
+    step: StepConfig = StepConfig()
+    val_step: StepConfig | None = None
     optimizer: OptimizerConfig = OptimizerConfig()
     param_groups: ParamGroupsConfig = ParamGroupsConfig()
     scheduler: SchedulerConfig | None = None
+    optimizers: dict[str, OptimizerEntry] | None = None
     trainer: TrainerConfig = TrainerConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    metrics: Annotated[list[MetricConfig], AfterValidator(_unique_metric_names)] = []
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_form(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("optimizers") is not None:
+            both = [key for key in ("optimizer", "scheduler") if key in raw]
+            if both:
+                raise ValueError(
+                    f"optimizers: given together with {' and '.join(both)}; use one form: "
+                    "optimizer/param_groups/scheduler for one optimizer, or optimizers.<name> "
+                    "with its own optimizer, param_groups and scheduler"
+                )
+            shared = raw.get("param_groups") or {}
+            moved = [k for k in ("no_decay", "rules") if isinstance(shared, dict) and shared.get(k)]
+            if moved:
+                raise ValueError(
+                    f"param_groups.{moved[0]}: with optimizers, set it per optimizer "
+                    f"(optimizers.<name>.param_groups.{moved[0]}); only freeze is global"
+                )
+        return raw
+
+    @field_validator("optimizers")
+    @classmethod
+    def _names(cls, value: dict[str, OptimizerEntry] | None) -> Any:
+        if value is not None and not value:
+            raise ValueError("name at least one optimizer, or leave optimizers out")
+        bad = [name for name in value or {} if not OPTIMIZER_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"optimizer names are identifiers (letters, digits, _): {bad[0]!r}")
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data, in the form it was given (loads back as is)."""
+        data = self.model_dump(mode="json")
+        if self.optimizers:
+            del data["optimizer"], data["scheduler"]
+        return data
+
+    @property
+    def several_optimizers(self) -> bool:
+        return self.optimizers is not None
+
+    def optimizer_specs(self) -> list[OptimizerSpec]:
+        """Every optimizer, one form or the other, in config order."""
+        settings = self.trainer
+        if self.optimizers is None:
+            return [
+                OptimizerSpec(
+                    name="optimizer",
+                    params=None,
+                    optimizer=self.optimizer,
+                    param_groups=self.param_groups,
+                    scheduler=self.scheduler,
+                    clip_grad_norm=settings.clip_grad_norm,
+                    clip_grad_value=settings.clip_grad_value,
+                    key="",
+                )
+            ]
+        return [
+            OptimizerSpec(
+                name=name,
+                params=entry.params,
+                optimizer=entry.optimizer,
+                param_groups=entry.param_groups,
+                scheduler=entry.scheduler,
+                clip_grad_norm=entry.clip_grad_norm or settings.clip_grad_norm,
+                clip_grad_value=entry.clip_grad_value or settings.clip_grad_value,
+                key=f"optimizers.{name}.",
+            )
+            for name, entry in self.optimizers.items()
+        ]
+
+
+def monitors(config: Config) -> dict[str, tuple[str, str]]:
+    """Every monitored metric by config key: (metric, mode), e.g. checkpoint.monitor."""
+    found = {"checkpoint.monitor": (config.checkpoint.monitor, config.checkpoint.mode)}
+    for spec in config.optimizer_specs():
+        if spec.scheduler and spec.scheduler.name == "ReduceLROnPlateau":
+            mode = spec.scheduler.kwargs.get("mode", "min")  # torch's own default
+            found[f"{spec.key}scheduler.monitor"] = (spec.scheduler.monitor or "val/loss", mode)
+    stopping = config.trainer.early_stopping
+    if stopping:
+        found["trainer.early_stopping.monitor"] = (stopping.monitor, stopping.mode)
+    return found
+
+
+def monitor_problems(config: Config) -> list[str]:
+    """Monitors of `val/<key>` that nothing logs: not the runner, not a configured metric.
+
+    A custom `val_step` logs metrics of its own, known after the first epoch only.
+    """
+    if config.val_step is not None:
+        return []
+    logged = [*EPOCH_METRICS, *(m.logged_as for m in config.metrics)]
+    return [
+        f"{key}: {monitor!r} is not a logged metric{did_you_mean(monitor, logged)} "
+        f"(validation metrics: {', '.join(logged[1:])})"
+        for key, (monitor, _) in monitors(config).items()
+        if monitor.startswith("val/") and monitor not in logged
+    ]
 
 
 # ---------------------------------------------------------------- YAML
 
 
+# Far beyond any config; what a file needs to exhaust the stack or the memory is far beyond too.
+MAX_DEPTH = 100
+MAX_VALUES = 100_000
+
+
+class _Refused(yaml.YAMLError):
+    """A document that parses but that a config may not be: each problem with its place."""
+
+    def __init__(self, problems: list[tuple[yaml.Mark, str]]) -> None:
+        super().__init__(problems)
+        self.problems = problems
+
+
 class _SafeLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`)."""
+    """yaml.SafeLoader that reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`), caps nesting and
+    alias expansion, and refuses duplicate keys."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.depth >= MAX_DEPTH:
+            mark = self.peek_event().start_mark
+            raise _Refused([(mark, f"nested more than {MAX_DEPTH} levels deep")])
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node)
+        duplicates = _duplicate_keys(node)
+        if duplicates:
+            raise _Refused(duplicates)
+        return super().construct_document(node)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand to more than MAX_VALUES values, or loop."""
+    size: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            open_nodes.discard(id(node))
+            size[id(node)] = 1 + sum(size[id(child)] for child in _children(node))
+            if size[id(node)] > MAX_VALUES:
+                message = f"aliases expand the value here to more than {MAX_VALUES:,} values"
+                raise _Refused([(node.start_mark, message)])
+        elif id(node) in open_nodes:
+            raise _Refused([(node.start_mark, "an alias refers to a value that contains it")])
+        elif id(node) not in size:
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node))
+
+
+def _duplicate_keys(root: yaml.Node) -> list[tuple[yaml.Mark, str]]:
+    """Every key given twice in one mapping, by its dotted path and both lines."""
+    found, seen = [], set()
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{path}{index}.") for index, item in enumerate(node.value))
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        first: dict[tuple[str, str], yaml.Mark] = {}
+        for key, value in node.value:
+            name = f"{path}{key.value}" if isinstance(key, yaml.ScalarNode) else path
+            stack.append((value, f"{name}."))
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            if (key.tag, key.value) in first:
+                line = first[key.tag, key.value].line + 1
+                found.append(
+                    (
+                        key.start_mark,
+                        f"duplicate key {echo(name)} (first at line {line}): keys are unique "
+                        "in YAML, and the second would silently replace the first",
+                    )
+                )
+            first.setdefault((key.tag, key.value), key.start_mark)
+    return sorted(found, key=lambda problem: problem[0].index)
 
 
 _SafeLoader.add_implicit_resolver(
@@ -283,6 +624,9 @@ def parse_yaml(text: str, *, source: str) -> Any:
     """Parse YAML with safe loading only; errors name the line and column."""
     try:
         return yaml.load(text, Loader=_SafeLoader)
+    except _Refused as err:
+        problems = [f"{source}{_mark(mark)}: {problem}" for mark, problem in err.problems]
+        raise UserError(problems) from None
     except yaml.constructor.ConstructorError as err:
         where = _mark(err.problem_mark)
         raise UserError(
@@ -305,14 +649,45 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "no such file"
         raise UserError(f"config {path}: {what}")
-    raw = parse_yaml(path.read_text(encoding="utf-8"), source=str(path))
+    raw = parse_yaml(_config_text(path), source=str(path))
     if raw is None:
         raise UserError(f"config {path}: the file is empty; expected a mapping with model and data")
     if not isinstance(raw, dict):
         kind = type(raw).__name__
         raise UserError(f"config {path}: expected a mapping of sections at the top, got a {kind}")
     raw.setdefault("name", path.stem)
+    trust.use_config_directory(path.parent)
     return raw
+
+
+_BYTE_ORDER_MARKS = (  # UTF-32's marks first: UTF-16's are their prefixes
+    ("UTF-32", codecs.BOM_UTF32_LE),
+    ("UTF-32", codecs.BOM_UTF32_BE),
+    ("UTF-16", codecs.BOM_UTF16_LE),
+    ("UTF-16", codecs.BOM_UTF16_BE),
+)
+
+
+def _config_text(path: Path) -> str:
+    """A config file's text: UTF-8 (a byte-order mark allowed), anything else refused by name."""
+    data = path.read_bytes()
+    marked = next((name for name, mark in _BYTE_ORDER_MARKS if data.startswith(mark)), None)
+    if marked:
+        raise UserError(f"config {path}: {marked} text (a byte-order mark); save it as UTF-8")
+    if b"\0" in data:
+        line = data[: data.index(b"\0")].count(b"\n") + 1
+        raise UserError(
+            f"config {path}: a NUL byte on line {line}: a binary file or UTF-16 text, "
+            "not a YAML file in UTF-8"
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise UserError(
+            f"config {path}: not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); "
+            "save it as UTF-8"
+        ) from None
 
 
 # ---------------------------------------------------------------- overrides
@@ -363,27 +738,78 @@ def _set_path(node: Any, parts: list[str], value: Any) -> None:
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read, override and validate a config; every problem is reported at once."""
+    """Read, override and validate a config; every problem is reported at once.
+
+    When the schema fails, the names of the components whose own sections are valid are
+    checked too (that check does not depend on the rest), so one run lists both.
+    """
     raw = apply_overrides(read_config_file(path), list(overrides))
-    return validate_config(raw)
+    try:
+        return validate_config(raw)
+    except UserError as err:
+        raise UserError(err.problems + _component_problems(raw)) from None
+
+
+def _component_problems(raw: dict[str, Any]) -> list[str]:
+    """Names and keyword arguments of the components in valid sections of a raw mapping."""
+    from trainer import registry
+
+    valid = {}
+    for key in registry.SECTION_KINDS:
+        field = Config.model_fields.get(key)
+        model = _model_in(field.annotation) if field else None
+        if model is not None and isinstance(raw.get(key), dict):
+            try:
+                valid[key] = model.model_validate(raw[key])
+            except ValidationError:
+                continue
+    return registry.check_components(types.SimpleNamespace(**valid), sections=tuple(valid))
 
 
 def validate_config(raw: dict[str, Any]) -> Config:
     """The schema's verdict on a raw mapping, as a Config or a UserError listing all problems."""
+    not_finite = dict(_non_finite(raw, ()))
+    problems = [
+        f"{'.'.join(map(str, loc))}: {value} is not a finite number; NaN and infinity are "
+        "not allowed in a config"
+        for loc, value in not_finite.items()
+    ]
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as err:
-        raise UserError([_describe(e) for e in err.errors()]) from None
+        described = [_describe(e, raw) for e in err.errors() if tuple(e["loc"]) not in not_finite]
+        raise UserError(problems + described) from None
+    if problems:
+        raise UserError(problems)
+    problems = monitor_problems(config)
+    if problems:
+        raise UserError(problems)
+    return config
 
 
 def config_to_yaml(config: Config) -> str:
     """The resolved config as YAML, sections in schema order."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, width=100)
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, width=100)
 
 
-def _describe(error: Any) -> str:
+def _non_finite(node: Any, loc: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], float]]:
+    """(location, value) of every NaN or infinity in a raw config."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return [(loc, node)]
+    if isinstance(node, dict):
+        return [found for key, value in node.items() for found in _non_finite(value, (*loc, key))]
+    if isinstance(node, list):
+        return [found for i, value in enumerate(node) for found in _non_finite(value, (*loc, i))]
+    return []
+
+
+def _describe(error: Any, raw: dict[str, Any]) -> str:
     loc = tuple(error["loc"])
     path = ".".join(str(p) for p in loc) or "config"
+    if "rules" in loc[:-2]:  # name the rule as well as its index
+        rule = _at(raw, loc[: loc.index("rules") + 2])
+        if isinstance(rule, dict) and isinstance(rule.get("name"), str):
+            path += f" (rule {echo(rule['name'])})"
     kind = error["type"]
     if kind == "extra_forbidden":
         allowed = _keys_at(loc[:-1])
@@ -394,7 +820,17 @@ def _describe(error: Any) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if kind in ("model_type", "dict_type") and loc and _keys_at(loc):
         message = f"expected a mapping with keys {', '.join(_keys_at(loc))}"
-    return f"{path}: {message} (got {error['input']!r})"
+    return f"{path}: {message} (got {echo(error['input'])})"
+
+
+def _at(raw: Any, loc: tuple[Any, ...]) -> Any:
+    """The value at a location of a raw mapping, or None where there is none."""
+    for part in loc:
+        try:
+            raw = raw[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return raw
 
 
 def _keys_at(loc: tuple[Any, ...]) -> list[str]:

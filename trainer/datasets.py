@@ -74,6 +74,31 @@ def shapes(
     return Shapes(images, targets, list(SHAPES[:num_classes]), transform)
 
 
+def ring_modes(modes: int = 8, radius: float = 2.0) -> torch.Tensor:
+    """The centres of the ring's Gaussians, evenly spaced on a circle (modes x 2)."""
+    angles = torch.arange(modes, dtype=torch.float64) * (2 * torch.pi / modes)
+    return (radius * torch.stack([angles.cos(), angles.sin()], dim=1)).float()
+
+
+def ring(
+    train: bool = True,
+    *,
+    n: int | None = None,
+    modes: int = 8,
+    radius: float = 2.0,
+    std: float = 0.05,
+    seed: int = 0,
+) -> TensorDataset:
+    """2-D points from a ring of Gaussians (a GAN's classic test); targets are the mode indices."""
+    if modes < 1 or std <= 0 or radius <= 0:
+        raise ValueError(f"need modes >= 1, std > 0, radius > 0 (got {modes}, {std}, {radius})")
+    n = n if n is not None else (8192 if train else 2048)
+    generator = torch.Generator().manual_seed(seed * 2 + (0 if train else 1))
+    targets = torch.randint(modes, (n,), generator=generator)
+    noise = torch.randn(n, 2, generator=generator) * std
+    return TensorDataset(ring_modes(modes, radius)[targets] + noise, targets)
+
+
 def _draw(
     labels: torch.Tensor, image_size: int, channels: int, generator: torch.Generator
 ) -> torch.Tensor:
@@ -209,6 +234,7 @@ def fake_data(
 
 BUILT_IN = {
     "shapes": shapes,
+    "ring": ring,
     "mnist": mnist,
     "fashion_mnist": fashion_mnist,
     "cifar10": cifar10,

@@ -1,8 +1,9 @@
-"""Validation: `val/loss`, and `val/acc` for class-index targets; `trainer eval`."""
+"""Validation: `val/loss`, `val/acc` for class-index targets, the configured metrics;
+`trainer eval`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -10,6 +11,9 @@ from trainer.config import Config
 from trainer.device import autocast, check_precision, pick_device
 from trainer.distributed import SINGLE, Distributed
 from trainer.errors import UserError
+
+if TYPE_CHECKING:
+    from trainer.metrics import MetricSet
 
 
 @torch.no_grad()
@@ -21,11 +25,13 @@ def evaluate(
     precision: str,
     *,
     job: Distributed = SINGLE,
+    metrics: MetricSet | None = None,
 ) -> dict[str, float]:
-    """`val/loss`, and `val/acc` when targets are class indices; one host sync at the end.
+    """`val/loss`, `val/acc` when targets are class indices, and `metrics` (`val/<key>`);
+    without metrics, one host sync at the end.
 
-    Under torch.distributed each rank sees its share and the sums are all-reduced, so
-    every rank reports the same numbers.
+    Under torch.distributed each rank sees its share and the sums are all-reduced (the
+    metrics gather their states), so every rank reports the same numbers.
     """
     model.eval()
     totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
@@ -43,24 +49,28 @@ def evaluate(
         classify = classify and outputs.dim() == targets.dim() + 1
         if classify:
             correct += (outputs.argmax(dim=1) == targets).sum()
+        if metrics is not None:
+            metrics.update(outputs, targets)
     totals[2] = count
     loss_total, correct_total, count_total = job.sum_(totals).tolist()
-    metrics = {"val/loss": loss_total / max(count_total, 1)}
+    values = {"val/loss": loss_total / max(count_total, 1)}
     if classify and count_total:
-        metrics["val/acc"] = correct_total / count_total
-    return metrics
+        values["val/acc"] = correct_total / count_total
+    return values | (metrics.compute() if metrics is not None else {})
 
 
 def evaluate_checkpoint(config: Config, path: str) -> dict[str, float]:
     """Validation metrics of a checkpoint's weights (`trainer eval`)."""
     from trainer.checkpoint import load_checkpoint
     from trainer.data import build_loaders
+    from trainer.metrics import build_metrics, check_metrics
     from trainer.models import build_model
     from trainer.optim import build_loss
     from trainer.registry import check_components
     from trainer.resume import model_changes
 
     problems = check_components(config, sections=("model", "data", "loss"))
+    problems += check_metrics(config)
     if problems:
         raise UserError(problems)
     checkpoint = load_checkpoint(path, option="--checkpoint")
@@ -73,4 +83,44 @@ def evaluate_checkpoint(config: Config, path: str) -> dict[str, float]:
     model.load_state_dict(checkpoint["model"])
     _, val_loader = build_loaders(config.data, seed=config.seed, device=device)
     loss_fn = build_loss(config.loss).to(device)
-    return evaluate(model.to(device), val_loader, loss_fn, device, config.trainer.precision)
+    return evaluate(
+        model.to(device),
+        val_loader,
+        loss_fn,
+        device,
+        config.trainer.precision,
+        metrics=build_metrics(config.metrics, device=device),
+    )
+
+
+@torch.no_grad()
+def evaluate_step(
+    val_step: Any, model: torch.nn.Module, loader: Any, ctx: Any, *, job: Distributed = SINGLE
+) -> dict[str, float]:
+    """`val/<key>` for every metric a `val_step` returns, averaged over the validation set
+    (weighted by batch size, summed over ranks); one host sync at the end."""
+    from trainer.loop import to_device
+
+    model.eval()
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+    for index, batch in enumerate(loader):
+        batch = to_device(batch, ctx.device)
+        ctx.batch = index
+        size = batch[0].shape[0] if isinstance(batch, (list, tuple)) else len(batch)
+        with ctx.autocast():
+            metrics = val_step(batch, model, ctx)
+        for key, value in metrics.items():
+            total = sums.setdefault(key, torch.zeros((), device=ctx.device, dtype=torch.float64))
+            total += torch.as_tensor(value, device=ctx.device).double() * size
+        count += size
+    if not sums:
+        return {}
+    totals = job.sum_(
+        torch.stack(
+            [*sums.values(), torch.tensor(float(count), device=ctx.device, dtype=torch.float64)]
+        )
+    ).tolist()
+    return {
+        f"val/{key}": total / max(totals[-1], 1) for key, total in zip(sums, totals, strict=False)
+    }

@@ -1,10 +1,11 @@
 """`trainer fit`: the training loop, readable top to bottom.
 
-Building, files and printing live in their own modules; what stays here is the order of
-things. Per batch: zero_grad at the start of a window of `accumulate` batches, forward,
-backward, and at the window's end (clip) → optimizer.step → scheduler.step for
-`interval: step`. Per epoch: validation → scheduler.step for `interval: epoch` (or on the
-monitor for ReduceLROnPlateau) → checkpoints → early stopping.
+Building, files and printing live in their own modules; the step (`trainer.steps`) and the
+optimizer handles (`trainer.handles`) own what happens to a batch. What stays here is the
+order of things. Per batch: the step (forward, and `update(loss)` per optimizer: backward,
+and at the end of a window of `accumulate` batches clip → step → zero_grad → per-step
+scheduler). Per epoch: validation → epoch schedulers (plateau on its monitor) →
+checkpoints → early stopping.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import contextlib
 import io
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,17 +27,18 @@ from trainer import distributed
 from trainer.build import Run, build_run, check_before_building
 from trainer.checkpoint import make_checkpoint, rng_state, save_checkpoints
 from trainer.config import Config, config_to_yaml
-from trainer.data import batches_per_epoch, start_epoch
-from trainer.device import autocast, pick_device
+from trainer.data import start_epoch
+from trainer.device import pick_device
 from trainer.distributed import Distributed
 from trainer.errors import Interrupted, TrainingError, UserError
-from trainer.evaluate import evaluate
+from trainer.evaluate import evaluate, evaluate_step
 from trainer.interrupt import StopRequests
 from trainer.monitor import EarlyStopping, improved_best
 from trainer.report import Reporter
 from trainer.resume import Position, find_checkpoint, restore
 from trainer.rundir import MetricsFile, fresh_run_dir, run_dir_of
 from trainer.schedulers import warnings_for
+from trainer.steps import StepContext
 
 
 @dataclass
@@ -68,14 +69,9 @@ def fit(
     distributed.start(job, device, timeout_s=config.trainer.dist_timeout)
     try:
         return train(
-            config,
-            job,
-            device,
-            reason,
-            resume=resume,
-            reset_optimizer=reset_optimizer,
+            config, job, device, reason, resume=resume, reset_optimizer=reset_optimizer,
             report=report,
-        )
+        )  # fmt: skip
     finally:
         distributed.stop()
 
@@ -91,6 +87,7 @@ def train(
     report: Reporter,
 ) -> FitResult:
     """The body of `fit`, once the device (and the process group) are set up."""
+    # Build, and restore what a checkpoint holds.
     run_base = Path(config.trainer.out_dir or f"runs/{config.name}")
     checkpoint_path, checkpoint, notes = None, None, []
     if resume:
@@ -98,301 +95,119 @@ def train(
         checkpoint_path, checkpoint, notes = job.broadcast(found)
     report.device(device, reason)
     run = build_run(config, device, job)
-    report.groups(run.groups)
     notes = run.notes + notes
-
     position = Position()
     if checkpoint is not None:
-        position, run.scheduler, restored = restore(
-            checkpoint,
-            model=run.module,
-            optimizer=run.optimizer,
-            scheduler=run.scheduler,
-            scaler=run.scaler,
-            config=config,
-            manifest=run.groups.manifest(),
-            reset_optimizer=reset_optimizer,
-            rebuild_scheduler=run.rebuild_scheduler,
-            rank=job.rank,
+        position, restored = restore(
+            checkpoint, run, reset_optimizer=reset_optimizer, rank=job.rank,
             world_size=job.world_size,
-        )
+        )  # fmt: skip
         notes += [
             f"resumed from {checkpoint_path}: epoch {position.epoch}, step "
             f"{position.step}, batch {position.batch_in_epoch} of the next epoch",
             *restored,
         ]
-    run_dir = run_dir_of(checkpoint_path) if checkpoint_path else None
-    if checkpoint_path and run_dir is None:
-        notes.append(f"{checkpoint_path} is not in a run's checkpoints/: a new run directory")
-    if run_dir is None:
-        run_dir = job.broadcast(fresh_run_dir(run_base) if job.is_main else None)
-        if job.is_main:
-            (run_dir / "config.yaml").write_text(config_to_yaml(config), encoding="utf-8")
-    settings = config.trainer
-    if job.enabled:
-        global_batch = job.world_size * config.data.batch_size * settings.accumulate
-        notes.append(
-            f"distributed: {job.world_size} processes ({dist.get_backend()}), global "
-            f"batch {job.world_size} x {config.data.batch_size} x {settings.accumulate}"
-            f" = {global_batch}"
-        )
-    for note in [*notes, *warnings_for(config.scheduler), f"run directory: {run_dir}"]:
+    # The lrs training goes on with (a resumed run's, not the config's).
+    report.groups(run.reports, lrs={name: h.lrs for name, h in run.optimizers.items()})
+    run_dir = open_run_dir(config, job, checkpoint_path, notes, run_base)
+    notes += distributed_notes(config, job)
+    for spec in config.optimizer_specs():
+        notes += warnings_for(spec.scheduler)
+    for note in [*notes, f"run directory: {run_dir}"]:
         report.note(note)
-    if job.enabled:
-        run.model = DistributedDataParallel(
-            run.module, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if settings.compile:
-        run.model = torch.compile(run.model)
-    metrics_file = MetricsFile(run_dir / "metrics.jsonl", enabled=job.is_main)
+    wrap_model(run, job)
+    out = Output(run, job, run_dir, position, report, checkpoint)
 
-    batches = batches_per_epoch(run.train_loader)
-    best, record = position.best, {}
-    stopping = (
-        EarlyStopping(**settings.early_stopping.model_dump()) if (settings.early_stopping) else None
-    )
-    if stopping and checkpoint is not None and checkpoint.get("early_stopping"):
-        stopping.load_state_dict(checkpoint["early_stopping"])
-    samples_per_batch = config.data.batch_size * job.world_size
-
-    def save(epoch_done: int, batch_in_epoch: int, epoch_loss: float, is_best: bool) -> None:
-        rngs = job.gather(rng_state())  # every rank's RNG, for an exact resume on each
-        if not job.is_main:
-            return
-        checkpoint = make_checkpoint(
-            model=run.module,
-            optimizer=run.optimizer,
-            scheduler=run.scheduler,
-            scaler=run.scaler,
-            epoch=epoch_done,
-            step=position.step,
-            batch_in_epoch=batch_in_epoch,
-            samples_in_epoch=batch_in_epoch * samples_per_batch,
-            epoch_loss=epoch_loss,
-            config=config,
-            groups=run.groups.manifest(),
-            metrics=record,
-            best=best,
-            early_stopping=stopping.state_dict() if stopping else None,
-            rngs=rngs,
-        )
-        save_checkpoints(run_dir / "checkpoints", checkpoint, config.checkpoint, is_best=is_best)
-
-    def log(step_record: dict[str, Any], batch: int, samples_per_s: float) -> None:
-        metrics_file.write(step_record)
-        report.log(step_record, batch=batch, batches=batches, samples_per_s=samples_per_s)
-
+    # Epochs: train, validate, step the epoch schedulers, save, decide whether to go on.
     with StopRequests() as stop:
-        for epoch in range(position.epoch + 1, settings.epochs + 1):
-            skip_samples = position.samples_in_epoch if epoch == position.epoch + 1 else 0
-            skip = skip_samples // samples_per_batch
-            report.start_epoch(epoch, settings.epochs, batches, done=skip)
-            lrs = learning_rates(run.optimizer)  # the lr of the epoch's first step
-            trained = train_epoch(
-                run,
-                job,
-                position,
-                epoch,
-                skip=skip,
-                skip_samples=skip_samples,
-                stop=stop,
-                report=report,
-                log=log,
-                save_mid_epoch=lambda batch, loss, e=epoch: save(e - 1, batch, loss, False),
-            )
+        for epoch in range(position.epoch + 1, config.trainer.epochs + 1):
+            lrs = run.optimizers.lrs(several=config.several_optimizers)  # of its first step
+            trained = train_epoch(run, job, out, epoch, stop)
             if trained.stopped_by_signal:
                 report.stop()
-                raise Interrupted(str(run_dir / "checkpoints" / "last.pt"))
-
-            # Validation, then the epoch-interval scheduler (the plateau one on its monitor).
-            record = {
-                "epoch": epoch,
-                "step": position.step,
-                "train/loss": trained.loss_sum / max(trained.batches - trained.skipped, 1),
-                **evaluate(
-                    run.model, run.val_loader, run.loss_fn, device, settings.precision, job=job
-                ),
-                **lrs,
-                "train/samples_per_s": trained.samples * job.world_size / trained.seconds,
-            }
-            check_finite(record["train/loss"], position.step)
-            check_monitors(config, record)
-            whole_epoch = trained.batches == trained.epoch_batches
-            plateau = isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-            if whole_epoch and (
-                plateau or (run.scheduler and config.scheduler.interval == "epoch")
-            ):
-                if plateau:
-                    run.scheduler.step(record[config.scheduler.monitor or "val/loss"])
-                else:
-                    run.scheduler.step()
-            metrics_file.write(record)
-            report.end_epoch(record)
-
-            best = improved_best(best, record, config.checkpoint.monitor, config.checkpoint.mode)
-            is_best = best is not None and best["epoch"] == epoch
-            if whole_epoch:
-                save(epoch, 0, 0.0, is_best)
-            else:  # stopped by trainer.max_steps: a mid-epoch checkpoint resumes exactly
-                save(epoch - 1, trained.batches, trained.loss_sum, is_best)
-            if settings.max_steps is not None and position.step >= settings.max_steps:
-                report.note(f"trainer.max_steps={settings.max_steps} reached")
+                raise Interrupted(str(out.last_checkpoint))
+            record = epoch_record(run, job, out, epoch, trained, lrs)
+            if trained.whole_epoch:
+                for handle in run.optimizers.values():
+                    handle.schedule.after_epoch(record)
+            out.end_epoch(record, batches_done=trained.batches, whole_epoch=trained.whole_epoch)
+            if should_stop(config, out, record, report):
                 break
-            if stopping is not None and stopping.update(record):
-                report.note(
-                    f"early stopping: {stopping.monitor} did not improve by "
-                    f"{stopping.min_delta} for {stopping.patience} epochs"
-                )
-                break
-            if job.any(stop.requested, device) and epoch < settings.epochs:
-                raise Interrupted(str(run_dir / "checkpoints" / "last.pt"))
+            if job.any(stop.requested, device) and epoch < config.trainer.epochs:
+                raise Interrupted(str(out.last_checkpoint))
 
-    metrics_file.close()
-    if position.epoch >= settings.epochs:
+    out.close()
+    if position.epoch >= config.trainer.epochs:
         report.note(
             f"nothing to train: the checkpoint has {position.epoch} of "
-            f"trainer.epochs={settings.epochs} epochs; raise trainer.epochs to go on"
+            f"trainer.epochs={config.trainer.epochs} epochs; raise trainer.epochs to go on"
         )
     report.note(f"done: step {position.step}; run directory {run_dir}")
     return FitResult(
         run_dir=run_dir,
-        epoch=record.get("epoch", position.epoch),
+        epoch=out.record.get("epoch", position.epoch),
         step=position.step,
-        metrics=record,
+        metrics=out.record,
     )
 
 
 @dataclass
 class EpochResult:
-    loss_sum: float  # summed batch losses of the epoch (with those before a resume)
     batches: int  # batches of the epoch trained so far (by this process)
     epoch_batches: int  # batches of the whole epoch (of this process)
     samples: int  # samples trained in this call (by this process)
     seconds: float
-    stopped_by_signal: bool
-    skipped: int = 0  # batches skip_nonfinite left out
+    stopped_by_signal: bool = False
+
+    @property
+    def whole_epoch(self) -> bool:
+        return self.batches == self.epoch_batches
 
 
 def train_epoch(
-    run: Run,
-    job: Distributed,
-    position: Position,
-    epoch: int,
-    *,
-    skip: int,
-    skip_samples: int,
-    stop: StopRequests,
-    report: Reporter,
-    log: Callable[[dict[str, Any], int, float], None],
-    save_mid_epoch: Callable[[int, float], None],
+    run: Run, job: Distributed, out: Output, epoch: int, stop: StopRequests
 ) -> EpochResult:
-    """One epoch of optimizer steps from batch `skip` on; advances `position.step`."""
-    config, settings, device = run.config, run.config.trainer, run.device
-    model, optimizer, scaler, scheduler = run.model, run.optimizer, run.scaler, run.scheduler
-    step_scheduler = (
-        scheduler is not None
-        and config.scheduler.interval == "step"
-        and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-    )
-    every_steps, max_steps = config.checkpoint.every_steps, settings.max_steps
-    accumulate, trainable = settings.accumulate, run.trainable
+    """One epoch of steps from where the run stands; advances `out.position`."""
+    config, settings, position = run.config, run.config.trainer, out.position
+    skip_samples = position.samples_in_epoch if epoch == position.epoch + 1 else 0
+    skip = skip_samples // out.samples_per_batch
     batches = skip + start_epoch(
         run.train_loader, epoch, seed=config.seed, skip_samples=skip_samples
     )
-    window_loss = torch.zeros((), device=device)  # summed on the device; read at sync points
-    epoch_loss = position.epoch_loss if skip else 0.0
-    synced, skipped, samples, batch = skip, 0, 0, skip - 1
-    window_skipped = skipped_total = 0  # batches skip_nonfinite left out
-    grad_norm = None
-    model.train()
+    out.start_epoch(epoch, batches, resumed=skip > 0)
+    accumulate, optimizers, device = settings.accumulate, run.optimizers, run.device
+    ctx = StepContext(
+        device=device, precision=settings.precision, loss_fn=run.loss_fn, seed=config.seed,
+        rank=job.rank, epoch=epoch,
+    )  # fmt: skip
+    # Under DDP, gradients are all-reduced on a window's last backward only.
+    no_sync = run.model.no_sync if isinstance(run.model, DistributedDataParallel) else None
+    every_steps, max_steps = config.checkpoint.every_steps, settings.max_steps
+    samples, batch_index = 0, skip - 1
+    run.model.train()
     started = time.perf_counter()
+    for batch_index, batch in enumerate(run.train_loader, start=skip):
+        batch = to_device(batch, device, channels_last=settings.channels_last)
+        samples += out.batch_size(batch)
+        out.report.advance()
 
-    def forward_backward(
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        divide: int,
-        sync: bool = True,
-        may_skip: bool = True,
-    ) -> torch.Tensor | None:
-        """Forward and backward; None, and no backward, for a loss skip_nonfinite skips."""
-        # Under DDP, gradients are all-reduced only on the window's last backward.
-        with contextlib.nullcontext() if sync or not job.enabled else model.no_sync():
-            with autocast(settings.precision, device):
-                loss = run.loss_fn(model(inputs), targets)
-            # skip_nonfinite costs a host sync per batch, by choice; all ranks agree.
-            skip = may_skip and settings.skip_nonfinite
-            if skip and job.any(not bool(torch.isfinite(loss)), device):
-                return None
-            scaler.scale(loss / divide if divide > 1 else loss).backward()
-        return loss
-
-    def clip(measure: bool) -> torch.Tensor | None:
-        """Clip as configured; returns the pre-clip grad norm when it is known or `measure`d."""
-        if settings.clip_grad_norm is None and settings.clip_grad_value is None:
-            return None
-        scaler.unscale_(optimizer)
-        if settings.clip_grad_norm is not None:
-            return torch.nn.utils.clip_grad_norm_(trainable, settings.clip_grad_norm)
-        norm = None
-        if measure:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in trainable if p.grad is not None])
-        torch.nn.utils.clip_grad_value_(trainable, settings.clip_grad_value)
-        return norm
-
-    for batch, (inputs, targets) in enumerate(run.train_loader, start=skip):
-        inputs = inputs.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if settings.channels_last and inputs.dim() == 4:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        samples += inputs.shape[0]
-        report.advance()
-        logging = (position.step + 1) % settings.log_every == 0
-        stepped = True
-
-        if run.closure:
-            # LBFGS-style: the optimizer re-evaluates the loss itself, several times a step.
-            def closure(x: torch.Tensor = inputs, y: torch.Tensor = targets) -> torch.Tensor:
-                optimizer.zero_grad(set_to_none=True)
-                loss = forward_backward(x, y, 1, may_skip=False)
-                clip(False)
-                return loss
-
-            window_loss += optimizer.step(closure).detach()
-        else:
-            # A window of `accumulate` batches: zero the grads at its start, step at its end.
-            window_start = batch - batch % accumulate
-            window = min(accumulate, batches - window_start)
-            window_end = batch + 1 == window_start + window
-            if batch == window_start:
-                optimizer.zero_grad(set_to_none=True)
-                window_skipped = 0
-            loss = forward_backward(inputs, targets, window, sync=window_end)
-            if loss is None:
-                skipped, window_skipped, skipped_total = (
-                    skipped + 1,
-                    window_skipped + 1,
-                    skipped_total + 1,
-                )
-            else:
-                window_loss += loss.detach()
-            if not window_end:
-                continue
-            # Nothing to step with: all of the window skipped, or (DDP) grads left unsynced.
-            stepped = window_skipped == 0 or (window_skipped < window and not job.enabled)
-            if stepped:
-                grad_norm = clip(logging)
-                # fp16: did the scaler skip the step (inf grads)? Two host syncs, so only
-                # asked when a per-step scheduler needs the answer.
-                scale = scaler.get_scale() if scaler.is_enabled() and step_scheduler else None
-                scaler.step(optimizer)
-                scaler.update()
-                stepped = scale is None or scaler.get_scale() >= scale
+        # The step: forward and update(loss); the optimizers step at the window's end.
+        window_start = batch_index - batch_index % accumulate
+        window = min(accumulate, batches - window_start)
+        last = batch_index + 1 == window_start + window
+        logging = last and (position.step + 1) % settings.log_every == 0
+        optimizers.start_batch(window, last, measure_norm=logging)
+        ctx.batch, ctx.step = batch_index, position.step
+        lrs = optimizers.lrs(several=config.several_optimizers) if logging else None
+        with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
+            metrics = run.step(batch, run.model, optimizers, ctx)
+        out.sums.add(metrics, skipped=optimizers.skipped_batch)
+        if not last:
+            continue
         position.step += 1
-        lrs = learning_rates(optimizer) if logging else None
-        if step_scheduler and stepped:
-            scheduler.step()
 
-        last_batch = batch + 1 == batches
+        # After an optimizer step: log, save, stop.
+        last_batch = batch_index + 1 == batches
         reached_max = max_steps is not None and position.step >= max_steps
         save_now = every_steps is not None and position.step % every_steps == 0
         # A stop request is acted on by all ranks at once: checked every step alone, at
@@ -403,37 +218,314 @@ def train_epoch(
             else stop.requested and not job.enabled
         )
         if logging or (not last_batch and (stopping or reached_max or save_now)):
-            total = job.sum_(window_loss).item() / job.world_size  # the hot path's host sync
-            check_finite(total, position.step)
-            mean = total / max(batch + 1 - synced - skipped, 1)
-            epoch_loss += total
-            synced, skipped = batch + 1, 0
-            window_loss.zero_()
-        if logging:
-            record = {"epoch": epoch, "step": position.step, "train/loss": mean, **lrs}
-            if grad_norm is not None:
-                record["train/grad_norm"] = float(grad_norm)
-            log(record, batch + 1, samples * job.world_size / (time.perf_counter() - started))
+            window_means = out.sums.read(job, position.step)  # the hot path's host sync
+            if logging:
+                seconds = time.perf_counter() - started
+                out.log_step(epoch, window_means, lrs, batch_index + 1, samples / seconds)
         if last_batch:
             break
         if stopping:
-            save_mid_epoch(batch + 1, epoch_loss)
-            return EpochResult(epoch_loss, batch + 1, batches, samples, 0.0, True, skipped_total)
+            out.save(epoch - 1, batch_index + 1)
+            return EpochResult(batch_index + 1, batches, samples, 0.0, stopped_by_signal=True)
         if reached_max:
             break  # fit validates, then writes the mid-epoch checkpoint
         if save_now:
-            save_mid_epoch(batch + 1, epoch_loss)
+            out.save(epoch - 1, batch_index + 1)
+    out.sums.read(job, position.step)
+    return EpochResult(batch_index + 1, batches, samples, time.perf_counter() - started)
 
-    epoch_loss += job.sum_(window_loss).item() / job.world_size
-    seconds = time.perf_counter() - started
-    return EpochResult(epoch_loss, batch + 1, batches, samples, seconds, False, skipped_total)
+
+def epoch_record(
+    run: Run, job: Distributed, out: Output, epoch: int, trained: EpochResult, lrs: dict
+) -> dict[str, Any]:
+    """The epoch's metrics: training means, validation, the lrs of its first step, speed."""
+    settings = run.config.trainer
+    if run.val_step is not None:
+        ctx = StepContext(
+            device=run.device, precision=settings.precision, loss_fn=run.loss_fn,
+            seed=run.config.seed, rank=job.rank, epoch=epoch,
+        )  # fmt: skip
+        validation = evaluate_step(run.val_step, run.module, run.val_loader, ctx, job=job)
+    elif run.config.step.name == "supervised":
+        validation = evaluate(
+            run.model, run.val_loader, run.loss_fn, run.device, settings.precision, job=job
+        )
+    else:
+        validation = {}
+    record = {
+        "epoch": epoch,
+        "step": out.position.step,
+        **out.sums.epoch_means(),
+        **validation,
+        **lrs,
+        "train/samples_per_s": trained.samples * job.world_size / max(trained.seconds, 1e-9),
+    }
+    if out.first_epoch:
+        check_monitors(run.config, record)
+    return record
+
+
+def should_stop(config: Config, out: Output, record: dict[str, Any], report: Reporter) -> bool:
+    """trainer.max_steps reached, or early stopping says so."""
+    settings = config.trainer
+    if settings.max_steps is not None and out.position.step >= settings.max_steps:
+        report.note(f"trainer.max_steps={settings.max_steps} reached")
+        return True
+    if out.stopping is not None and out.stopping.update(record):
+        report.note(
+            f"early stopping: {out.stopping.monitor} did not improve by "
+            f"{out.stopping.min_delta} for {out.stopping.patience} epochs"
+        )
+        return True
+    return False
+
+
+class StepSums:
+    """Step metrics summed on the device between reads (one host sync per read), and the
+    epoch's sums on the host; batches skip_nonfinite left out are counted, not summed."""
+
+    def __init__(
+        self, device: torch.device, *, skip_nonfinite: bool, max_consecutive_skips: int
+    ) -> None:
+        self.device, self.max_consecutive_skips = device, max_consecutive_skips
+        self.log_skipped = skip_nonfinite  # train/skipped in every record
+        self.window: dict[str, torch.Tensor] = {}
+        self.counted = self.skipped = self.skipped_in_a_row = 0  # since the last read
+        self.epoch: dict[str, float] = {}
+        self.epoch_counted = self.epoch_skipped = 0
+
+    def add(self, metrics: dict[str, Any], *, skipped: bool) -> None:
+        if skipped:
+            self.skipped += 1
+            self.skipped_in_a_row += 1
+            if self.skipped_in_a_row > self.max_consecutive_skips:
+                raise TrainingError(
+                    f"trainer.skip_nonfinite: {self.skipped_in_a_row} batches in a row had a "
+                    f"non-finite loss (more than trainer.max_consecutive_skips="
+                    f"{self.max_consecutive_skips}): training diverged; the last good "
+                    "checkpoint is kept"
+                )
+            return
+        self.skipped_in_a_row = 0
+        self.counted += 1
+        for key, value in metrics.items():
+            total = self.window.get(key)
+            if total is None:
+                total = self.window[key] = torch.zeros((), device=self.device)
+            total += value.detach() if isinstance(value, torch.Tensor) else value
+
+    def start_epoch(self, sums: dict[str, float], counted: int) -> None:
+        self.epoch, self.epoch_counted, self.epoch_skipped = dict(sums), counted, 0
+
+    def read(self, job: Distributed, step: int) -> dict[str, float]:
+        """The window's means (all ranks), added to the epoch's sums; the window restarts."""
+        totals = {}
+        if self.window:
+            stacked = job.sum_(torch.stack(list(self.window.values())))
+            totals = dict(zip(self.window, stacked.tolist(), strict=True))
+            for value in self.window.values():
+                value.zero_()
+        means = {}
+        for key, total in totals.items():
+            total /= job.world_size
+            check_finite(key, total, step)
+            self.epoch[key] = self.epoch.get(key, 0.0) + total
+            if self.counted:  # a window whose every batch was skipped has no mean
+                means[f"train/{key}"] = total / self.counted
+        if self.log_skipped:
+            means["train/skipped"] = self.skipped
+        self.epoch_counted += self.counted
+        self.epoch_skipped += self.skipped
+        self.counted = self.skipped = 0
+        return means
+
+    def epoch_means(self) -> dict[str, float]:
+        means = {
+            f"train/{key}": total / self.epoch_counted
+            for key, total in self.epoch.items()
+            if self.epoch_counted
+        }
+        if self.log_skipped:
+            means["train/skipped"] = self.epoch_skipped
+        return means
+
+
+class Output:
+    """What a run writes and remembers: metrics.jsonl, checkpoints, the best value so far."""
+
+    def __init__(
+        self,
+        run: Run,
+        job: Distributed,
+        run_dir: Path,
+        position: Position,
+        report: Reporter,
+        checkpoint: dict[str, Any] | None,
+    ) -> None:
+        config = run.config
+        self.run, self.job, self.run_dir, self.position, self.report = (
+            run,
+            job,
+            run_dir,
+            position,
+            report,
+        )
+        self.metrics_file = MetricsFile(run_dir / "metrics.jsonl", enabled=job.is_main)
+        self.sums = StepSums(
+            run.device,
+            skip_nonfinite=config.trainer.skip_nonfinite,
+            max_consecutive_skips=config.trainer.max_consecutive_skips,
+        )
+        self.samples_per_batch = config.data.batch_size * job.world_size
+        self.record: dict[str, Any] = {}
+        self.best = position.best
+        self.first_epoch = True
+        early = config.trainer.early_stopping
+        self.stopping = EarlyStopping(**early.model_dump()) if early else None
+        if self.stopping and checkpoint is not None and checkpoint.get("early_stopping"):
+            self.stopping.load_state_dict(checkpoint["early_stopping"])
+        self.batches = 0
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    @staticmethod
+    def batch_size(batch: Any) -> int:
+        first = batch[0] if isinstance(batch, (list, tuple)) else batch
+        if isinstance(first, dict):
+            first = next(iter(first.values()))
+        return first.shape[0]
+
+    def start_epoch(self, epoch: int, batches: int, *, resumed: bool) -> None:
+        self.batches = batches
+        position = self.position
+        sums, counted = (position.epoch_sums, position.epoch_counted) if resumed else ({}, 0)
+        self.sums.start_epoch(sums, counted)
+        done = position.samples_in_epoch // self.samples_per_batch if resumed else 0
+        self.report.start_epoch(epoch, self.run.config.trainer.epochs, batches, done=done)
+
+    def log_step(
+        self, epoch: int, means: dict[str, float], lrs: dict, batch: int, samples_per_s: float
+    ) -> None:
+        record = {"epoch": epoch, "step": self.position.step, **means, **lrs}
+        several = self.run.config.several_optimizers
+        for name, handle in self.run.optimizers.items():
+            if handle.grad_norm is not None:
+                record["train/grad_norm" + (f"/{name}" if several else "")] = float(
+                    handle.grad_norm
+                )
+        self.metrics_file.write(record)
+        self.report.log(
+            record,
+            batch=batch,
+            batches=self.batches,
+            samples_per_s=samples_per_s * self.job.world_size,
+        )
+
+    def end_epoch(self, record: dict[str, Any], *, batches_done: int, whole_epoch: bool) -> None:
+        """Write the epoch's record, keep the best, save (mid-epoch if max_steps cut it)."""
+        self.record, self.first_epoch = record, False
+        self.metrics_file.write(record)
+        self.report.end_epoch(record)
+        policy = self.run.config.checkpoint
+        self.best = improved_best(self.best, record, policy.monitor, policy.mode)
+        is_best = self.best is not None and self.best["epoch"] == record["epoch"]
+        epoch = record["epoch"]
+        if whole_epoch:
+            self.sums.start_epoch({}, 0)
+            self.save(epoch, 0, is_best=is_best)
+        else:  # stopped by trainer.max_steps: a mid-epoch checkpoint resumes exactly
+            self.save(epoch - 1, batches_done, is_best=is_best)
+
+    def save(self, epoch_done: int, batch_in_epoch: int, *, is_best: bool = False) -> None:
+        """last.pt (and epoch/best copies) at this position; every rank's RNG goes in."""
+        rngs = self.job.gather(rng_state())  # every rank's RNG, for an exact resume on each
+        if not self.job.is_main:
+            return
+        run, position = self.run, self.position
+        checkpoint = make_checkpoint(
+            model=run.module,
+            optimizers=run.optimizers.state(),
+            epoch=epoch_done,
+            step=position.step,
+            batch_in_epoch=batch_in_epoch,
+            samples_in_epoch=batch_in_epoch * self.samples_per_batch,
+            epoch_sums=self.sums.epoch,
+            epoch_counted=self.sums.epoch_counted,
+            config=run.config,
+            groups=run.manifest(),
+            metrics=self.record,
+            best=self.best,
+            early_stopping=self.stopping.state_dict() if self.stopping else None,
+            rngs=rngs,
+        )
+        save_checkpoints(
+            self.run_dir / "checkpoints", checkpoint, run.config.checkpoint, is_best=is_best
+        )
+
+    def close(self) -> None:
+        self.metrics_file.close()
+
+
+def open_run_dir(
+    config: Config, job: Distributed, checkpoint_path: Path | None, notes: list[str], base: Path
+) -> Path:
+    """The checkpoint's run directory, or a fresh one with the resolved config.yaml."""
+    run_dir = run_dir_of(checkpoint_path) if checkpoint_path else None
+    if checkpoint_path and run_dir is None:
+        notes.append(f"{checkpoint_path} is not in a run's checkpoints/: a new run directory")
+    if run_dir is None:
+        run_dir = job.broadcast(fresh_run_dir(base) if job.is_main else None)
+        if job.is_main:
+            (run_dir / "config.yaml").write_text(config_to_yaml(config), encoding="utf-8")
+    return run_dir
+
+
+def distributed_notes(config: Config, job: Distributed) -> list[str]:
+    if not job.enabled:
+        return []
+    accumulate, batch_size = config.trainer.accumulate, config.data.batch_size
+    return [
+        f"distributed: {job.world_size} processes ({dist.get_backend()}), global "
+        f"batch {job.world_size} x {batch_size} x {accumulate}"
+        f" = {job.world_size * batch_size * accumulate}"
+    ]
+
+
+def wrap_model(run: Run, job: Distributed) -> None:
+    """DDP for the supervised step (a custom step's grads are synced by its handles), then
+    torch.compile when asked."""
+    if job.enabled and run.config.step.name == "supervised":
+        device = run.device
+        run.model = DistributedDataParallel(
+            run.module, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if run.config.trainer.compile:
+        run.model = torch.compile(run.model)
+
+
+def to_device(batch: Any, device: torch.device, *, channels_last: bool = False) -> Any:
+    """Tensors of a batch (a tensor, or a tuple, list or dict of them) on the device."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.dim() == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(item, device, channels_last=channels_last and index == 0)
+                           for index, item in enumerate(batch))  # fmt: skip
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    return batch
 
 
 def check_monitors(config: Config, record: dict[str, Any]) -> None:
     """Every monitored metric must be in the epoch's record (val/acc needs class targets)."""
     monitors = {"checkpoint.monitor": config.checkpoint.monitor}
-    if config.scheduler and config.scheduler.name == "ReduceLROnPlateau":
-        monitors["scheduler.monitor"] = config.scheduler.monitor or "val/loss"
+    for spec in config.optimizer_specs():
+        if spec.scheduler and spec.scheduler.name == "ReduceLROnPlateau":
+            monitors[f"{spec.key}scheduler.monitor"] = spec.scheduler.monitor or "val/loss"
     if config.trainer.early_stopping:
         monitors["trainer.early_stopping.monitor"] = config.trainer.early_stopping.monitor
     problems = [
@@ -446,15 +538,10 @@ def check_monitors(config: Config, record: dict[str, Any]) -> None:
         raise UserError(problems)
 
 
-def check_finite(loss: float, step: int) -> None:
+def check_finite(key: str, value: float, step: int) -> None:
     """Stop on a NaN or inf loss; the last checkpoint written stays the last good one."""
-    if not math.isfinite(loss):
+    if not math.isfinite(value):
         raise TrainingError(
-            f"train/loss is {loss} by step {step}: training stopped, the last good checkpoint "
+            f"train/{key} is {value} by step {step}: training stopped, the last good checkpoint "
             "is kept (set trainer.skip_nonfinite: true to skip such steps instead)"
         )
-
-
-def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """`lr/<group>` for every param group."""
-    return {f"lr/{group['name']}": float(group["lr"]) for group in optimizer.param_groups}

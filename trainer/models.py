@@ -40,7 +40,73 @@ def small_cnn(num_classes: int = 10, in_channels: int = 3, width: int = 16) -> S
     return SmallCNN(num_classes=num_classes, in_channels=in_channels, width=width)
 
 
-BUILT_IN = {"small_cnn": small_cnn}
+class GanMLP(nn.Module):
+    """A generator and a discriminator (MLPs) for 2-D points; `forward(z)` generates."""
+
+    def __init__(self, latent: int = 8, hidden: int = 128, data_dim: int = 2) -> None:
+        super().__init__()
+        self.latent = latent
+        self.generator = nn.Sequential(
+            nn.Linear(latent, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, data_dim),
+        )
+        self.discriminator = nn.Sequential(
+            nn.Linear(data_dim, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.generator(z)
+
+
+def gan_mlp(latent: int = 8, hidden: int = 128, data_dim: int = 2) -> GanMLP:
+    """A GAN for 2-D points: MLP generator and discriminator (submodules of those names)."""
+    return GanMLP(latent=latent, hidden=hidden, data_dim=data_dim)
+
+
+class Tensors(nn.Module):
+    """Plain tensors a model callable returned, as trainable parameters named by their keys.
+
+    `forward()` returns them (the one tensor, or the dict), for a step that minimises a
+    function of them.
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor], *, single: bool = False) -> None:
+        super().__init__()
+        self.single = single
+        for name, tensor in tensors.items():
+            self.register_parameter(name, nn.Parameter(tensor.detach().clone().float()))
+
+    def forward(self) -> torch.Tensor | dict[str, torch.Tensor]:
+        named = dict(self.named_parameters())
+        return next(iter(named.values())) if self.single else named
+
+
+def as_module(built: object, name: str) -> nn.Module:
+    """The model a callable returned: a module as is; a tensor or a dict of them as Tensors."""
+    if isinstance(built, nn.Module):
+        return built
+    if isinstance(built, torch.Tensor):
+        return Tensors({"tensor": built}, single=True)
+    tensors = isinstance(built, dict) and all(isinstance(v, torch.Tensor) for v in built.values())
+    if tensors and built:
+        bad = [k for k in built if not (isinstance(k, str) and k.isidentifier())]
+        if bad:
+            raise UserError(
+                f"model.name: {name!r} returned tensors under {bad[0]!r}; their keys name "
+                "parameters, so they must be identifiers"
+            )
+        return Tensors(built)
+    raise UserError(
+        f"model.name: {name!r} returned a {type(built).__name__}; expected a torch.nn.Module, "
+        "a tensor, or a dict of tensors"
+    )
 
 
 def build_model(config: ModelConfig) -> nn.Module:
@@ -54,11 +120,7 @@ def build_model(config: ModelConfig) -> nn.Module:
             f"model.weights: {config.kwargs.get('weights')!r} needs pretrained weights that "
             f"could not be fetched ({err}); offline, save a state dict and use model.init_from"
         ) from None
-    if not isinstance(model, nn.Module):
-        raise UserError(
-            f"model.name: {config.name!r} returned a {type(model).__name__}, not a torch.nn.Module"
-        )
-    return model
+    return as_module(model, config.name)
 
 
 class StateFit:

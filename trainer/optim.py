@@ -1,15 +1,23 @@
-"""The optimizer (from resolved param groups), its options, the loss, and the param-group
-plan `trainer groups` prints (the model built on the meta device)."""
+"""Optimizers from resolved param groups (one, or several each over its own tensors), their
+options, the loss, and the plan `trainer groups` prints (the model built on the meta device)."""
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from trainer import registry
+from trainer.config import OptimizerSpec
 from trainer.errors import UserError
 from trainer.models import build_model
-from trainer.param_groups import GroupsReport, build_param_groups
+from trainer.param_groups import (
+    GroupsReport,
+    apply_freeze,
+    build_param_groups,
+    check_optimizer_scopes,
+    frozen_names,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -17,9 +25,9 @@ if TYPE_CHECKING:
     from trainer.config import Config, LossConfig, OptimizerConfig
 
 
-def optimizer_defaults(config: OptimizerConfig) -> dict[str, Any]:
+def optimizer_defaults(config: OptimizerConfig, *, key: str = "optimizer") -> dict[str, Any]:
     """The optimizer's options as it will see them: its signature's defaults, then the config's."""
-    fn = registry.resolve("optimizers", config.name, key="optimizer.name")
+    fn = registry.resolve("optimizers", config.name, key=f"{key}.name")
     defaults = {
         name: param.default
         for name, param in inspect.signature(fn).parameters.items()
@@ -28,10 +36,59 @@ def optimizer_defaults(config: OptimizerConfig) -> dict[str, Any]:
     return {**defaults, **config.kwargs}
 
 
-def plan_param_groups(
-    config: Config,
-) -> tuple[torch.nn.Module, list[dict[str, Any]], GroupsReport]:
-    """The model (on the meta device where it can be) and its resolved param groups.
+@dataclass
+class PlannedOptimizer:
+    """One optimizer's resolved param groups: what `Optimizer(groups, **options)` gets."""
+
+    spec: OptimizerSpec
+    groups: list[dict[str, Any]]
+    report: GroupsReport
+
+
+def plan_optimizers(model: torch.nn.Module, config: Config) -> list[PlannedOptimizer]:
+    """Freeze, then every optimizer's param groups over its own tensors; all problems at once.
+
+    One optimizer: today's rules over every trainable tensor. Several: the global freeze
+    first, then each optimizer's rules scoped to the tensors its `params` selects, and every
+    trainable tensor must be selected by exactly one optimizer.
+    """
+    specs = config.optimizer_specs()
+    if not config.several_optimizers:
+        spec = specs[0]
+        groups, report = build_param_groups(
+            model,
+            optimizer_defaults(spec.optimizer),
+            spec.param_groups,
+            optimizer=spec.optimizer.name,
+        )
+        return [PlannedOptimizer(spec, groups, report)]
+    freeze = config.param_groups.freeze
+    problems = check_optimizer_scopes(model, freeze, {s.name: s.params for s in specs})
+    frozen_by_model = frozen_names(model)
+    frozen_by_config = apply_freeze(model, freeze)
+    planned = []
+    for spec in specs:
+        try:
+            groups, report = build_param_groups(
+                model,
+                optimizer_defaults(spec.optimizer, key=f"{spec.key}optimizer"),
+                spec.param_groups,
+                optimizer=spec.optimizer.name,
+                select=spec.params,
+                key=f"{spec.key}param_groups",
+            )
+        except UserError as err:
+            problems += err.problems
+            continue
+        report.frozen_by_config, report.frozen_by_model = frozen_by_config, frozen_by_model
+        planned.append(PlannedOptimizer(spec, groups, report))
+    if problems:
+        raise UserError(list(dict.fromkeys(problems)))
+    return planned
+
+
+def plan_param_groups(config: Config) -> tuple[torch.nn.Module, list[PlannedOptimizer]]:
+    """The model (on the meta device where it can be) and every optimizer's param groups.
 
     No weights are loaded and no data is touched, so a large torchvision model resolves fast.
     """
@@ -50,23 +107,39 @@ def plan_param_groups(
             model = build_model(model_config)
     except (NotImplementedError, RuntimeError):
         model = build_model(model_config)
-    groups, report = build_param_groups(
-        model,
-        optimizer_defaults(config.optimizer),
-        config.param_groups,
-        optimizer=config.optimizer.name,
-    )
-    return model, groups, report
+    planned = plan_optimizers(model, config)
+    for plan in planned:
+        fill_options(plan, build_optimizer(plan.spec, plan.groups))
+    return model, planned
 
 
-def build_optimizer(config: OptimizerConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+# Switches of torch's implementation, not of the math: left out of the groups table.
+IMPLEMENTATION_OPTIONS = ("foreach", "fused", "differentiable", "capturable", "initial_lr")
+
+
+def fill_options(plan: PlannedOptimizer, optimizer: torch.optim.Optimizer) -> None:
+    """Every option each group will use, defaults filled in by torch, into the report."""
+    for info, group in zip(plan.report.groups, optimizer.param_groups, strict=True):
+        info.options = {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in group.items()
+            if k not in ("params", "name", "lr", "weight_decay", *IMPLEMENTATION_OPTIONS)
+        }
+
+
+def build_optimizer(
+    config: OptimizerConfig | OptimizerSpec, groups: list[dict[str, Any]]
+) -> torch.optim.Optimizer:
     """`Optimizer(groups, **options)`: the groups carry their own lr and weight_decay."""
-    return registry.build("optimizers", config.name, config.kwargs, key="optimizer", params=groups)
+    key = "optimizer"
+    if isinstance(config, OptimizerSpec):
+        config, key = config.optimizer, f"{config.key}optimizer"
+    return registry.build("optimizers", config.name, config.kwargs, key=key, params=groups)
 
 
-def needs_closure(config: OptimizerConfig) -> bool:
+def needs_closure(config: OptimizerConfig, *, key: str = "optimizer") -> bool:
     """Whether the optimizer's step() requires a closure (LBFGS and the like)."""
-    fn = registry.resolve("optimizers", config.name, key="optimizer.name")
+    fn = registry.resolve("optimizers", config.name, key=f"{key}.name")
     step = getattr(fn, "step", None)
     if step is None:
         return False

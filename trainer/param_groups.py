@@ -118,14 +118,19 @@ def build_param_groups(
     config: ParamGroupsConfig,
     *,
     optimizer: str = "the optimizer",
+    select: str | None = None,
+    key: str = "param_groups",
 ) -> tuple[list[dict[str, Any]], GroupsReport]:
     """Torch param groups (each with `name`, real `lr` and `weight_decay`) and a report.
 
     `options` are the optimizer's options as it will see them (signature defaults, then
     the config); `optimizer` is its name, for messages. Freezing sets requires_grad=False
-    on the model's parameters.
+    on the model's parameters. With several optimizers, `select` (a regex) scopes the rules
+    to this optimizer's tensors and `key` is its section (`optimizers.<name>.param_groups`).
     """
     tensors = _named_tensors(model)
+    if select is not None:
+        tensors = [t for t in tensors if _matches(select, t)]
     names = [t.name for t in tensors]
     problems: list[str] = []
 
@@ -135,11 +140,11 @@ def build_param_groups(
     for index, pattern in enumerate(config.freeze):
         hits = [t for t in tensors if _matches(pattern, t)]
         if not hits:
-            problems.append(_no_match(f"param_groups.freeze.{index}", pattern, names))
+            problems.append(_no_match(f"{key}.freeze.{index}", pattern, names))
         to_freeze += [t for t in hits if t.param.requires_grad and t not in to_freeze]
     trainable = [t for t in tensors if t.param.requires_grad and t not in to_freeze]
     if not trainable:
-        problems.append("param_groups.freeze: nothing left to train; every parameter is frozen")
+        problems.append(f"{key}.freeze: nothing left to train; every parameter is frozen")
 
     # Rules: first match wins; the rest go to `default`.
     members: dict[str | None, list[_Tensor]] = {rule.name: [] for rule in config.rules}
@@ -152,10 +157,12 @@ def build_param_groups(
             owner_of[id(tensor.param)] = rule
     for index, rule in enumerate(config.rules):
         if not members[rule.name]:
-            problems.append(_unused_rule(index, rule, tensors, trainable, owner_of, names))
-        problems += _check_options(index, rule, options, optimizer)
+            problems.append(
+                _unused_rule(f"{key}.rules.{index}", rule, tensors, trainable, owner_of, names)
+            )
+        problems += _check_options(f"{key}.rules.{index}", rule, options, optimizer)
     if config.no_decay and "weight_decay" not in options:
-        problems.append(f"param_groups.no_decay: {optimizer} has no weight_decay option")
+        problems.append(f"{key}.no_decay: {optimizer} has no weight_decay option")
     if problems:
         raise UserError(problems)
     for tensor in to_freeze:
@@ -191,6 +198,62 @@ def build_param_groups(
     return groups, report
 
 
+def frozen_names(model: nn.Module) -> list[str]:
+    """Tensors the model itself froze (requires_grad False before any config rule)."""
+    return [t.name for t in _named_tensors(model) if not t.param.requires_grad]
+
+
+def apply_freeze(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Set requires_grad=False on trainable tensors a `freeze` regex hits; their names."""
+    frozen = [
+        t
+        for t in _named_tensors(model)
+        if t.param.requires_grad and any(_matches(p, t) for p in patterns)
+    ]
+    for tensor in frozen:
+        tensor.param.requires_grad_(False)
+    return [t.name for t in frozen]
+
+
+def check_optimizer_scopes(
+    model: nn.Module, freeze: list[str], scopes: dict[str, str], *, shown: int = 8
+) -> list[str]:
+    """Every trainable tensor (after `freeze`) selected by exactly one optimizer's `params`."""
+    tensors = _named_tensors(model)
+    names = [t.name for t in tensors]
+    problems = [
+        _no_match(f"param_groups.freeze.{index}", pattern, names)
+        for index, pattern in enumerate(freeze)
+        if not any(_matches(pattern, t) for t in tensors)
+    ]
+    problems += [
+        _no_match(f"optimizers.{name}.params", pattern, names)
+        for name, pattern in scopes.items()
+        if not any(_matches(pattern, t) for t in tensors)
+    ]
+    trainable = [
+        t for t in tensors if t.param.requires_grad and not any(_matches(p, t) for p in freeze)
+    ]
+    orphans = []
+    for tensor in trainable:
+        owners = [name for name, pattern in scopes.items() if _matches(pattern, tensor)]
+        if len(owners) > 1:
+            problems.append(
+                f"optimizers: {tensor.name} is selected by "
+                f"{' and '.join(f'optimizers.{o}.params' for o in owners)}; a tensor belongs "
+                "to one optimizer (narrow a params regex)"
+            )
+        elif not owners:
+            orphans.append(tensor.name)
+    if orphans:
+        listed = ", ".join(orphans[:shown]) + (", ..." if len(orphans) > shown else "")
+        problems.append(
+            f"optimizers: {len(orphans)} trainable tensor(s) selected by no optimizer's params: "
+            f"{listed} (widen a params regex, or freeze them with param_groups.freeze)"
+        )
+    return problems
+
+
 def _matches(pattern: str, tensor: _Tensor) -> bool:
     return any(re.search(pattern, alias) for alias in tensor.aliases)
 
@@ -201,14 +264,14 @@ def _no_match(key: str, pattern: str, names: list[str]) -> str:
 
 
 def _unused_rule(
-    index: int,
+    where: str,
     rule: RuleConfig,
     tensors: list[_Tensor],
     trainable: list[_Tensor],
     owner_of: dict[int, RuleConfig],
     names: list[str],
 ) -> str:
-    key = f"param_groups.rules.{index}.match"
+    key = f"{where}.match"
     hits = [t for t in trainable if _matches(rule.match, t)]
     if hits:
         earlier = list(dict.fromkeys(owner_of[id(t.param)].name for t in hits))
@@ -222,18 +285,18 @@ def _unused_rule(
 
 
 def _check_options(
-    index: int, rule: RuleConfig, options: dict[str, Any], optimizer: str
+    where: str, rule: RuleConfig, options: dict[str, Any], optimizer: str
 ) -> list[str]:
     problems = []
     for key in ("lr", "weight_decay"):
         set_here = getattr(rule, key) is not None or getattr(rule, _MULT[key]) is not None
         if set_here and key not in options:
-            problems.append(f"param_groups.rules.{index}.{key}: {optimizer} has no {key} option")
+            problems.append(f"{where}.{key}: {optimizer} has no {key} option")
     allowed = [k for k in options if k not in ("params", "lr", "weight_decay")]
     for key in rule.options:
         if key not in options or key == "params":
             problems.append(
-                f"param_groups.rules.{index}.{key}: not an option of {optimizer}"
+                f"{where}.{key}: not an option of {optimizer}"
                 f"{did_you_mean(key, allowed)} (options: {', '.join(allowed)})"
             )
     return problems

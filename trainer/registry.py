@@ -10,13 +10,41 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import traceback
 from collections.abc import Callable, Iterable
 from functools import cache
 from typing import Any
 
-from trainer.errors import UserError, did_you_mean, unknown_name
+from trainer import trust
+from trainer.errors import UserError, did_you_mean, echo, unknown_name
 
-KINDS = ("models", "datasets", "losses", "optimizers", "schedulers", "transforms")
+KINDS = (
+    "models",
+    "datasets",
+    "losses",
+    "optimizers",
+    "schedulers",
+    "transforms",
+    "steps",
+    "metrics",
+)
+
+# The runner's own models and steps, as import paths: resolving one imports its module alone
+# (no torchvision for the built-in model on the built-in dataset), and the registry imports
+# no module that imports it back. Built-in datasets are trainer.datasets.BUILT_IN.
+BUILT_IN = {
+    "models": {
+        "small_cnn": "trainer.models:small_cnn",
+        "gan_mlp": "trainer.models:gan_mlp",
+    },
+    "steps": {
+        "supervised": "trainer.steps:supervised",
+        "gan": "trainer.steps:gan",
+        "distill": "trainer.steps:distill",
+        "ring_quality": "trainer.steps:ring_quality",
+    },
+}
+
 
 # Arguments the runner passes itself: a config that sets them is an error, not a surprise.
 SUPPLIED_BY_RUNNER = {
@@ -24,8 +52,15 @@ SUPPLIED_BY_RUNNER = {
     "datasets": ("train", "transform"),
     "losses": (),
     "optimizers": ("params",),
-    "schedulers": ("optimizer",),
+    "schedulers": ("optimizer", "last_epoch"),
     "transforms": (),
+    "steps": ("batch", "model", "optimizers", "ctx"),
+    "metrics": (),
+}
+# Why the runner sets them, where that is not plain.
+RUNNER_REASONS = {
+    "last_epoch": "; a schedule continues where it stopped with `trainer fit --resume`",
+    "params": "; param_groups decides the tensors (and options) of each group",
 }
 
 
@@ -33,6 +68,7 @@ def _first_line(obj: Any) -> str:
     """The docstring's first sentence (which may run over several lines), on one line."""
     doc = (inspect.getdoc(obj) or "").strip().split("\n\n")[0]
     doc = re.sub(r"`([^`<]+?)\s*<[^>]*>`_+", r"\1", doc)  # reST links: keep their titles
+    doc = re.sub(r"`([^`]+)`_+", r"\1", doc)  # reST references to a link target
     return " ".join(doc.split()).split(". ")[0].rstrip(".")
 
 
@@ -53,19 +89,19 @@ def _subclasses_in(module: Any, base: tuple[type, ...], skip: Iterable[str] = ()
 @cache
 def entries(kind: str) -> dict[str, Callable[..., Any]]:
     """Every name of a kind, mapped to its callable (torch is imported here, not before)."""
+    if kind == "datasets":
+        from trainer.datasets import BUILT_IN as DATASETS
+
+        return dict(DATASETS)
+    if kind == "steps":
+        return {name: _built_in(kind, name) for name in BUILT_IN[kind]}
     if kind == "models":
         import torchvision.models
 
-        from trainer import models
-
-        found = dict(models.BUILT_IN)
+        found = {name: _built_in(kind, name) for name in BUILT_IN[kind]}
         for name in torchvision.models.list_models(module=torchvision.models):
             found[name] = torchvision.models.get_model_builder(name)
         return found
-    if kind == "datasets":
-        from trainer import datasets
-
-        return dict(datasets.BUILT_IN)
     if kind == "transforms":
         from torchvision.transforms import v2
 
@@ -86,7 +122,37 @@ def entries(kind: str) -> dict[str, Callable[..., Any]]:
         # `scheduler.warmup` builds the common SequentialLR.
         skip = ["LRScheduler", "SequentialLR", "ChainedScheduler"]
         return _subclasses_in(lr_scheduler, bases, skip=skip)
+    if kind == "metrics":
+        return _metrics()
     raise ValueError(f"unknown kind {kind!r}")
+
+
+def _metrics() -> dict[str, Callable[..., Any]]:
+    """torchmetrics' classification and regression metrics that compute one number (those
+    with a direction, `higher_is_better`; curves and confusion matrices have none)."""
+    try:
+        from torchmetrics import Metric, classification, regression
+    except ImportError:
+        raise UserError(needs_extra("metrics", package="torchmetrics", extra="metrics")) from None
+    found = {}
+    for module in (classification, regression):
+        for name, cls in _subclasses_in(module, (Metric,)).items():
+            if cls.higher_is_better is not None:
+                found[name] = cls
+    return dict(sorted(found.items()))
+
+
+def needs_extra(key: str, *, package: str, extra: str) -> str:
+    """The problem of a key whose feature needs an optional package that is not installed."""
+    return (
+        f"{key}: needs {package}, an optional extra: `uv sync --extra {extra}` "
+        f"or `pip install 'trainer[{extra}]'`"
+    )
+
+
+def _built_in(kind: str, name: str) -> Callable[..., Any]:
+    module_name, _, attr = BUILT_IN[kind][name].partition(":")
+    return getattr(importlib.import_module(module_name), attr)
 
 
 def describe(kind: str) -> list[tuple[str, str]]:
@@ -98,25 +164,59 @@ def resolve(kind: str, name: str, *, key: str) -> Callable[..., Any]:
     """The callable for a name or an import path; a UserError naming `key` if there is none."""
     if ":" in name:
         return import_path(name, key=key)
-    table = entries(kind)
+    if name in BUILT_IN.get(kind, {}):
+        return _built_in(kind, name)
+    table = entries(kind)  # models: torchvision's are imported here, only when asked for
     if name not in table:
         raise UserError(unknown_name(key, name, sorted(table, key=str.lower)))
     return table[name]
 
 
+IMPORT_PATH = re.compile(r"(?P<module>\w+(\.\w+)*):(?P<attr>\w+(\.\w+)*)", re.ASCII)
+
+
 def import_path(path: str, *, key: str) -> Callable[..., Any]:
-    module_name, _, attr = path.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise UserError(f"{key}: cannot import '{module_name}' from {path!r}: {err}") from None
+    """The callable `package.module:name` names, if the trust policy allows it (trainer.trust).
+
+    The path is checked before its module is imported, and what it resolves to after.
+    """
+    parts = IMPORT_PATH.fullmatch(path)
+    if parts is None or parts["module"][0].isdigit():
+        raise UserError(
+            f"{key}: {echo(path)} is not an import path: expected 'package.module:callable' "
+            "(a module, a colon, a name)"
+        )
+    module_name, attr = parts["module"], parts["attr"]
+    trust.check_path(module_name, attr, key=key)
+    obj: Any = _import_module(module_name, path, key=key)
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise UserError(f"{key}: '{module_name}' has no attribute '{attr}' ({path!r})")
         obj = getattr(obj, part)
     if not callable(obj):
         raise UserError(f"{key}: {path!r} is not callable")
+    trust.check_resolved(obj, path, key=key)
     return obj
+
+
+def _import_module(module_name: str, path: str, *, key: str) -> Any:
+    """Import a module; its own errors (a SyntaxError, a raise) name where they happened."""
+    try:
+        return importlib.import_module(module_name)
+    except Exception as err:
+        missing = isinstance(err, ModuleNotFoundError) and err.name is not None
+        if missing and f"{module_name}.".startswith(f"{err.name}."):
+            raise UserError(f"{key}: cannot import '{module_name}' from {path!r}: {err}") from None
+        if isinstance(err, SyntaxError) and err.filename:
+            where = f"{err.filename}:{err.lineno}"
+        else:
+            frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename[0] != "<"]
+            own = [f for f in frames if trust.is_users_file(f.filename)]
+            where = "{0.filename}:{0.lineno}".format((own or frames)[-1])
+        raise UserError(
+            f"{key}: importing '{module_name}' for {path!r} failed at {where}: "
+            f"{type(err).__name__}: {err}"
+        ) from None
 
 
 def check_arguments(
@@ -146,7 +246,8 @@ def check_arguments(
     problems = []
     for arg in kwargs:
         if arg in supplied:
-            problems.append(f"{key}.{arg}: set by the runner, not by the config")
+            reason = RUNNER_REASONS.get(arg, "")
+            problems.append(f"{key}.{arg}: set by the runner, not by the config{reason}")
         elif arg not in named and not takes_any:
             problems.append(
                 f"{key}.{arg}: not an argument of {label}{did_you_mean(arg, named)}"
@@ -183,16 +284,33 @@ def _keywords_of(cls: Any) -> list[str]:
 
 
 def build(kind: str, name: str, kwargs: dict[str, Any], *, key: str, **supplied: Any) -> Any:
-    """Resolve, check and call: `fn(**supplied, **kwargs)`; bad arguments are UserErrors."""
+    """Resolve, check, bind and call `fn(**supplied, **kwargs)`; bad arguments are UserErrors.
+
+    An exception raised in the user's own code once the arguments are bound is a bug there,
+    not bad input: it propagates with its traceback (exit 1).
+    """
     fn = resolve(kind, name, key=f"{key}.name")
     problems = check_arguments(fn, kwargs, key=key, kind=kind)
     if problems:
         raise UserError(problems)
     try:
+        inspect.signature(fn).bind(**supplied, **kwargs)
+    except TypeError as err:
+        raise UserError(f"{key}: {name} cannot take these arguments: {err}") from None
+    except ValueError:  # no signature to bind against (some builtins): the call decides
+        pass
+    try:
         return fn(**supplied, **kwargs)
     except (ValueError, TypeError, RuntimeError, AttributeError, KeyError) as err:
-        # The callable refused the config's values (a string for a number, a negative size):
-        # the user's input, so a message naming the config key rather than a traceback.
+        if trust.raised_in_users_code(err):
+            if hasattr(err, "add_note"):  # Python 3.11+
+                err.add_note(
+                    f"(raised in {name}, built for `{key}` after its arguments were accepted: "
+                    "a bug in that code, not a problem of the config)"
+                )
+            raise
+        # torch, torchvision or a built-in refused the config's values (a string for a
+        # number, a negative size): the user's input, named by its config key.
         raise UserError(_rejected(fn, name, err, key=key)) from None
 
 
@@ -214,7 +332,14 @@ def check_component(
         fn = resolve(kind, name, key=f"{key}.name")
     except UserError as err:
         return err.problems
-    return check_arguments(fn, kwargs, key=key, kind=kind, filled_in=filled_in)
+    problems = check_arguments(fn, kwargs, key=key, kind=kind, filled_in=filled_in)
+    lr_lambda = kwargs.get("lr_lambda")
+    if kind == "schedulers" and isinstance(lr_lambda, str):  # LambdaLR, MultiplicativeLR
+        try:
+            import_path(lr_lambda, key=f"{key}.lr_lambda")
+        except UserError as err:
+            problems += err.problems
+    return problems
 
 
 SECTION_KINDS = {

@@ -34,9 +34,13 @@ def number(value: Any) -> str:
     return str(value)
 
 
-def groups_table(report: GroupsReport) -> Table:
-    """One row per param group: what the optimizer gets."""
-    table = Table(title="param groups", title_justify="left")
+def groups_table(
+    report: GroupsReport, *, optimizer: str | None = None, lrs: dict[str, float] | None = None
+) -> Table:
+    """One row per param group: what the optimizer gets (`lrs`: the lr each group has now,
+    a resumed run's rather than the config's)."""
+    title = f"param groups of optimizers.{optimizer}" if optimizer else "param groups"
+    table = Table(title=title, title_justify="left")
     for column in ("group", "rule", "tensors", "elements", "lr", "weight_decay", "options"):
         table.add_column(column, justify="right" if column in ("tensors", "elements") else "left")
     for group in report.groups:
@@ -46,7 +50,7 @@ def groups_table(report: GroupsReport) -> Table:
             group.rule or "-",
             str(len(group.params)),
             f"{group.numel:,}",
-            number(group.lr),
+            number(lrs[group.name] if lrs else group.lr),
             number(group.weight_decay),
             options or "-",
         )
@@ -65,11 +69,41 @@ def groups_footer(report: GroupsReport) -> str:
     return "\n".join(lines)
 
 
-def names_table(report: GroupsReport, model: Any) -> Table:
+def groups_json(reports: dict[str, GroupsReport], *, several: bool) -> dict[str, Any]:
+    """`trainer groups --json`: one optimizer's document, or `optimizers: {name: ...}` too."""
+    first = next(iter(reports.values())).to_json()
+    if not several:
+        return first
+    per_optimizer = {name: report.to_json() for name, report in reports.items()}
+    return {
+        "groups": [
+            {**group, "optimizer": name}
+            for name, document in per_optimizer.items()
+            for group in document["groups"]
+        ],
+        "optimizers": {name: {"groups": doc["groups"]} for name, doc in per_optimizer.items()},
+        **{key: first[key] for key in ("frozen", "frozen_by_config", "frozen_by_model")},
+        "rule_hits": {
+            f"{name}/{rule}": hits
+            for name, doc in per_optimizer.items()
+            for rule, hits in doc["rule_hits"].items()
+        },
+        "unmatched_rules": [],
+    }
+
+
+def names_table(reports: dict[str, GroupsReport], model: Any) -> Table:
     """Every parameter with its shape and group (or why it is frozen)."""
     from trainer.param_groups import clean_name
 
-    where = {name: group.name for group in report.groups for name in group.params}
+    several = len(reports) > 1
+    report = next(iter(reports.values()))
+    where = {
+        name: f"{optimizer}/{group.name}" if several else group.name
+        for optimizer, groups in reports.items()
+        for group in groups.groups
+        for name in group.params
+    }
     where |= {name: "frozen (param_groups.freeze)" for name in report.frozen_by_config}
     where |= {name: "frozen (by the model)" for name in report.frozen_by_model}
     table = Table(title="parameters", title_justify="left")
@@ -85,13 +119,24 @@ def checkpoint_summary(checkpoint: dict[str, Any]) -> str:
     """What `trainer inspect` prints: position, lr per group, metrics, best, config."""
     import yaml
 
-    groups = checkpoint["optimizer"]["param_groups"]
     best = checkpoint["best"]
+    several = checkpoint.get("optimizers") or {}
+    states = several or {"": checkpoint["optimizer"]}
+    manifests = checkpoint["groups"] if several else {"": checkpoint["groups"]}
     lines = [
         f"epoch: {checkpoint['epoch']} completed, step: {checkpoint['step']}, "
         f"batch_in_epoch: {checkpoint['batch_in_epoch']}",
-        "lr: " + ", ".join(f"{g.get('name', i)} {number(g['lr'])}" for i, g in enumerate(groups)),
-        "groups: " + ", ".join(f"{n} ({len(p)} tensors)" for n, p in checkpoint["groups"].items()),
+    ]
+    for name, state in states.items():
+        label = f" ({name})" if name else ""
+        groups = state["param_groups"]
+        lines += [
+            f"lr{label}: "
+            + ", ".join(f"{g.get('name', i)} {number(g['lr'])}" for i, g in enumerate(groups)),
+            f"groups{label}: "
+            + ", ".join(f"{n} ({len(p)} tensors)" for n, p in manifests[name].items()),
+        ]
+    lines += [
         "metrics: " + "  ".join(f"{k} {number(v)}" for k, v in checkpoint["metrics"].items()),
         f"best: {best['monitor']} {number(best['value'])} at epoch {best['epoch']}"
         if best
@@ -127,10 +172,16 @@ CHART_MARKS = "*o+x#@"
 
 
 def schedule_chart(
-    table: dict[str, list[float]], unit: str, *, width: int = 60, height: int = 10
+    table: dict[str, list[float]],
+    unit: str,
+    *,
+    width: int = 60,
+    height: int = 10,
+    x_axis: str | None = None,
 ) -> str:
-    """A terminal line chart of every group's lr over the run (one mark per group); the
-    scale is logarithmic when the lr spans more than a factor of 10."""
+    """A terminal line chart of every series over its steps (one mark per series); the
+    scale is logarithmic when the values span more than a factor of 10. `x_axis` says what
+    the columns are (default: `<unit> 1 .. N`)."""
     values = [v for lrs in table.values() for v in lrs]
     if not values:
         return ""
@@ -152,14 +203,14 @@ def schedule_chart(
         lines.append(f"{axis:>{label}} |{''.join(cells)}")
     lines.append(f"{'':>{label}} +{'-' * columns}")
     log = ", log scale" if scale is math.log10 else ""
-    lines.append(f"{'':>{label}}  {unit} 1 .. {length}{log}")
+    lines.append(f"{'':>{label}}  {x_axis or f'{unit} 1 .. {length}'}{log}")
     legend = ", ".join(f"{m} {name}" for m, name in zip(CHART_MARKS, table, strict=False))
     lines.append(f"{'':>{label}}  {legend}")
     return "\n".join(lines)
 
 
-def plot_schedule(table: dict[str, list[float]], unit: str, path: str) -> None:
-    """Write the lr schedule as a picture (matplotlib, an optional extra)."""
+def pyplot(option: str = "--plot") -> Any:
+    """matplotlib.pyplot (an optional extra) drawing to files; exit 2 naming `option` without it."""
     try:
         import matplotlib
 
@@ -169,9 +220,15 @@ def plot_schedule(table: dict[str, list[float]], unit: str, path: str) -> None:
         from trainer.errors import UserError
 
         raise UserError(
-            "--plot: needs matplotlib, an optional extra: `uv sync --extra plot` "
+            f"{option}: needs matplotlib, an optional extra: `uv sync --extra plot` "
             "or `pip install 'trainer[plot]'`"
         ) from None
+    return plt
+
+
+def plot_schedule(table: dict[str, list[float]], unit: str, path: str) -> None:
+    """Write the lr schedule as a picture (matplotlib, an optional extra)."""
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(8, 4))
     for name, lrs in table.items():
         axes.plot(range(1, len(lrs) + 1), lrs, label=name)
@@ -203,9 +260,16 @@ class Reporter:
     def device(self, device: Any, reason: str) -> None:
         self.note(f"device: {device} ({reason})")
 
-    def groups(self, report: GroupsReport) -> None:
-        self.console.print(groups_table(report))
-        self.note(groups_footer(report))
+    def groups(
+        self, reports: dict[str, GroupsReport], *, lrs: dict[str, dict[str, float]] | None = None
+    ) -> None:
+        """One table per optimizer (titled by name when there are several), then the footer."""
+        several = len(reports) > 1
+        for name, report in reports.items():
+            self.console.print(
+                groups_table(report, optimizer=name if several else None, lrs=(lrs or {}).get(name))
+            )
+        self.note(groups_footer(next(iter(reports.values()))))
 
     def note(self, text: str) -> None:
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)
@@ -218,7 +282,7 @@ class Reporter:
             TextColumn(f"epoch {epoch}/{epochs}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[loss]}"),
             TextColumn("lr {task.fields[lr]}"),
             TextColumn("{task.fields[speed]} samples/s"),
             TimeRemainingColumn(),
@@ -240,18 +304,19 @@ class Reporter:
     ) -> None:
         """A periodic step record (every trainer.log_every optimizer steps)."""
         lr = next((v for k, v in record.items() if k.startswith("lr/")), None)
+        train = {k: v for k, v in record.items() if k.startswith("train/")}
         if self._progress is not None:
             self._progress.update(
                 self._task,
-                loss=number(record["train/loss"]),
+                loss="  ".join(f"{k[6:]} {number(v)}" for k, v in train.items()) or "-",
                 lr=number(lr),
                 speed=f"{samples_per_s:,.0f}",
             )
             return
+        metrics = "  ".join(f"{k} {number(v)}" for k, v in train.items())
         self.note(
             f"epoch {record['epoch']}/{self._epochs}  batch {batch}/{batches}  "
-            f"step {record['step']}  train/loss {number(record['train/loss'])}  "
-            f"lr {number(lr)}  {samples_per_s:,.0f} samples/s"
+            f"step {record['step']}  {metrics}  lr {number(lr)}  {samples_per_s:,.0f} samples/s"
         )
 
     def end_epoch(self, record: dict[str, Any]) -> None:

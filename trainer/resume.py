@@ -9,15 +9,17 @@ scheduler section is rebuilt and fast-forwarded to where the run stopped.
 from __future__ import annotations
 
 import re
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from trainer.checkpoint import load_checkpoint, set_rng_state
 from trainer.errors import UserError
+
+if TYPE_CHECKING:
+    from trainer.build import Run
 
 
 @dataclass
@@ -28,7 +30,8 @@ class Position:
     step: int = 0  # optimizer steps taken
     batch_in_epoch: int = 0  # batches of epoch `epoch + 1` already trained (per process)
     samples_in_epoch: int = 0  # samples of epoch `epoch + 1` already trained (all processes)
-    epoch_loss: float = 0.0  # summed batch losses of those batches
+    epoch_sums: dict[str, float] = field(default_factory=dict)  # step metrics summed so far
+    epoch_counted: int = 0  # batches of the epoch those sums cover (skipped ones left out)
     best: dict[str, Any] | None = None
 
 
@@ -72,7 +75,9 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], *, reset_optimizer:
         if before.get(key) == after.get(key):
             continue
         section = key.split(".")[0]
-        if section in ("optimizer", "param_groups") and not reset_optimizer:
+        if section == "optimizers" and key.split(".")[2:3] == ["scheduler"]:
+            section = "scheduler"
+        if section in ("optimizer", "optimizers", "param_groups") and not reset_optimizer:
             wins = "the checkpoint's optimizer state wins; --reset-optimizer to use the config"
         elif section == "scheduler":
             wins = "config wins: the scheduler is rebuilt"
@@ -118,28 +123,31 @@ def manifest_changes(old: dict[str, list[str]], new: dict[str, list[str]]) -> li
 
 def restore(
     checkpoint: dict[str, Any],
+    run: Run,
     *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: torch.amp.GradScaler,
-    config: Any,
-    manifest: dict[str, list[str]],
     reset_optimizer: bool,
-    rebuild_scheduler: Any,
     rank: int = 0,
     world_size: int = 1,
-) -> tuple[Position, Any, list[str]]:
-    """Load the checkpoint's states into the built objects; returns (position, scheduler, notes).
+) -> tuple[Position, list[str]]:
+    """Load the checkpoint's states into the built run; returns (position, notes).
 
-    `rebuild_scheduler(optimizer)` builds the config's scheduler anew.
+    Each optimizer's scheduler is loaded when its config section is unchanged, else rebuilt
+    from the config and fast-forwarded to where the run stopped.
     """
-    problems = model_changes(checkpoint["model"], model)
+    config = run.config
+    problems = model_changes(checkpoint["model"], run.module)
     if problems:
         raise UserError(
             ["model: the checkpoint's weights do not fit the configured model:", *problems]
         )
-    moved = manifest_changes(checkpoint["groups"], manifest)
+    saved = optimizer_states(checkpoint)
+    if set(saved) != set(run.optimizers):
+        raise UserError(
+            f"optimizers: the checkpoint has {', '.join(saved)}, the config "
+            f"{', '.join(run.optimizers)}; a run keeps its set of optimizers (start a new run, "
+            "or init_from the checkpoint's weights)"
+        )
+    moved = _moved_tensors(checkpoint["groups"], run.manifest(), several=len(saved) > 1)
     if moved and not reset_optimizer:
         raise UserError(
             [
@@ -148,41 +156,46 @@ def restore(
                 "use --reset-optimizer to load the weights only",
             ]
         )
-    model.load_state_dict(checkpoint["model"])
+    run.module.load_state_dict(checkpoint["model"])
     position = Position(
         epoch=checkpoint["epoch"],
         step=checkpoint["step"],
         batch_in_epoch=checkpoint["batch_in_epoch"],
         samples_in_epoch=checkpoint.get("samples_in_epoch")
         or checkpoint["batch_in_epoch"] * config.data.batch_size,
-        epoch_loss=float(checkpoint.get("epoch_loss", 0.0)),
+        epoch_sums=dict(
+            checkpoint.get("epoch_sums") or {"loss": checkpoint.get("epoch_loss", 0.0)}
+        ),
+        epoch_counted=checkpoint.get("epoch_counted", checkpoint["batch_in_epoch"]),
         best=checkpoint["best"],
     )
     notes = []
     changes = config_changes(
-        checkpoint["config"], config.model_dump(mode="json"), reset_optimizer=reset_optimizer
+        checkpoint["config"], config.to_dict(), reset_optimizer=reset_optimizer
     )
     if changes:
         notes += ["config differs from the checkpoint's:", *changes]
-
-    same_scheduler = checkpoint["config"].get("scheduler") == (
-        config.scheduler.model_dump(mode="json") if config.scheduler else None
-    )
     if reset_optimizer:
         notes.append("--reset-optimizer: loaded the weights only; fresh optimizer state")
-    else:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if checkpoint["scaler"]:
-            scaler.load_state_dict(checkpoint["scaler"])
-    if same_scheduler and not reset_optimizer:
-        if scheduler is not None:
-            scheduler.load_state_dict(checkpoint["scheduler"])
-    else:
-        scheduler, last_epoch = _fast_forward(optimizer, config, position, rebuild_scheduler)
-        if scheduler is not None:
+    for name, handle in run.optimizers.items():
+        state = saved[name]
+        if not reset_optimizer:
+            handle.optimizer.load_state_dict(state["optimizer"])
+            if state["scaler"]:
+                handle.scaler.load_state_dict(state["scaler"])
+        same_scheduler = state["scheduler_config"] == _scheduler_config(config.to_dict(), name)
+        if same_scheduler and not reset_optimizer:
+            handle.schedule.load_state_dict(state["scheduler"])
+            continue
+        for group in handle.optimizer.param_groups:  # back to the lrs the scheduler starts at
+            group["lr"] = group.setdefault("initial_lr", group["lr"])
+        handle.schedule = run.rebuild_schedule(name)
+        last_epoch = handle.schedule.fast_forward(steps=position.step, epochs=position.epoch)
+        if handle.schedule.scheduler is not None:
+            label = "scheduler" if len(saved) == 1 else f"optimizers.{name}.scheduler"
             notes.append(
-                f"scheduler: rebuilt {config.scheduler.name} from the config, "
-                f"fast-forwarded to last_epoch={last_epoch}"
+                f"{label}: rebuilt {type(handle.schedule.scheduler).__name__} from the "
+                f"config, fast-forwarded to last_epoch={last_epoch}"
             )
     # Each rank's own RNG when the process count is the same as when it was saved;
     # otherwise rank 0's, and the other ranks a stream of their own from the seed.
@@ -193,24 +206,49 @@ def restore(
         set_rng_state(per_rank[0])
         if rank:
             torch.manual_seed(config.seed + rank + position.step)
-    return position, scheduler, notes
+    return position, notes
 
 
-def _fast_forward(
-    optimizer: torch.optim.Optimizer, config: Any, position: Position, rebuild_scheduler: Any
-) -> tuple[Any, int]:
-    """A new scheduler at the run's position: lrs back to `initial_lr`, then stepped forward."""
-    for group in optimizer.param_groups:
-        group["lr"] = group.setdefault("initial_lr", group["lr"])
-    scheduler = rebuild_scheduler(optimizer)
-    if scheduler is None:
-        return None, 0
-    last_epoch = position.step if config.scheduler.interval == "step" else position.epoch
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        scheduler.last_epoch = last_epoch
-        return scheduler, last_epoch
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": intended
-        for _ in range(last_epoch):
-            scheduler.step()
-    return scheduler, last_epoch
+def optimizer_states(checkpoint: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each optimizer's saved optimizer, scheduler and scaler state, and its scheduler config."""
+    config = checkpoint["config"]
+    if checkpoint.get("optimizers"):
+        return {
+            name: {
+                "optimizer": state,
+                "scheduler": checkpoint["schedulers"][name],
+                "scaler": checkpoint["scalers"][name],
+                "scheduler_config": _scheduler_config(config, name),
+            }
+            for name, state in checkpoint["optimizers"].items()
+        }
+    return {
+        "optimizer": {
+            "optimizer": checkpoint["optimizer"],
+            "scheduler": checkpoint["scheduler"],
+            "scaler": checkpoint["scaler"],
+            "scheduler_config": config.get("scheduler"),
+        }
+    }
+
+
+def _scheduler_config(config: dict[str, Any], name: str) -> Any:
+    """An optimizer's scheduler section in a config dict, in either form."""
+    if config.get("optimizers"):
+        return (config["optimizers"].get(name) or {}).get("scheduler")
+    return config.get("scheduler")
+
+
+def _moved_tensors(old: dict[str, Any], new: dict[str, Any], *, several: bool) -> list[str]:
+    """manifest_changes over every optimizer's groups (tensors moving between optimizers too)."""
+    if not several:
+        return manifest_changes(old, new)
+    return manifest_changes(_by_optimizer(old), _by_optimizer(new))
+
+
+def _by_optimizer(manifest: dict[str, dict[str, list[str]]]) -> dict[str, list[str]]:
+    return {
+        f"{name}/{group}": params
+        for name, groups in manifest.items()
+        for group, params in groups.items()
+    }

@@ -43,7 +43,9 @@ def schedule_length(
     return min(total, max_steps) if max_steps else total
 
 
-def filled_arguments(config: SchedulerConfig, length: int, warmup: int) -> dict[str, Any]:
+def filled_arguments(
+    config: SchedulerConfig, length: int, warmup: int, *, key: str = "scheduler"
+) -> dict[str, Any]:
     """The scheduler's keyword arguments with its length filled in where the config left it out."""
     kwargs = config.kwargs
     name = LENGTH_ARGUMENTS.get(config.name)
@@ -53,7 +55,7 @@ def filled_arguments(config: SchedulerConfig, length: int, warmup: int) -> dict[
     if omitted:
         kwargs[name] = max(length - warmup, 1)
     if isinstance(kwargs.get("lr_lambda"), str):  # LambdaLR, MultiplicativeLR
-        kwargs["lr_lambda"] = registry.import_path(kwargs["lr_lambda"], key="scheduler.lr_lambda")
+        kwargs["lr_lambda"] = registry.import_path(kwargs["lr_lambda"], key=f"{key}.lr_lambda")
     return kwargs
 
 
@@ -73,24 +75,70 @@ def build_scheduler(
     epochs: int,
     steps: int,
     max_steps: int | None = None,
+    key: str = "scheduler",
 ) -> Any:
     """The configured scheduler (with warmup through SequentialLR), or None for a constant lr."""
     if config is None:
         return None
     length = schedule_length(config, epochs=epochs, steps=steps, max_steps=max_steps)
     warmup = warmup_length(config, steps)
-    kwargs = filled_arguments(config, length, warmup)
+    kwargs = filled_arguments(config, length, warmup, key=key)
     if warmup == 0:
-        return registry.build(
-            "schedulers", config.name, kwargs, key="scheduler", optimizer=optimizer
-        )
+        return registry.build("schedulers", config.name, kwargs, key=key, optimizer=optimizer)
     if config.name == "ReduceLROnPlateau":
-        raise UserError("scheduler.warmup: not available with ReduceLROnPlateau")
+        raise UserError(f"{key}.warmup: not available with ReduceLROnPlateau")
     warmup_scheduler = lr_scheduler.LinearLR(
         optimizer, start_factor=config.warmup.start_factor, total_iters=warmup
     )
-    main = registry.build("schedulers", config.name, kwargs, key="scheduler", optimizer=optimizer)
+    main = registry.build("schedulers", config.name, kwargs, key=key, optimizer=optimizer)
     return lr_scheduler.SequentialLR(optimizer, [warmup_scheduler, main], milestones=[warmup])
+
+
+class ScheduleDriver:
+    """The one place that decides when a scheduler steps: after each optimizer step
+    (`interval: step`), after each whole epoch (`interval: epoch`), or on its monitor after
+    validation (ReduceLROnPlateau). `fit`, `trainer schedule` and resume all step through it.
+    """
+
+    def __init__(self, scheduler: Any, config: SchedulerConfig | None) -> None:
+        self.scheduler = scheduler
+        plateau = isinstance(scheduler, lr_scheduler.ReduceLROnPlateau)
+        interval = config.interval if config is not None else "epoch"
+        self.per_step = scheduler is not None and not plateau and interval == "step"
+        self.per_epoch = scheduler is not None and not plateau and interval == "epoch"
+        self.monitor = (config.monitor or "val/loss") if plateau else None
+
+    def after_optimizer_step(self) -> None:
+        if self.per_step:
+            self.scheduler.step()
+
+    def after_epoch(self, record: dict[str, Any] | None) -> None:
+        """After a whole epoch's validation; a plateau scheduler needs the `record`."""
+        if self.monitor is not None and record is not None:
+            self.scheduler.step(record[self.monitor])
+        elif self.per_epoch:
+            self.scheduler.step()
+
+    def fast_forward(self, *, steps: int, epochs: int) -> int:
+        """Step a new scheduler to where a run stopped; returns its `last_epoch`."""
+        if self.scheduler is None:
+            return 0
+        if self.monitor is not None:
+            self.scheduler.last_epoch = epochs
+            return epochs
+        count = steps if self.per_step else epochs
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+            for _ in range(count):
+                self.scheduler.step()
+        return count
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.scheduler.state_dict() if self.scheduler is not None else None
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if self.scheduler is not None and state is not None:
+            self.scheduler.load_state_dict(state)
 
 
 def warnings_for(config: SchedulerConfig | None) -> list[str]:
@@ -104,38 +152,44 @@ def warnings_for(config: SchedulerConfig | None) -> list[str]:
 
 
 def lr_table(
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    config: SchedulerConfig | None,
+    drivers: dict[str, tuple[torch.optim.Optimizer, ScheduleDriver]],
     *,
     epochs: int,
     steps: int,
     per_step: bool,
 ) -> dict[str, list[float]]:
-    """The lr of every group for every epoch (or optimizer step) of the run, by stepping the
-    scheduler as `trainer fit` does, without training. Per epoch, a step scheduler shows the
-    lr of the epoch's first step."""
-    table: dict[str, list[float]] = {group["name"]: [] for group in optimizer.param_groups}
-    interval = config.interval if config else "epoch"
-    plateau = isinstance(scheduler, lr_scheduler.ReduceLROnPlateau)
+    """The lr of every group for every epoch (or optimizer step) of the run, by stepping each
+    optimizer's scheduler through its driver as `trainer fit` does, without training. Per
+    epoch, a step scheduler shows the lr of the epoch's first step. Columns are group names
+    (one optimizer) or `<optimizer>/<group>` (several)."""
+
+    def lrs() -> dict[str, float]:
+        several = len(drivers) > 1
+        return {
+            f"{name}/{group['name']}" if several else group["name"]: float(group["lr"])
+            for name, (optimizer, _) in drivers.items()
+            for group in optimizer.param_groups
+        }
+
+    table: dict[str, list[float]] = {column: [] for column in lrs()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # stepping a scheduler without optimizer.step()
         for _ in range(epochs):
             for index in range(steps):
                 if per_step or index == 0:
-                    for group in optimizer.param_groups:
-                        table[group["name"]].append(float(group["lr"]))
-                if scheduler is not None and interval == "step" and not plateau:
-                    scheduler.step()
-            if scheduler is not None and interval == "epoch" and not plateau:
-                scheduler.step()
+                    for column, lr in lrs().items():
+                        table[column].append(lr)
+                for _, driver in drivers.values():
+                    driver.after_optimizer_step()
+            for _, driver in drivers.values():
+                driver.after_epoch(None)
     return table
 
 
 def plan_schedule(config: Any, *, per_step: bool) -> tuple[dict[str, list[float]], list[str]]:
     """The lr table of a config without training (`trainer schedule`), and notes on it.
 
-    The model and optimizer are built on the meta device; the training set is built only
+    The model and optimizers are built on the meta device; the training set is built only
     when the number of steps per epoch matters (a step interval, or `per_step`).
     """
     from trainer.data import train_batches
@@ -144,32 +198,29 @@ def plan_schedule(config: Any, *, per_step: bool) -> tuple[dict[str, list[float]
     problems = registry.check_components(config, sections=("optimizer", "scheduler"))
     if problems:
         raise UserError(problems)
-    _, groups, _ = plan_param_groups(config)
-    optimizer = build_optimizer(config.optimizer, groups)
-    settings, scheduler_config = config.trainer, config.scheduler
+    _, planned = plan_param_groups(config)
+    settings, specs = config.trainer, [plan.spec for plan in planned]
     steps = 1
-    if per_step or (scheduler_config and scheduler_config.interval == "step"):
+    if per_step or any(s.scheduler and s.scheduler.interval == "step" for s in specs):
         steps = steps_per_epoch(train_batches(config.data), settings.accumulate)
-    scheduler = build_scheduler(
-        scheduler_config,
-        optimizer,
-        epochs=settings.epochs,
-        steps=steps,
-        max_steps=settings.max_steps,
-    )
-    table = lr_table(
-        optimizer,
-        scheduler,
-        scheduler_config,
-        epochs=settings.epochs,
-        steps=steps,
-        per_step=per_step,
-    )
-    notes = warnings_for(scheduler_config)
+    drivers, notes = {}, []
+    for plan in planned:
+        optimizer = build_optimizer(plan.spec, plan.groups)
+        scheduler = build_scheduler(
+            plan.spec.scheduler,
+            optimizer,
+            epochs=settings.epochs,
+            steps=steps,
+            max_steps=settings.max_steps,
+            key=f"{plan.spec.key}scheduler",
+        )
+        drivers[plan.spec.name] = (optimizer, ScheduleDriver(scheduler, plan.spec.scheduler))
+        notes += warnings_for(plan.spec.scheduler)
+        if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
+            notes.append(
+                "ReduceLROnPlateau lowers the lr on validation metrics; shown without any reduction"
+            )
+    table = lr_table(drivers, epochs=settings.epochs, steps=steps, per_step=per_step)
     if per_step and settings.max_steps:
         table = {name: lrs[: settings.max_steps] for name, lrs in table.items()}
-    if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
-        notes.append(
-            "ReduceLROnPlateau lowers the lr on validation metrics; shown without any reduction"
-        )
     return table, notes
