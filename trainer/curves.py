@@ -1,0 +1,140 @@
+"""`trainer plot`: metric curves of one or several runs, in the terminal or as a PNG.
+
+A metric that step records carry (`train/loss`, `lr/<group>`) is drawn from the step records;
+one only epoch records carry (`val/...`) from those. Against `step` (default) or `epoch`
+(epoch records only). Several runs share each chart, one mark (or line colour) per run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import UserError, did_you_mean
+from trainer.registry import needs_extra
+from trainer.runs import find_runs, is_epoch_record, read_records
+
+MARKS = "*o+x#@%&"
+PNG_WIDTH = 9.0  # inches; at PNG_DPI: 900 pixels wide
+PANEL_HEIGHT = 3.0  # inches per metric: 300 pixels
+PNG_DPI = 100
+
+Points = list[tuple[float, float]]
+
+
+def find_run(run: str) -> Path:
+    """A run directory given by path, or by name under `runs/`."""
+    for candidate in (Path(run), Path("runs") / run):
+        if (candidate / "metrics.jsonl").is_file():
+            return candidate
+    known = [p.name for p in find_runs(Path("runs"))] if Path("runs").is_dir() else []
+    listed = f" (runs under runs/: {', '.join(known)})" if known else ""
+    raise UserError(
+        f"RUN: {run!r} is neither a run directory with metrics.jsonl nor a run name"
+        f"{did_you_mean(run, known)}{listed}"
+    )
+
+
+def curve(records: list[dict[str, Any]], metric: str, *, x: str) -> Points:
+    """(x, value) of `metric`: from step records where they carry it, else epoch records."""
+    from_steps = x == "step" and any(metric in r for r in records if not is_epoch_record(r))
+    return [
+        (float(r[x]), float(r[metric]))
+        for r in records
+        if r.get(metric) is not None and is_epoch_record(r) != from_steps
+    ]
+
+
+def default_metrics(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """train/loss and every validation metric the runs logged, in the order first logged."""
+    keys = dict.fromkeys(k for records in runs.values() for r in records for k in r)
+    return [k for k in keys if k == "train/loss" or k.startswith("val/")]
+
+
+def collect(
+    runs: dict[str, list[dict[str, Any]]], metrics: list[str], *, x: str
+) -> dict[str, dict[str, Points]]:
+    """metric -> run -> points; a metric no run logged is a UserError listing what they did."""
+    logged = list(dict.fromkeys(k for records in runs.values() for r in records for k in r))
+    logged = [k for k in logged if k not in ("epoch", "step")]
+    unknown = [m for m in metrics if m not in logged]
+    if unknown:
+        raise UserError(
+            [
+                f"--metric: {m!r} is not logged by these runs{did_you_mean(m, logged)} "
+                f"(metrics: {', '.join(logged)})"
+                for m in unknown
+            ]
+        )
+    return {m: {name: curve(records, m, x=x) for name, records in runs.items()} for m in metrics}
+
+
+def load_runs(run_args: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """run label -> records; a label is the directory's name, or its path when names repeat."""
+    paths = [find_run(run) for run in run_args]
+    names = [p.name for p in paths]
+    return {
+        (p.name if names.count(p.name) == 1 else str(p)): read_records(p / "metrics.jsonl")
+        for p in paths
+    }
+
+
+def chart(
+    series: dict[str, Points], *, title: str, x: str, width: int = 64, height: int = 12
+) -> str:
+    """A terminal chart of several runs' points, one mark per run."""
+    points = [p for run_points in series.values() for p in run_points]
+    if not points:
+        return f"{title}: no points"
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x_low, x_high, y_low, y_high = min(xs), max(xs), min(ys), max(ys)
+    grid = [[" "] * width for _ in range(height)]
+    for mark, run_points in zip(MARKS, series.values(), strict=False):
+        for px, py in run_points:
+            column = round((px - x_low) / ((x_high - x_low) or 1) * (width - 1))
+            row = round((py - y_low) / ((y_high - y_low) or 1) * (height - 1))
+            grid[height - 1 - row][column] = mark
+    label = max(len(f"{y_high:.4g}"), len(f"{y_low:.4g}"))
+    lines = [title]
+    for index, cells in enumerate(grid):
+        axis = f"{y_high:.4g}" if index == 0 else f"{y_low:.4g}" if index == height - 1 else ""
+        lines.append(f"{axis:>{label}} |{''.join(cells)}")
+    lines.append(f"{'':>{label}} +{'-' * width}")
+    ends = f"{x} {x_low:g} .. {x_high:g}"
+    lines.append(f"{'':>{label}}  {ends}")
+    legend = ", ".join(f"{m} {name}" for m, name in zip(MARKS, series, strict=False))
+    lines.append(f"{'':>{label}}  {legend}")
+    return "\n".join(lines)
+
+
+def pyplot(option: str) -> Any:
+    """matplotlib.pyplot without a display; a missing matplotlib is a UserError on `option`."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError(needs_extra(option, package="matplotlib", extra="plot")) from None
+    return plt
+
+
+def write_png(panels: dict[str, dict[str, Points]], path: str, *, x: str) -> None:
+    """One panel per metric, stacked, every run a line with a legend; 900 x 300n pixels."""
+    plt = pyplot("--out")
+    figure, axes = plt.subplots(
+        len(panels), 1, figsize=(PNG_WIDTH, PANEL_HEIGHT * len(panels)), squeeze=False
+    )
+    for ax, (metric, series) in zip(axes[:, 0], panels.items(), strict=True):
+        for name, points in series.items():
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=name, marker=".")
+        ax.set_ylabel(metric)
+        ax.set_xlabel(x)
+        ax.legend()
+    figure.tight_layout()
+    try:
+        figure.savefig(path, dpi=PNG_DPI)
+    except OSError as err:
+        raise UserError(f"--out: cannot write {path}: {err.strerror}") from None
+    finally:
+        plt.close(figure)
