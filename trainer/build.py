@@ -87,6 +87,16 @@ def check_steps(config: Config) -> list[str]:
         section = getattr(config, key)
         if section is not None:
             problems += registry.check_component("steps", section.name, section.kwargs, key=key)
+    if not problems:
+        needs = getattr(registry.resolve("steps", config.step.name, key="step.name"),
+                        "needs_optimizers", ())  # fmt: skip
+        names = [spec.name for spec in config.optimizer_specs()]
+        missing = [name for name in needs if name not in names]
+        if missing:
+            problems.append(
+                f"optimizers: step {config.step.name!r} needs optimizers named "
+                f"{', '.join(needs)}; this config has {', '.join(names)}"
+            )
     if config.step.name != "supervised" and config.val_step is None:
         monitors = {"checkpoint.monitor": config.checkpoint.monitor}
         if config.trainer.early_stopping:

@@ -89,10 +89,14 @@ def ring(
     std: float = 0.05,
     seed: int = 0,
 ) -> TensorDataset:
-    """2-D points from a ring of Gaussians (a GAN's classic test); targets are the mode indices."""
+    """2-D points from a ring of Gaussians (a GAN's classic test); targets are the mode indices.
+
+    `n` points for training (8192 by default), a quarter as many for validation.
+    """
     if modes < 1 or std <= 0 or radius <= 0:
         raise ValueError(f"need modes >= 1, std > 0, radius > 0 (got {modes}, {std}, {radius})")
-    n = n if n is not None else (8192 if train else 2048)
+    n = n if n is not None else 8192
+    n = n if train else max(n // 4, modes)
     generator = torch.Generator().manual_seed(seed * 2 + (0 if train else 1))
     targets = torch.randint(modes, (n,), generator=generator)
     noise = torch.randn(n, 2, generator=generator) * std

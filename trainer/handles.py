@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from trainer.distributed import SINGLE, Distributed
+from trainer.errors import UserError
 from trainer.schedulers import ScheduleDriver
 
 Loss = torch.Tensor | Callable[[], torch.Tensor]
@@ -198,11 +199,14 @@ class Optimizers(Mapping[str, OptimizerHandle]):
 
     def __getitem__(self, name: str) -> OptimizerHandle:
         if name not in self.handles:
-            raise KeyError(
-                f"the step asked for optimizer {name!r}; this config has "
+            raise UserError(
+                f"step.name: the step asked for optimizer {name!r}; this config has "
                 f"{', '.join(map(repr, self.handles))} (optimizers.<name> in the config)"
             )
         return self.handles[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.handles
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.handles)

@@ -91,6 +91,9 @@ def gan(batch: Any, model: Any, optimizers: Any, ctx: StepContext) -> dict[str, 
     return {"d_loss": d_loss, "g_loss": g_loss}
 
 
+gan.needs_optimizers = ("generator", "discriminator")  # checked before anything is built
+
+
 def distill(
     batch: Any,
     model: Any,
