@@ -1,0 +1,152 @@
+"""trainer lr-find: the lr range test over every param group, nothing written, a sensible
+suggestion on the quickstart problem."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.config import load_config
+from trainer.lr_find import suggest
+from trainer.models import small_cnn
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAD_RULE = """\
+param_groups:
+  rules:
+    - {name: head, match: '^fc\\.', lr_mult: 10}
+"""
+
+
+def files_under(path: Path) -> dict[str, bytes]:
+    """Every file below `path` with its bytes."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def test_every_step_scales_both_groups_together_and_nothing_is_written(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    tiny_yaml: str,
+    run_cli: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.save(small_cnn(num_classes=4, in_channels=3, width=4).state_dict(), tmp_path / "w.pt")
+    config = write_config(tiny_yaml.replace("width: 4}", "width: 4, init_from: w.pt}") + HEAD_RULE)
+    assert load_config(config).model.init_from is not None  # the weights are read
+    before = files_under(tmp_path)
+
+    seen: list[dict[str, float]] = []  # the lr of each group as the optimizer steps
+    step = torch.optim.SGD.step
+
+    def recording(self: torch.optim.SGD, closure: Callable | None = None) -> object:
+        seen.append({group["name"]: group["lr"] for group in self.param_groups})
+        return step(self, closure)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording)
+    result = run_cli("lr-find", config, "--start", "1e-5", "--end", "1", "--steps", "12", "--json")
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+
+    assert len(seen) == len(found["lr"]) >= 2
+    for lrs in seen:
+        assert lrs["head"] == pytest.approx(10 * lrs["default"], rel=1e-12)
+    default = [lrs["default"] for lrs in seen]
+    assert default[0] == pytest.approx(1e-5)
+    growth = [b / a for a, b in itertools.pairwise(default)]  # exponential: one factor
+    assert growth == pytest.approx([(1 / 1e-5) ** (1 / 11)] * len(growth))
+    assert found["group_lr"] == {
+        "default": default,
+        "head": [lrs["head"] for lrs in seen],
+    }
+    assert files_under(tmp_path) == before  # no run directory; the weights file untouched
+
+
+def test_a_rule_with_its_own_lr_gets_its_own_override(
+    write_config: Callable[..., Path], tiny_yaml: str, run_cli: Callable
+) -> None:
+    config = write_config(tiny_yaml + HEAD_RULE.replace("lr_mult: 10", "lr: 0.5"))
+    result = run_cli("lr-find", config, "--start", "1e-4", "--end", "3", "--steps", "30")
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.stdout.splitlines() if x.startswith("use it: "))
+    overrides = line.split()[5:]  # "use it: trainer fit CONFIG <overrides>"
+    assert [o.split("=")[0] for o in overrides] == ["optimizer.lr", "param_groups.rules.0.lr"]
+    lr, head_lr = (float(o.split("=")[1]) for o in overrides)
+    assert head_lr == pytest.approx(5 * lr, rel=0.1)  # 0.5 / 0.1, both to two digits
+    resolved = load_config(config, overrides)
+    assert resolved.param_groups.rules[0].lr == head_lr
+    assert "param groups scaled together: head x5, default x1" in result.stdout
+
+
+def test_suggestion_on_the_quickstart_problem_is_a_good_lr(run_cli: Callable) -> None:
+    # Measured with `trainer fit configs/quickstart.yaml trainer.epochs=2`: lr 0.05, 0.25
+    # and 0.5 reach val/acc >= 0.987; lr 1 and 2 end at 0.72 and 0.75.
+    quickstart = ROOT / "configs" / "quickstart.yaml"
+    result = run_cli("lr-find", quickstart, "--start", "1e-4", "--steps", "50", "--json")
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert 0.05 <= found["suggestion"] <= 0.5, found["rule"]
+    assert found["overrides"] == [f"optimizer.lr={found['suggestion']:.2g}"]
+
+
+def test_suggestion_is_the_steepest_fall_before_the_minimum() -> None:
+    lrs = [10.0**e for e in range(-6, 2)]
+    # Falls fast from 1e-5 to 1e-3, slowly to its lowest at 1e-1, then diverges.
+    smoothed = [2.0, 2.0, 1.9, 1.0, 0.95, 0.9, 1.2, 5.0]
+    lr, rule = suggest(lrs, smoothed)
+    assert lr == 1e-4  # the steepest central slope: (1.0 - 2.0) / 2 decades
+    assert "the loss was lowest at lr 0.1" in rule
+    none, why = suggest(lrs, [1.0, 0.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+    assert none is None and why.startswith("no suggestion: the loss was lowest at step 2")
+
+
+def test_a_loss_that_is_not_finite_ends_the_test(
+    write_config: Callable[..., Path], tiny_yaml: str, run_cli: Callable
+) -> None:
+    # lr up to 1e30: the loss overflows within a few steps, and the test stops there.
+    config = write_config(tiny_yaml)
+    result = run_cli(
+        "lr-find", config, "--start", "1e-3", "--end", "1e30", "--steps", "40", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert len(found["lr"]) < 40
+    assert found["stopped"].startswith(f"stopped at step {len(found['lr'])}")
+    last = found["smoothed_loss"][-1]
+    assert last is None or last > 4 * min(v for v in found["smoothed_loss"] if v is not None)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (
+            ["--start", "-1", "--end", "-2", "--steps", "1"],
+            ["--start: -1.0 must be above 0", "--end: -2.0 must be above --start", "--steps: 1"],
+        ),
+        (["optimizer.lr=abc"], ["optimizer.lr: lr-find scales the optimizer's lr", "'abc'"]),
+        (["optimizer.name=Adamm"], ["optimizer.name: unknown 'Adamm'; did you mean 'Adam'?"]),
+    ],
+    ids=["range", "lr-not-a-number", "unknown-optimizer"],
+)
+def test_bad_input_is_exit_2(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    tiny_yaml: str,
+    user_error: Callable,
+    args: list[str],
+    fragments: list[str],
+) -> None:
+    user_error("lr-find", write_config(tiny_yaml), *args, expect=fragments)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_suggested_lr_never_comes_from_the_noisy_start() -> None:
+    lrs = [10.0 ** (e / 10) for e in range(-60, 0)]
+    # The first tenth falls steeply (the average settling), then a gentle fall to the end.
+    smoothed = [10.0 - i for i in range(6)] + [4.0 - 0.01 * i for i in range(54)]
+    lr, _ = suggest(lrs, smoothed)
+    assert lrs.index(lr) >= 6

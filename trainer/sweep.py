@@ -1,0 +1,559 @@
+"""`trainer sweep`: hyperparameter search on Optuna.
+
+Each trial is an ordinary run: `python -m trainer fit CONFIG <overrides> <sampled values>
+trainer.out_dir=runs/<study>/trial-NNNN`, in a process of its own (so `--jobs J` runs J at
+once, and a crash ends one trial, not the sweep). Its epoch records are read from its
+metrics.jsonl as they are appended and reported to Optuna; a trial the pruner gives up on
+gets SIGTERM (it saves last.pt and exits 130).
+
+The study lives in its storage: by default a journal file in the study directory, which
+processes (and machines sharing the filesystem) append to under a lock; or any Optuna RDB
+URL. A trial whose sweep was stopped goes back to the queue and is resumed from its
+last.pt by the next `trainer sweep` on the study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import UserError
+from trainer.search_space import (
+    Space,
+    build_component,
+    check_against_config,
+    import_optuna,
+    load_space,
+)
+
+JOURNAL = "study.journal"
+POLL_S = 0.2  # how often a running trial's metrics.jsonl is read
+INTERRUPTED = 130
+
+
+@dataclass
+class Sweep:
+    """What the trials of one `trainer sweep` command share."""
+
+    config_path: str
+    overrides: list[str]  # the command's KEY=VALUE, applied to every trial
+    study_dir: Path
+    monitor: str
+    mode: str  # min | max: checkpoint.mode
+    storage: Any
+    say: Callable[[str], None]
+    jobs: int = 1
+    stop: threading.Event = field(default_factory=threading.Event)
+    children: set[subprocess.Popen] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class Outcome:
+    """How a trial ended: `state` is complete, pruned, failed or interrupted."""
+
+    state: str
+    value: float | None = None
+    reason: str = ""
+
+
+# ---------------------------------------------------------------- the command
+
+
+def sweep(
+    config_path: str,
+    overrides: list[str],
+    *,
+    space_path: str | None,
+    trials: int,
+    jobs: int,
+    storage: str | None,
+    study_name: str | None,
+    summary_only: bool,
+    plots: bool,
+) -> int:
+    """`trainer sweep`: check everything, run the trials, print the summary; the exit code."""
+    from trainer.config import apply_overrides, read_config_file, validate_config
+    from trainer.report import make_console
+
+    raw_config = apply_overrides(read_config_file(config_path), overrides)
+    config = validate_config(copy.deepcopy(raw_config))
+    name = study_name or f"{config.name}-sweep"
+    if not STUDY_NAME.fullmatch(name):
+        raise UserError(f"--study: {name!r}; use letters, digits and . _ - (it names a directory)")
+    study_dir = Path("runs") / name
+    space = None
+    if not summary_only:
+        if space_path is None:
+            raise UserError(
+                "--space: required to run trials: a SPACE.yaml of dotted config keys and "
+                "their distributions (or --summary to print the study as it is)"
+            )
+        space = load_space(space_path)
+        problems, built = [], {}
+        for role in ("sampler", "pruner"):
+            try:
+                built[role] = build_component(space, role)
+            except UserError as err:
+                problems += err.problems
+        try:
+            check_against_config(space, raw_config)
+        except UserError as err:
+            problems += err.problems
+        if problems:
+            raise UserError(problems)
+    elif storage is None and not (study_dir / JOURNAL).is_file():
+        raise UserError(f"--summary: no study {name!r} here ({study_dir / JOURNAL} is missing)")
+    if storage is None:
+        study_dir.mkdir(parents=True, exist_ok=True)
+    monitor, mode = config.checkpoint.monitor, config.checkpoint.mode or "min"
+    storage_object, shown = open_storage(storage, study_dir)
+    if space is None:
+        study = load_study(name, storage_object)
+    else:
+        study = open_study(name, storage_object, monitor=monitor, mode=mode, **built)
+    console = make_console()
+    lock = threading.Lock()
+
+    def say(line: str) -> None:
+        with lock:
+            console.print(line, markup=False)
+
+    sweep_run = Sweep(
+        config_path, overrides, study_dir, monitor, mode, storage_object, say, jobs=jobs
+    )
+    outcomes: list[Outcome] = []
+    if space is not None:
+        say(
+            f"study {name}: {len(study.trials)} trials so far, {study.direction.name.lower()} "
+            f"{monitor}; storage {shown}"
+        )
+        for params in space.enqueue:
+            study.enqueue_trial(params, skip_if_exists=True)
+        for note in recover_stale_trials(study, storage_object):
+            say(note)
+        outcomes = run_trials(sweep_run, study, space, trials=trials)
+    table, lines = summary(study, monitor=monitor)
+    console.print(table)
+    for line in lines:
+        say(line)
+    best = write_best_config(study, raw_config, study_dir, monitor=monitor)
+    if best is not None:
+        say(f"best config: {best}; train it with: trainer fit {best}")
+    for note in write_plots(study, study_dir) if plots else []:
+        say(note)
+    if sweep_run.stop.is_set():
+        say("interrupted: run the same command again to resume the stopped trials")
+        return INTERRUPTED
+    return 1 if outcomes and all(o.state == "failed" for o in outcomes) else 0
+
+
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+# ---------------------------------------------------------------- the study
+
+
+def open_storage(url: str | None, study_dir: Path) -> tuple[Any, str]:
+    """The Optuna storage and how to print it: a journal file (the default, in the study
+    directory, or any path given) or an RDB URL (`postgresql://...`, `sqlite:///...`)."""
+    optuna = import_optuna()
+    if url is None or "://" not in url:
+        path = Path(url) if url else study_dir / JOURNAL
+        if not path.parent.is_dir():
+            raise UserError(f"--storage: {path.parent} is not a directory")
+        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        return optuna.storages.JournalStorage(backend), str(path)
+    import sqlalchemy
+
+    shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    try:
+        return optuna.storages.RDBStorage(url), shown
+    except ImportError as err:
+        raise UserError(f"--storage: {shown} needs the database driver {err.name!r}") from None
+    except (sqlalchemy.exc.SQLAlchemyError, ValueError) as err:
+        raise UserError(f"--storage: cannot open {shown}: {err}") from None
+
+
+def open_study(
+    name: str, storage: Any, *, monitor: str, mode: str, sampler: Any, pruner: Any
+) -> Any:
+    """The study `name` in `storage`, created if new; its monitor must be this config's."""
+    optuna = import_optuna()
+    direction = "maximize" if mode == "max" else "minimize"
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction=direction,
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    known = study.user_attrs.get("monitor")
+    if known is None:
+        study.set_user_attr("monitor", monitor)
+    elif known != monitor or study.direction.name.lower() != direction:
+        raise UserError(
+            f"checkpoint.monitor: study {name!r} {study.direction.name.lower()}s {known}; "
+            f"this config would {direction} {monitor}; name another study with --study"
+        )
+    return study
+
+
+def load_study(name: str, storage: Any) -> Any:
+    """An existing study, for `--summary`."""
+    optuna = import_optuna()
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise UserError(f"--study: no study {name!r} in this storage") from None
+
+
+def recover_stale_trials(study: Any, storage: Any) -> list[str]:
+    """Trials left running by a sweep on this machine that is gone (killed): their trial
+    process is stopped if it still runs, and they go back to the queue to be resumed."""
+    optuna = import_optuna()
+    notes = []
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        attrs = trial.user_attrs
+        if attrs.get("host") != host or _runs(attrs.get("sweep_pid"), "sweep"):
+            continue
+        if _runs(attrs.get("pid"), attrs.get("run_dir", "")):
+            os.kill(attrs["pid"], signal.SIGTERM)  # it saves last.pt and exits
+            while _runs(attrs["pid"], attrs["run_dir"]):
+                time.sleep(POLL_S)
+        _requeue(storage, trial)
+        notes.append(
+            f"trial {trial.number}: its sweep (pid {attrs.get('sweep_pid')}) is gone; "
+            "it goes back to the queue and resumes from its last.pt"
+        )
+    return notes
+
+
+def _runs(pid: Any, marker: str) -> bool:
+    """Whether process `pid` runs here with `marker` among the words of its command line
+    (a pid that another program reused does not count)."""
+    if not isinstance(pid, int):
+        return False
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (macOS): only whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return any(marker == word or marker in word.split("=") for word in words)
+
+
+def _requeue(storage: Any, trial: Any) -> None:
+    """Put a running trial back in the queue (WAITING): the next `study.ask()` of any
+    sweep on the study takes it, with the params it already has."""
+    waiting = import_optuna().trial.TrialState.WAITING
+    storage.set_trial_state_values(trial._trial_id, waiting)
+
+
+# ---------------------------------------------------------------- running trials
+
+
+def run_trials(sweep: Sweep, study: Any, space: Space, *, trials: int) -> list[Outcome]:
+    """Run `trials` trials, `sweep.jobs` at a time; SIGINT/SIGTERM stop them (each saves
+    its last.pt and goes back to the queue)."""
+    outcomes: list[Outcome] = []
+    tickets = iter(range(trials))
+
+    def worker() -> None:
+        while not sweep.stop.is_set():
+            with sweep.lock:
+                if next(tickets, None) is None:
+                    return
+            outcome = run_trial(sweep, study, space)
+            with sweep.lock:
+                outcomes.append(outcome)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(sweep.jobs, trials))]
+    with _forward_signals(sweep):
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(POLL_S)  # short waits, so a signal is handled at once
+    return outcomes
+
+
+@contextlib.contextmanager
+def _forward_signals(sweep: Sweep) -> Iterator[None]:
+    """SIGINT/SIGTERM: stop starting trials, and send each running one SIGTERM (once more
+    on a second signal, which makes them exit at once)."""
+
+    def handle(signum: int, _frame: Any) -> None:
+        first = not sweep.stop.is_set()
+        sweep.stop.set()
+        sweep.say(
+            f"{signal.Signals(signum).name}: stopping the running trials (they save last.pt)"
+            if first
+            else "again: the trials exit now"
+        )
+        with sweep.lock:
+            for child in sweep.children:
+                with contextlib.suppress(ProcessLookupError):
+                    child.send_signal(signal.SIGTERM)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_trial(sweep: Sweep, study: Any, space: Space) -> Outcome:
+    """Ask Optuna for a trial (a queued one first), run it as `trainer fit`, tell the end."""
+    optuna = import_optuna()
+    trial = study.ask()
+    run_dir, overrides, resume = _prepare(sweep, trial, space)
+    command = [
+        *(sys.executable, "-m", "trainer", "fit", sweep.config_path),
+        *sweep.overrides,
+        *overrides,
+        f"trainer.out_dir={run_dir}",
+        *(["--resume", str(resume)] if resume else []),
+    ]
+    resumed = f" (resumed from {resume})" if resume else ""
+    sweep.say(f"trial {trial.number}: {' '.join(overrides)}{resumed}")
+    outcome = watch_trial(sweep, study, trial, command, run_dir)
+    if outcome.state == "interrupted":
+        _requeue(sweep.storage, trial)
+    else:
+        trial.set_user_attr("reason", outcome.reason)
+        value = outcome.value if outcome.state == "complete" else None
+        study.tell(trial, value, state=getattr(optuna.trial.TrialState, outcome.state.upper()))
+    sweep.say(f"trial {trial.number} {outcome.state}: {outcome.reason}")
+    return outcome
+
+
+def _prepare(sweep: Sweep, trial: Any, space: Space) -> tuple[Path, list[str], Path | None]:
+    """The trial's run directory, its sampled overrides, and the checkpoint to resume from:
+    a trial back from the queue goes on where it stopped, a new one gets fresh values."""
+    from trainer.rundir import fresh_run_dir
+
+    attrs = trial.user_attrs
+    if "run_dir" in attrs:
+        run_dir, overrides = Path(attrs["run_dir"]), list(attrs["overrides"])
+        last = run_dir / "checkpoints" / "last.pt"
+        if not last.is_file():  # stopped before its first checkpoint: start again
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.mkdir(parents=True)
+        resume = last if last.is_file() else None
+    else:
+        overrides = [d.override(d.suggest(trial)) for d in space.dimensions]
+        run_dir, resume = fresh_run_dir(sweep.study_dir / f"trial-{trial.number:04d}"), None
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("overrides", overrides)
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("sweep_pid", os.getpid())
+    return run_dir, overrides, resume
+
+
+def watch_trial(sweep: Sweep, study: Any, trial: Any, command: list[str], run_dir: Path) -> Outcome:
+    """Run the trial's process, report its epochs as they come, prune when Optuna says so;
+    its output goes to `<run_dir>.log`."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if sweep.jobs > 1:  # J trials share the cores instead of each taking them all
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // sweep.jobs)))
+    log_path = run_dir.with_name(run_dir.name + ".log")
+    reported = set(study.get_trials(deepcopy=False)[trial.number].intermediate_values)
+    records = EpochRecords(run_dir / "metrics.jsonl")
+    values: dict[int, float] = {}
+    pruned = ""
+    with open(log_path, "ab") as log:
+        with sweep.lock:
+            if sweep.stop.is_set():
+                return Outcome("interrupted", reason="the sweep was stopped before it started")
+            # A session of its own: a Ctrl-C at the terminal reaches the sweep alone, which
+            # sends each trial one SIGTERM (a second signal would make a trial exit at once).
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+            sweep.children.add(process)
+        trial.set_user_attr("pid", process.pid)
+        try:
+            while True:
+                exited = process.poll() is not None  # before reading: no record is missed
+                for record in records.read_new():
+                    epoch, value = record["epoch"], record.get(sweep.monitor)
+                    value = float("nan") if value is None else float(value)
+                    values[epoch] = value
+                    if epoch in reported or pruned:
+                        continue
+                    trial.report(value, epoch)
+                    reported.add(epoch)
+                    sweep.say(f"trial {trial.number} epoch {epoch}: {sweep.monitor} {value:.4g}")
+                    if value != value:  # NaN
+                        pruned = f"{sweep.monitor} is not finite at epoch {epoch} (diverged)"
+                    elif trial.should_prune():
+                        pruned = f"at epoch {epoch}, {sweep.monitor} {value:.4g}"
+                    if pruned and not exited:
+                        process.send_signal(signal.SIGTERM)  # it saves last.pt, exits 130
+                if exited:
+                    break
+                time.sleep(POLL_S)
+        finally:
+            with sweep.lock:
+                sweep.children.discard(process)
+    errors = _error_lines(log_path)
+    if pruned:
+        return Outcome("pruned", reason=pruned)
+    code = process.returncode
+    finite = {epoch: value for epoch, value in values.items() if value == value}
+    if code == 0 and finite:
+        # The trial's value is its best epoch's: the one its checkpoints/best.pt holds.
+        best = (min if sweep.mode == "min" else max)(finite, key=finite.__getitem__)
+        reason = f"{sweep.monitor} {finite[best]:.4g} (epoch {best})"
+        return Outcome("complete", finite[best], reason)
+    if code == INTERRUPTED and sweep.stop.is_set():
+        return Outcome("interrupted", reason=f"saved {run_dir / 'checkpoints' / 'last.pt'}")
+    if code == 1 and errors:  # training failed (a NaN loss): the lr diverged, a bad region
+        return Outcome("pruned", reason=f"training failed: {errors[-1]}")
+    return Outcome("failed", reason=f"exit {code}: {'; '.join(errors) or f'see {log_path}'}")
+
+
+def _error_lines(log_path: Path) -> list[str]:
+    """The `error: ...` lines the trial's `trainer fit` printed (its own, clean failures)."""
+    with open(log_path, "rb") as log:
+        log.seek(max(0, log_path.stat().st_size - 8192))
+        tail = log.read().decode("utf-8", "replace")
+    lines = tail.splitlines()
+    return [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+
+
+class EpochRecords:
+    """The epoch records of a metrics.jsonl (the lines with a `val/...` key), read as they
+    are appended: each call returns the complete lines written since the last."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def read_new(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as file:
+                file.seek(self.offset)
+                text = file.read()
+        except FileNotFoundError:
+            return []
+        complete = text[: text.rfind(b"\n") + 1]  # a line still being written waits
+        self.offset += len(complete)
+        records = [json.loads(line) for line in complete.splitlines() if line.strip()]
+        return [r for r in records if any(k.startswith("val/") for k in r)]
+
+
+# ---------------------------------------------------------------- the summary
+
+
+def summary(study: Any, *, monitor: str, top: int = 10) -> tuple[Any, list[str]]:
+    """The best trials as a table (params and monitored value), and lines that count the
+    trials by state and say why trials failed."""
+    from rich.table import Table
+
+    from trainer.report import number
+
+    optuna = import_optuna()
+    trials = study.get_trials(deepcopy=False)
+    state = optuna.trial.TrialState
+    complete = [t for t in trials if t.state == state.COMPLETE]
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    best = sorted(complete, key=lambda t: t.value, reverse=maximize)[:top]
+    keys = list(dict.fromkeys(k for t in best for k in t.params))
+    direction = "max" if maximize else "min"
+    table = Table(title=f"best trials by {monitor} ({direction})", title_justify="left")
+    for column in ["trial", monitor, "epochs", *keys]:
+        table.add_column(column, justify="left" if column in keys else "right")
+    for trial in best:
+        params = [number(trial.params[k]) if k in trial.params else "-" for k in keys]
+        epochs = str(len(trial.intermediate_values))
+        table.add_row(str(trial.number), number(trial.value), epochs, *params)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in state}
+    lines = [
+        f"study {study.study_name}: {len(trials)} trials: "
+        + ", ".join(f"{n} {name}" for name, n in counts.items() if n)
+    ]
+    for trial in trials:
+        if trial.state in (state.FAIL, state.PRUNED) and trial.user_attrs.get("reason"):
+            what = "failed" if trial.state == state.FAIL else "pruned"
+            lines.append(f"trial {trial.number} {what}: {trial.user_attrs['reason']}")
+    return table, lines
+
+
+def write_best_config(
+    study: Any, raw_config: dict[str, Any], study_dir: Path, *, monitor: str
+) -> Path | None:
+    """`<study dir>/best.yaml`: the config with the best trial's values, resolved and ready
+    for `trainer fit` (None while no trial is complete)."""
+    from trainer.config import apply_overrides, config_to_yaml, validate_config
+
+    try:
+        best = study.best_trial
+    except ValueError:
+        return None
+    overrides = best.user_attrs.get("overrides", [])
+    config = validate_config(apply_overrides(copy.deepcopy(raw_config), overrides))
+    header = (
+        f"# best of sweep {study.study_name}: trial {best.number}, {monitor} "
+        f"{best.value:.6g}\n# sampled: {' '.join(overrides)}\n"
+        f"# its weights: {best.user_attrs.get('run_dir')}/checkpoints/best.pt\n"
+    )
+    study_dir.mkdir(parents=True, exist_ok=True)
+    path = study_dir / "best.yaml"
+    path.write_text(header + config_to_yaml(config), encoding="utf-8")
+    return path
+
+
+def write_plots(study: Any, study_dir: Path) -> list[str]:
+    """history.png and importance.png in the study directory (Optuna's matplotlib views)."""
+    import warnings
+
+    from trainer.report import pyplot
+
+    plt = pyplot("--plots")
+    from optuna.visualization import matplotlib as views
+
+    notes = []
+    for name, draw in (
+        ("history.png", views.plot_optimization_history),
+        ("importance.png", views.plot_param_importances),
+    ):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "experimental" warnings of the views
+                axes = draw(study)
+        except (ValueError, RuntimeError) as err:
+            notes.append(f"{name}: not drawn: {err}")
+            continue
+        figure = axes.figure
+        figure.set_size_inches(8, 4)
+        figure.tight_layout()
+        figure.savefig(study_dir / name)
+        plt.close(figure)
+        notes.append(f"wrote {study_dir / name}")
+    return notes
