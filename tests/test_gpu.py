@@ -213,8 +213,9 @@ def test_a_gpu_checkpoint_is_read_on_a_machine_without_cuda(auto_run: tuple[Path
 
 
 def test_fp16_resumed_run_equals_the_straight_one_bit_for_bit(
-    tmp_path: Path, deterministic: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deterministic: None
 ) -> None:
+    monkeypatch.setenv("TRAINER_TRUST", "resume_helpers")  # its config names resume_helpers:mlp
     (tmp_path / "straight").mkdir()
     (tmp_path / "stopped").mkdir()
     straight = run_in(tmp_path / "straight", *GPU_FP16)
