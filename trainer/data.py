@@ -152,11 +152,44 @@ def build_loaders(
         common["generator"] = torch.Generator().manual_seed(seed)
         if _indexable(dataset) and workers == 0:
             # Whole batches by indexing the tensors: no per-sample collation.
-            loader = DataLoader(dataset, sampler=batch_sampler, batch_size=None, **common)
+            loader = IndexedBatches(
+                dataset,
+                batch_sampler,
+                pin_memory=common["pin_memory"],
+                generator=common["generator"],
+            )
         else:
             loader = DataLoader(dataset, batch_sampler=batch_sampler, **common)
         loaders.append(loader)
     return loaders[0], loaders[1]
+
+
+class IndexedBatches:
+    """Whole batches cut from in-memory tensors by index, in the sampler's order: what a
+    DataLoader with `batch_size=None` yields, without its per-batch machinery (the hot
+    path's largest cost on small models; scripts/bench.py measures it)."""
+
+    batch_sampler = None  # like a DataLoader whose sampler yields whole batches
+    num_workers, persistent_workers = 0, False
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        sampler: BatchSampler,
+        *,
+        pin_memory: bool,
+        generator: torch.Generator,
+    ) -> None:
+        self.dataset, self.sampler = dataset, sampler
+        self.pin_memory, self.generator = pin_memory, generator
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        for indices in self.sampler:
+            batch = self.dataset[indices]
+            yield tuple(t.pin_memory() for t in batch) if self.pin_memory else batch
 
 
 def _indexable(dataset: Dataset) -> bool:
