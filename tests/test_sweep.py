@@ -1,0 +1,427 @@
+"""trainer sweep: SPACE.yaml checks, the trial watcher (on a stand-in for `trainer fit`),
+stale trials, and whole sweeps of tiny runs (each trial a real `trainer fit` process)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+
+from trainer.config import load_config
+from trainer.search_space import load_space
+from trainer.sweep import Sweep, recover_stale_trials, watch_trial
+
+STUDY = "tiny-sweep"  # the default study name of the tiny config (`tiny`)
+
+
+def journal(tmp_path: Path) -> optuna.storages.JournalStorage:
+    """The default storage of the tiny config's study, as the sweep writes it."""
+    path = tmp_path / "runs" / STUDY / "study.journal"
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def load_study(tmp_path: Path) -> optuna.Study:
+    return optuna.load_study(study_name=STUDY, storage=journal(tmp_path))
+
+
+def epoch_records(run_dir: Path) -> list[int]:
+    """The epochs of a run's metrics.jsonl epoch records, in file order."""
+    from trainer.rundir import read_metrics
+
+    return [r["epoch"] for r in read_metrics(run_dir / "metrics.jsonl") if "val/loss" in r]
+
+
+def sweep_process(tmp_path: Path, *args: str | Path) -> subprocess.Popen:
+    """`python -m trainer sweep ...` in tmp_path, as a separate process."""
+    command = [sys.executable, "-m", "trainer", "sweep", *map(str, args)]
+    return subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+# ---------------------------------------------------------------- bad space files: exit 2
+
+
+BAD_SPACES = [
+    (
+        "unknown-config-key",
+        "trainer.epoch: {int: [1, 3]}\n",
+        ["space.yaml: trainer.epoch: unknown key; did you mean 'epochs'?"],
+    ),
+    (
+        "unknown-component-keyword",
+        "optimizer.momentun: {uniform: [0.5, 0.9]}\n",
+        ["space.yaml: optimizer.momentun: not an argument of SGD; did you mean 'momentum'?"],
+    ),
+    (
+        "unknown-distribution",
+        "optimizer.lr: {loguniform: [1.0e-3, 1.0]}\n",
+        ["optimizer.lr: unknown distribution 'loguniform'; did you mean 'log_uniform'?"],
+    ),
+    (
+        "low-above-high",
+        "optimizer.momentum: {uniform: [0.9, 0.1]}\n",
+        ["optimizer.momentum.uniform: low 0.9 > high 0.1"],
+    ),
+    (
+        "log-scale-from-zero",
+        "optimizer.lr: {log_uniform: [0, 1]}\n",
+        ["optimizer.lr.log_uniform: a log scale needs low > 0, got 0"],
+    ),
+    (
+        "integer-range-of-floats",
+        "data.batch_size: {int: [8.5, 32]}\n",
+        ["data.batch_size.int: expected [low, high], two integers, got [8.5, 32]"],
+    ),
+    (
+        "step-on-a-choice",
+        "data.batch_size: {choice: [16, 32], step: 2}\n",
+        ["data.batch_size.choice: step is for uniform and int only"],
+    ),
+    (
+        "choice-listed-twice",
+        "data.batch_size: {choice: [16, 16]}\n",
+        ["data.batch_size.choice: a value is listed twice"],
+    ),
+    (
+        "unknown-pruner",
+        "optimizer.lr: {uniform: [0.01, 0.1]}\npruner: {name: MedianPrunner}\n",
+        ["pruner.name: unknown 'MedianPrunner'; did you mean 'MedianPruner'?"],
+    ),
+    (
+        "pruner-keyword",
+        "optimizer.lr: {uniform: [0.01, 0.1]}\npruner: {name: MedianPruner, warmup: 1}\n",
+        ["pruner: MedianPruner(warmup)", "warmup"],
+    ),
+    (
+        "grid-sampler",
+        "optimizer.lr: {uniform: [0.01, 0.1]}\nsampler: {name: GridSampler}\n",
+        ["sampler.name: GridSampler stops the study"],
+    ),
+    (
+        "enqueue-outside-the-space",
+        "optimizer.lr: {uniform: [0.01, 0.1]}\n"
+        "enqueue: [{optimizer.lr: 5.0}, {optimizer.l: 0.05}]\n",
+        [
+            "enqueue.0.optimizer.lr: 5.0 is not in uniform [0.01, 0.1]",
+            "enqueue.1.optimizer.l: not a key of the space; did you mean 'optimizer.lr'?",
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("space_text", "fragments"),
+    [case[1:] for case in BAD_SPACES],
+    ids=[case[0] for case in BAD_SPACES],
+)
+def test_bad_space_is_exit_2_before_any_trial(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    tiny_yaml: str,
+    user_error: Callable[..., str],
+    space_text: str,
+    fragments: list[str],
+) -> None:
+    config = write_config(tiny_yaml)
+    space = write_config(space_text, "space.yaml")
+    user_error("sweep", config, "--space", space, expect=fragments)
+    assert not (tmp_path / "runs").exists()  # no study, no trial
+
+
+def test_every_problem_of_a_space_file_is_reported_at_once(
+    tmp_path: Path, write_config: Callable[..., Path], tiny_yaml: str, user_error: Callable
+) -> None:
+    space = write_config(
+        """
+        optimizer.lr: {loguniform: [1.0e-3, 1.0]}
+        optimizer.momentum: {uniform: [0.9, 0.1]}
+        trainer.epoch: {int: [1, 3]}
+        """,
+        "space.yaml",
+    )
+    stderr = user_error(
+        "sweep",
+        write_config(tiny_yaml),
+        "--space",
+        space,
+        expect=["unknown distribution 'loguniform'", "low 0.9 > high 0.1"],
+    )
+    # The config check comes after the file's own: a file with errors is not applied.
+    assert "trainer.epoch" not in stderr
+
+
+def test_a_missing_space_or_optuna_is_exit_2(
+    write_config: Callable[..., Path],
+    tiny_yaml: str,
+    user_error: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = write_config(tiny_yaml)
+    user_error("sweep", config, expect=["--space: required to run trials"])
+    user_error("sweep", config, "--space", "nope.yaml", expect=["--space nope.yaml: no such file"])
+    user_error("sweep", config, "--summary", expect=["--summary: no study 'tiny-sweep' here"])
+    space = write_config("optimizer.lr: {uniform: [0.01, 0.1]}\n", "space.yaml")
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` raises ImportError
+    user_error(
+        "sweep", config, "--space", space, expect=["needs optuna, an optional extra", "[optuna]"]
+    )
+
+
+def test_space_values_become_overrides_the_config_reads(
+    write_config: Callable[..., Path], tiny_yaml: str
+) -> None:
+    space = load_space(
+        write_config(
+            """
+            optimizer.lr: {log_uniform: [1.0e-4, 1.0e-1]}
+            param_groups.freeze: {choice: [[], ['^conv1\\.']]}
+            data.batch_size: {choice: [16, 32]}
+            """,
+            "space.yaml",
+        )
+    )
+    trial = optuna.create_study().ask()
+    overrides = [d.override(d.suggest(trial)) for d in space.dimensions]
+    config = load_config(write_config(tiny_yaml), overrides)
+    assert config.optimizer.lr == trial.params["optimizer.lr"]
+    assert 1e-4 <= config.optimizer.lr <= 1e-1
+    # A list is stored in Optuna as its JSON text and reaches the config as the list.
+    frozen = [[], ["^conv1\\."]][
+        space.dimensions[1].labels.index(trial.params["param_groups.freeze"])
+    ]
+    assert config.param_groups.freeze == frozen
+    assert config.data.batch_size == trial.params["data.batch_size"]
+
+
+# ---------------------------------------------------------------- the watcher
+
+# Stands in for `trainer fit`: an epoch record per epoch (value / epoch), SIGTERM -> 130.
+FAKE_FIT = """
+import json, signal, sys, time
+from pathlib import Path
+
+run_dir, value = Path(sys.argv[1]), float(sys.argv[2])
+epochs, code = int(sys.argv[3]), int(sys.argv[4])
+run_dir.mkdir(parents=True, exist_ok=True)
+
+def stop(signum, frame):
+    (run_dir / "got-sigterm").touch()
+    sys.exit(130)
+
+signal.signal(signal.SIGTERM, stop)
+with open(run_dir / "metrics.jsonl", "a") as metrics:
+    for epoch in range(1, epochs + 1):
+        metrics.write(json.dumps({"epoch": epoch, "step": epoch, "train/loss": 9.0}) + "\\n")
+        metrics.write(json.dumps({"epoch": epoch, "val/loss": value / epoch}) + "\\n")
+        metrics.flush()
+        time.sleep(0.05)
+if code:
+    print("error: train/loss is nan by step 3: training stopped" if code == 1 else "boom")
+sys.exit(code)
+"""
+
+
+@pytest.fixture
+def watch(tmp_path: Path) -> Callable[..., tuple[object, optuna.Study, list[str]]]:
+    """`watch(value, epochs, code)`: one trial of the stand-in, after a finished trial
+    whose val/loss was 1.0 at every epoch; returns (outcome, study, what the sweep said)."""
+    script = tmp_path / "fake_fit.py"
+    script.write_text(textwrap.dedent(FAKE_FIT), encoding="utf-8")
+
+    def run(value: float, epochs: int, code: int = 0) -> tuple[object, optuna.Study, list[str]]:
+        study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+        steps = {epoch: 1.0 for epoch in range(1, 101)}
+        study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values=steps))
+        said: list[str] = []
+        sweep = Sweep("cfg.yaml", [], tmp_path, "val/loss", "min", None, said.append)
+        trial = study.ask()
+        run_dir = tmp_path / f"trial-{trial.number:04d}"
+        command = [sys.executable, str(script), str(run_dir), str(value), str(epochs), str(code)]
+        return watch_trial(sweep, study, trial, command, run_dir), study, said
+
+    return run
+
+
+def test_a_trial_worse_than_the_median_gets_sigterm(tmp_path: Path, watch: Callable) -> None:
+    outcome, study, _ = watch(5.0, 100)
+    assert outcome.state == "pruned"
+    assert outcome.reason == "at epoch 1, val/loss 5"
+    run_dir = tmp_path / "trial-0001"
+    assert (run_dir / "got-sigterm").is_file()
+    assert len(epoch_records(run_dir)) < 100
+    assert study.trials[1].intermediate_values == {1: 5.0}  # nothing reported after pruning
+    assert (tmp_path / "trial-0001.log").is_file()
+
+
+def test_a_trial_that_ends_reports_every_epoch_and_its_best(
+    tmp_path: Path, watch: Callable
+) -> None:
+    outcome, study, said = watch(0.9, 3)
+    assert outcome.state == "complete"
+    assert outcome.value == pytest.approx(0.3)  # 0.9 / epoch: epoch 3 is the best
+    assert study.trials[1].intermediate_values == pytest.approx({1: 0.9, 2: 0.45, 3: 0.3})
+    assert not (tmp_path / "trial-0001" / "got-sigterm").exists()
+    assert said[0] == "trial 1 epoch 1: val/loss 0.9"
+
+
+@pytest.mark.parametrize(
+    ("code", "state", "reason"),
+    [
+        (1, "pruned", "training failed: train/loss is nan by step 3"),  # diverged: a bad region
+        (3, "failed", "exit 3"),  # anything else: the trial failed
+    ],
+)
+def test_a_failed_run_is_pruned_when_training_diverged(
+    watch: Callable, code: int, state: str, reason: str
+) -> None:
+    outcome, _, _ = watch(0.5, 1, code)
+    assert outcome.state == state
+    assert outcome.reason.startswith(reason)
+
+
+def test_trials_of_a_killed_sweep_go_back_to_the_queue(tmp_path: Path) -> None:
+    (tmp_path / "runs" / STUDY).mkdir(parents=True)
+    study = optuna.create_study(study_name=STUDY, storage=journal(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "sweep"])
+    try:
+        for sweep_pid in (dead.pid, alive.pid):
+            trial = study.ask()
+            trial.set_user_attr("host", socket.gethostname())
+            trial.set_user_attr("sweep_pid", sweep_pid)
+            trial.set_user_attr("run_dir", str(tmp_path / f"trial-{trial.number:04d}"))
+        notes = recover_stale_trials(study, journal(tmp_path))
+    finally:
+        alive.kill()
+        alive.wait()
+    states = [t.state for t in load_study(tmp_path).trials]
+    assert states == [optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING]
+    assert notes == [
+        f"trial 0: its sweep (pid {dead.pid}) is gone; it goes back to the queue and "
+        "resumes from its last.pt"
+    ]
+
+
+# ---------------------------------------------------------------- whole sweeps
+
+SPACE = """
+optimizer.lr: {log_uniform: [1.0e-2, 1.0e+2]}
+pruner: {name: MedianPruner, n_startup_trials: 1}
+enqueue:
+  - {optimizer.lr: 0.1}
+  - {optimizer.lr: 100.0}   # diverges: val/loss around 1e12 after one epoch
+"""
+
+
+def test_sweep_prunes_a_bad_region_writes_the_best_config_and_adds_trials(
+    tmp_path: Path, write_config: Callable[..., Path], tiny_yaml: str, run_cli: Callable
+) -> None:
+    config, space = write_config(tiny_yaml), write_config(SPACE, "space.yaml")
+    result = run_cli("sweep", config, "--space", space, "--trials", "2")
+    assert result.exit_code == 0, result.output
+    first = load_study(tmp_path).trials
+    assert [t.state.name for t in first] == ["COMPLETE", "PRUNED"]
+    assert [t.params["optimizer.lr"] for t in first] == [0.1, 100.0]
+    assert list(first[0].intermediate_values) == [1, 2]
+    assert list(first[1].intermediate_values) == [1]  # pruned after its first epoch
+    assert first[0].value == min(first[0].intermediate_values.values())
+    assert "trial 1 pruned: at epoch 1" in result.output
+    assert "best trials by val/loss (min)" in result.output
+
+    best = load_config(tmp_path / "runs" / STUDY / "best.yaml")
+    assert best.optimizer.lr == 0.1
+    assert (best.name, best.trainer.out_dir, best.trainer.epochs) == ("tiny", None, 2)
+    assert epoch_records(tmp_path / "runs" / STUDY / "trial-0000") == [1, 2]
+
+    again = run_cli("sweep", config, "--space", space, "--trials", "1")
+    assert again.exit_code == 0, again.output
+    assert "study tiny-sweep: 2 trials so far" in again.output
+    trials = load_study(tmp_path).trials
+    assert len(trials) == 3
+    assert [(t.state, t.value, t.params) for t in trials[:2]] == [
+        (t.state, t.value, t.params) for t in first
+    ]
+    assert trials[2].state.is_finished()
+    assert (tmp_path / "runs" / STUDY / "trial-0002" / "metrics.jsonl").is_file()
+
+    summary = run_cli("sweep", config, "--summary")
+    assert summary.exit_code == 0, summary.output
+    assert "study tiny-sweep: 3 trials" in summary.output
+
+
+def test_two_sweeps_and_two_jobs_share_one_study(
+    tmp_path: Path, write_config: Callable[..., Path], tiny_yaml: str
+) -> None:
+    config = write_config(tiny_yaml)
+    space = write_config("optimizer.lr: {log_uniform: [1.0e-2, 0.3]}\npruner: none\n", "s.yaml")
+    (tmp_path / "runs" / STUDY).mkdir(parents=True)  # both start on the same (new) journal
+    two_jobs = sweep_process(tmp_path, config, "--space", space, "--trials", "2", "--jobs", "2")
+    one_job = sweep_process(tmp_path, config, "--space", space, "--trials", "1")
+    for process in (two_jobs, one_job):
+        output, _ = process.communicate(timeout=900)
+        assert process.returncode == 0, output
+
+    trials = load_study(tmp_path).trials
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    run_dirs = {t.user_attrs["run_dir"] for t in trials}
+    assert len(run_dirs) == 3
+    for run_dir in run_dirs:
+        assert epoch_records(tmp_path / run_dir) == [1, 2]
+    by_sweep = {
+        pid: [t for t in trials if t.user_attrs["sweep_pid"] == pid]
+        for pid in (two_jobs.pid, one_job.pid)
+    }
+    assert sorted(len(v) for v in by_sweep.values()) == [1, 2]
+    pair = by_sweep[two_jobs.pid]
+    # --jobs 2: both trials ran at once
+    assert max(t.datetime_start for t in pair) < min(t.datetime_complete for t in pair)
+
+
+def test_an_interrupted_sweep_resumes_its_trial_from_last_pt(
+    tmp_path: Path, write_config: Callable[..., Path], tiny_yaml: str, run_cli: Callable
+) -> None:
+    config = write_config(tiny_yaml)
+    space = write_config("optimizer.lr: {log_uniform: [1.0e-2, 0.3]}\npruner: none\n", "s.yaml")
+    args = (config, "trainer.epochs=40", "--space", space, "--trials", "1")
+    process = sweep_process(tmp_path, *args)
+    run_dir = tmp_path / "runs" / STUDY / "trial-0000"
+    deadline = time.monotonic() + 600
+    while not (run_dir / "checkpoints" / "last.pt").is_file():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)  # Ctrl-C
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 130, output
+    assert "run the same command again to resume" in output
+    (trial,) = load_study(tmp_path).trials
+    assert trial.state == optuna.trial.TrialState.WAITING
+    stopped_at = epoch_records(run_dir)
+    assert 1 <= len(stopped_at) < 40
+
+    result = run_cli("sweep", *args)
+    assert result.exit_code == 0, result.output
+    assert f"(resumed from {Path('runs', STUDY, 'trial-0000', 'checkpoints', 'last.pt')})" in (
+        result.output
+    )
+    (trial,) = load_study(tmp_path).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert epoch_records(run_dir) == list(range(1, 41))  # each epoch once, in one run dir
+    assert list(trial.intermediate_values) == list(range(1, 41))
+    assert set(os.listdir(tmp_path / "runs" / STUDY)) == {
+        "study.journal",
+        "trial-0000",
+        "trial-0000.log",
+        "best.yaml",
+    }
