@@ -47,12 +47,12 @@ EOF
 timeout 20 $python -m trainer --help >/dev/null && echo "python -m trainer --help: ok"
 
 step "GPU tests"
-timeout -k 10 170 $python -m pytest -m gpu -v -p no:cacheprovider tests/test_gpu.py 2>&1 \
+timeout -k 10 165 $python -m pytest -m gpu -v -p no:cacheprovider tests/test_gpu.py 2>&1 \
   | tee "$out/gpu_tests.log"
 tests=$?
 
 step "GPU benchmark"
-timeout -k 10 190 $python scripts/bench_gpu.py --out "$out/bench_gpu.md" --budget-s 150 2>&1 \
+timeout -k 10 195 $python scripts/bench_gpu.py --out "$out/bench_gpu.md" --budget-s 175 2>&1 \
   | tee "$out/bench_gpu.log"
 bench=$?
 
