@@ -84,6 +84,14 @@ class Mlp(nn.Module):
         # The loss stays finite; only the gradients of `first` become inf, once.
         self.backwards += 1
         return torch.full_like(grad, float("inf")) if self.backwards == self.inf_grad_at else None
+
+
+def tensors(train: bool = True, *, device: str = "cpu", image_size: int = 8):
+    """64 seeded random images with 4 classes, as a TensorDataset on `device`."""
+    generator = torch.Generator().manual_seed(0 if train else 1)
+    images = torch.randn(64, 3, image_size, image_size, generator=generator)
+    labels = torch.randint(4, (64,), generator=generator)
+    return torch.utils.data.TensorDataset(images.to(device), labels.to(device))
 '''
 
 BASE = """
@@ -346,6 +354,19 @@ def test_pinned_batches_from_workers_train_as_in_memory_batches_do(
     in_memory, _ = gpu_fit(*mlp, "data.num_workers=0", "data.pin_memory=false")
 
     ours, theirs = last(workers)["model"], last(in_memory)["model"]
+    for name, tensor in theirs.items():
+        assert torch.equal(ours[name], tensor), name
+
+
+def test_a_dataset_already_on_the_gpu_trains_as_one_in_host_memory(
+    gpu_fit, deterministic: None
+) -> None:
+    # Default loader settings: pin_memory is on for CUDA, which only host tensors can take.
+    mlp = ("model.name=gpu_models:Mlp", "data={name: gpu_models:tensors, batch_size: 16}")
+    on_gpu, _ = gpu_fit(*mlp, "data.device=cuda", "trainer.epochs=2")
+    in_host, _ = gpu_fit(*mlp, "data.device=cpu", "trainer.epochs=2")
+
+    ours, theirs = last(on_gpu)["model"], last(in_host)["model"]
     for name, tensor in theirs.items():
         assert torch.equal(ours[name], tensor), name
 
