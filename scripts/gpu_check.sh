@@ -34,7 +34,7 @@ fi
 
 step "machine"
 timeout 10 nvidia-smi || echo "nvidia-smi: not available"
-timeout 60 $python - <<'EOF' || echo "the Python check failed (or took over 60 s)"
+timeout 30 $python - <<'EOF' || echo "the Python check failed (or took over 30 s)"
 import platform, sys
 import pydantic, torch
 print(f"python {platform.python_version()} at {sys.executable}")
