@@ -129,8 +129,9 @@ def test_a_loss_that_is_not_finite_ends_the_test(
         ),
         (["optimizer.lr=abc"], ["optimizer.lr: lr-find scales the optimizer's lr", "'abc'"]),
         (["optimizer.name=Adamm"], ["optimizer.name: unknown 'Adamm'; did you mean 'Adam'?"]),
+        (["step={name: gan}"], ["step.name: lr-find runs the supervised step", "not 'gan'"]),
     ],
-    ids=["range", "lr-not-a-number", "unknown-optimizer"],
+    ids=["range", "lr-not-a-number", "unknown-optimizer", "not-supervised"],
 )
 def test_bad_input_is_exit_2(
     tmp_path: Path,
@@ -150,3 +151,11 @@ def test_suggested_lr_never_comes_from_the_noisy_start() -> None:
     smoothed = [10.0 - i for i in range(6)] + [4.0 - 0.01 * i for i in range(54)]
     lr, _ = suggest(lrs, smoothed)
     assert lrs.index(lr) >= 6
+
+
+def test_several_optimizers_are_exit_2(user_error: Callable) -> None:
+    user_error(
+        "lr-find",
+        ROOT / "configs" / "gan.yaml",
+        expect=["optimizers: lr-find needs one optimizer", "generator, discriminator"],
+    )

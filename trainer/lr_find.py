@@ -84,8 +84,15 @@ def lr_find(config: Config, *, start: float, end: float, steps: int) -> RangeTes
     several = getattr(config, "optimizers", None)
     if several:
         raise UserError(
-            f"optimizers: lr-find needs one optimizer; this config has {len(several)} "
-            f"({', '.join(several)}); test one at a time with its own config"
+            f"optimizers: lr-find needs one optimizer (the optimizer/param_groups form); "
+            f"this config has optimizers: {', '.join(several)}; test one at a time, each "
+            "as the optimizer of its own config"
+        )
+    step = getattr(config, "step", None)
+    if step is not None and step.name != "supervised":
+        raise UserError(
+            f"step.name: lr-find runs the supervised step (loss of model(inputs) against "
+            f"the targets), not {step.name!r}"
         )
     problems = check_components(config)
     if problems:

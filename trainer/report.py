@@ -202,8 +202,11 @@ def schedule_chart(
         axis = f"{high:.3g}" if index == 0 else f"{low:.3g}" if index == height - 1 else ""
         lines.append(f"{axis:>{label}} |{''.join(cells)}")
     lines.append(f"{'':>{label}} +{'-' * columns}")
-    log = ", log scale" if scale is math.log10 else ""
-    lines.append(f"{'':>{label}}  {x_axis or f'{unit} 1 .. {length}'}{log}")
+    log = scale is math.log10
+    if x_axis is None:
+        lines.append(f"{'':>{label}}  {unit} 1 .. {length}{', log scale' if log else ''}")
+    else:
+        lines.append(f"{'':>{label}}  {x_axis}{'; y on a log scale' if log else ''}")
     legend = ", ".join(f"{m} {name}" for m, name in zip(CHART_MARKS, table, strict=False))
     lines.append(f"{'':>{label}}  {legend}")
     return "\n".join(lines)

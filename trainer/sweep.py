@@ -471,9 +471,12 @@ class EpochRecords:
 # ---------------------------------------------------------------- the summary
 
 
+FAILURES_SHOWN = 5
+
+
 def summary(study: Any, *, monitor: str, top: int = 10) -> tuple[Any, list[str]]:
     """The best trials as a table (params and monitored value), and lines that count the
-    trials by state and say why trials failed."""
+    trials by state and say why the last few failed trials failed."""
     from rich.table import Table
 
     from trainer.report import number
@@ -498,10 +501,9 @@ def summary(study: Any, *, monitor: str, top: int = 10) -> tuple[Any, list[str]]
         f"study {study.study_name}: {len(trials)} trials: "
         + ", ".join(f"{n} {name}" for name, n in counts.items() if n)
     ]
-    for trial in trials:
-        if trial.state in (state.FAIL, state.PRUNED) and trial.user_attrs.get("reason"):
-            what = "failed" if trial.state == state.FAIL else "pruned"
-            lines.append(f"trial {trial.number} {what}: {trial.user_attrs['reason']}")
+    failed = [t for t in trials if t.state == state.FAIL]
+    for trial in failed[-FAILURES_SHOWN:]:
+        lines.append(f"trial {trial.number} failed: {trial.user_attrs.get('reason', '?')}")
     return table, lines
 
 
