@@ -74,6 +74,15 @@ def user_error(run_cli: Callable[..., Result]) -> Callable[..., str]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def trusted_helpers() -> Iterator[None]:
+    """The tests' helper modules in tests/ are trusted as a user trusts a package of theirs
+    (configs name them by import path; they are not in the tmp directories the tests run in)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRAINER_TRUST", "data_helpers,loop_helpers,resume_helpers,ddp_helpers")
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def one_thread() -> Iterator[None]:
     """One intra-op thread per process: faster on a 2-core machine, the same for every run
     (runner, hand-written loops and subprocesses alike, so results compare bit for bit)."""

@@ -49,7 +49,10 @@ def test_check_arguments_refuses_what_the_runner_supplies() -> None:
     problems = registry.check_arguments(
         torch.optim.SGD, {"params": [], "lr": 0.1}, key="optimizer", kind="optimizers"
     )
-    assert problems == ["optimizer.params: set by the runner, not by the config"]
+    assert problems == [
+        "optimizer.params: set by the runner, not by the config; param_groups decides the "
+        "tensors (and options) of each group"
+    ]
 
 
 def test_check_arguments_real_optimizer_and_scheduler() -> None:
@@ -121,7 +124,7 @@ def test_resolve_import_path() -> None:
     [
         ("nosuchmodule:thing", "model.name: cannot import 'nosuchmodule'"),
         ("torch.nn:NoSuchThing", "model.name: 'torch.nn' has no attribute 'NoSuchThing'"),
-        ("math:pi", "model.name: 'math:pi' is not callable"),
+        ("torch.nn:modules", "model.name: 'torch.nn:modules' is not callable"),
     ],
 )
 def test_resolve_bad_import_paths(path: str, fragment: str) -> None:

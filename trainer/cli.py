@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -35,6 +36,7 @@ class Kind(str, Enum):
     schedulers = "schedulers"
     transforms = "transforms"
     metrics = "metrics"
+    steps = "steps"
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -356,7 +358,7 @@ def show_config(config: ConfigPath, overrides: Overrides = None) -> None:
 @user_errors
 def list_names(kind: Annotated[Kind | None, typer.Argument(help="What to list.")] = None) -> None:
     """List what a config can name: models, datasets, losses, optimizers, schedulers,
-    transforms, metrics."""
+    transforms, metrics, steps."""
     from rich.table import Table
 
     from trainer import registry
@@ -380,4 +382,7 @@ def list_names(kind: Annotated[Kind | None, typer.Argument(help="What to list.")
 
 
 def main() -> None:
+    """The console script: like `python -m trainer`, modules in the current directory import."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     app()

@@ -806,10 +806,6 @@ def _non_finite(node: Any, loc: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], 
 def _describe(error: Any, raw: dict[str, Any]) -> str:
     loc = tuple(error["loc"])
     path = ".".join(str(p) for p in loc) or "config"
-    if "rules" in loc[:-2]:  # name the rule as well as its index
-        rule = _at(raw, loc[: loc.index("rules") + 2])
-        if isinstance(rule, dict) and isinstance(rule.get("name"), str):
-            path += f" (rule {echo(rule['name'])})"
     kind = error["type"]
     if kind == "extra_forbidden":
         allowed = _keys_at(loc[:-1])
@@ -820,7 +816,12 @@ def _describe(error: Any, raw: dict[str, Any]) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if kind in ("model_type", "dict_type") and loc and _keys_at(loc):
         message = f"expected a mapping with keys {', '.join(_keys_at(loc))}"
-    return f"{path}: {message} (got {echo(error['input'])})"
+    got = f"got {echo(error['input'])}"
+    if "rules" in loc[:-2]:  # name the rule as well as its index
+        rule = _at(raw, loc[: loc.index("rules") + 2])
+        if isinstance(rule, dict) and isinstance(rule.get("name"), str):
+            got = f"rule {echo(rule['name'])}, {got}"
+    return f"{path}: {message} ({got})"
 
 
 def _at(raw: Any, loc: tuple[Any, ...]) -> Any:

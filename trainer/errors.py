@@ -3,14 +3,37 @@
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
+from typing import Any
+
+# No error line is longer than this: a value from the config is echoed, never the whole of it.
+MAX_PROBLEM_LENGTH = 2_000
+
+_ECHO = reprlib.Repr()
+_ECHO.maxlevel, _ECHO.maxlist, _ECHO.maxtuple, _ECHO.maxdict = 3, 6, 6, 4
+_ECHO.maxstring, _ECHO.maxother, _ECHO.maxlong = 60, 60, 40
+
+
+def echo(value: Any) -> str:
+    """A short repr of a value for an error message: long strings and collections are cut."""
+    return _ECHO.repr(value)
+
+
+def clipped(text: str, limit: int) -> str:
+    """`text`, cut in the middle to at most `limit` characters."""
+    if len(text) <= limit:
+        return text
+    half = (limit - 5) // 2
+    return f"{text[:half]} ... {text[-half:]}"
 
 
 class UserError(Exception):
     """Bad input (config, override, path, checkpoint): exit 2, no traceback."""
 
     def __init__(self, problems: str | Iterable[str]) -> None:
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        listed = [problems] if isinstance(problems, str) else list(problems)
+        self.problems = [clipped(problem, MAX_PROBLEM_LENGTH) for problem in listed]
         super().__init__("\n".join(self.problems))
 
 

@@ -1,0 +1,289 @@
+"""trainer.trust: a config's import paths reach only code the user trusts; nothing else runs."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer import registry, trust
+from trainer.errors import UserError
+
+STDLIB = "Python's standard library"
+LOADER = "a loader that can run code"
+
+
+class Bait:
+    """Unpickled, it creates the file it was made with: what `torch:load` of a shared file does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.fixture
+def marker(tmp_path: Path) -> Path:
+    """The file that exists only if a config got to run code."""
+    return tmp_path / "ran"
+
+
+@pytest.fixture
+def module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+    """`module(name, source, folder=tmp_path)`: write a module; sys.modules forgets it after."""
+
+    def write(name: str, source: str, folder: Path | None = None) -> Path:
+        folder = folder or tmp_path
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.py"
+        path.write_text(textwrap.dedent(source), encoding="utf-8")
+        monkeypatch.delitem(sys.modules, name, raising=False)
+        importlib.invalidate_caches()
+        return path
+
+    return write
+
+
+@pytest.fixture
+def bait(tmp_path: Path, marker: Path, module: Callable[..., Path]) -> None:
+    """Files that create `marker` when run: a module, a script, a hubconf.py, a pickle."""
+    code = f"open({str(marker)!r}, 'w').close()\n"
+    module("toucher", code)
+    (tmp_path / "script.py").write_text(code, encoding="utf-8")
+    (tmp_path / "hubconf.py").write_text(code + "def entry():\n    pass\n", encoding="utf-8")
+    torch.save(Bait(marker), tmp_path / "shared.pt")
+
+
+def model_config(write_config: Callable[..., Path], name: str, kwargs: str = "") -> Path:
+    """A small config whose model is `name` with the keyword arguments `kwargs` (YAML)."""
+    return write_config(
+        f"""
+        model: {{name: '{name}'{", " + kwargs if kwargs else ""}}}
+        data: {{name: shapes, num_classes: 4, size: 16, image_size: 8, batch_size: 8}}
+        trainer: {{epochs: 1, device: cpu}}
+        """
+    )
+
+
+# Each would create the marker file if it ran; every one must be refused before it runs.
+ATTACKS = [
+    ("logging:os.system", "command: 'touch {marker}'", STDLIB),
+    ("os:system", "command: 'touch {marker}'", STDLIB),
+    ("subprocess:run", "args: [touch, '{marker}']", STDLIB),
+    ("builtins:eval", "source: \"open('{marker}', 'w')\"", STDLIB),
+    ("importlib:import_module", "package: toucher", STDLIB),  # `name` is the component's
+    ("runpy:run_path", "path_name: script.py", STDLIB),
+    ("pdb:run", "statement: \"open('{marker}', 'w')\"", STDLIB),
+    ("code:interact", "local: {{}}", STDLIB),
+    ("torch.hub:load", "repo_or_dir: ., model: entry, source: local, trust_repo: true", LOADER),
+    ("torch:load", "f: shared.pt, weights_only: false", LOADER),
+]
+
+
+@pytest.mark.parametrize("command", ["fit", "groups"])
+@pytest.mark.parametrize(("path", "kwargs", "reason"), ATTACKS, ids=[a[0] for a in ATTACKS])
+def test_refused_import_paths_run_nothing(
+    command, path, kwargs, reason, bait, marker, write_config, user_error, tmp_path
+) -> None:
+    config = model_config(write_config, path, kwargs.format(marker=marker))
+    user_error(command, config, expect=[f"model.name: {path!r} is refused", reason])
+    assert not marker.exists()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_bait_does_run_when_imported_directly(bait, marker) -> None:
+    """The attacks above would have left the marker (so their test can fail)."""
+    torch.load(marker.parent / "shared.pt", weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("loss: {name: 'os:system'}", "loss.name"),
+        ("optimizer: {name: 'os:system'}", "optimizer.name"),
+        ("scheduler: {name: 'os:system'}", "scheduler.name"),
+        ("scheduler: {name: LambdaLR, lr_lambda: 'os:system'}", "scheduler.lr_lambda"),
+        ("data: {name: 'os:system'}", "data.name"),
+        (
+            "data: {name: shapes, train_transforms: [{name: 'os:system'}]}",
+            "data.train_transforms.0.name",
+        ),
+    ],
+)
+def test_every_section_that_names_a_callable_is_checked_before_anything_runs(
+    section, key, tiny_yaml, write_config, user_error, tmp_path
+) -> None:
+    name = section.partition(":")[0]
+    kept = [line for line in tiny_yaml.splitlines() if not line.startswith(f"{name}:")]
+    config = write_config("\n".join([*kept, section]) + "\n")
+    user_error("fit", config, expect=[f"{key}: 'os:system' is refused", STDLIB])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_import_path_itself_refuses_for_any_key() -> None:
+    """Steps and other keys the lead adds call `import_path` and get the same policy."""
+    with pytest.raises(UserError, match=r"^step\.name: 'os:system' is refused"):
+        registry.import_path("os:system", key="step.name")
+
+
+# ---------------------------------------------------------------- what an alias resolves to
+
+
+def test_own_module_re_exporting_the_stdlib_is_refused_by_what_it_resolves_to(
+    module, marker, write_config, user_error
+) -> None:
+    module(
+        "reexports",
+        f"""
+        import functools
+        from os import system
+        from torch.hub import load as hub_load
+        touch = functools.partial(system, "touch {marker}")
+        """,
+    )
+    for name, real in [
+        ("reexports:system", "posix.system"),
+        ("reexports:hub_load", "torch.hub.load"),
+        ("reexports:touch", "posix.system"),
+    ]:
+        stderr = user_error("groups", model_config(write_config, name), expect=[real])
+        assert f"{name!r} is refused: it resolves to {real}" in stderr
+    assert not marker.exists()
+
+
+def test_trusting_a_package_does_not_trust_the_stdlib_or_loaders_it_reaches(
+    monkeypatch, write_config, user_error
+) -> None:
+    monkeypatch.setenv("TRAINER_TRUST", "torch,os")
+    user_error("groups", model_config(write_config, "os:system"), expect=[STDLIB])
+    user_error("groups", model_config(write_config, "torch:load"), expect=[LOADER])
+    user_error(
+        "groups",
+        model_config(write_config, "torch:os.system"),
+        expect=["'torch:os.system' is refused: it resolves to posix.system", STDLIB],
+    )
+
+
+def test_private_names_are_refused() -> None:
+    with pytest.raises(UserError, match=r"'_apply' is private"):
+        registry.import_path("torch.nn:Module._apply", key="model.name")
+
+
+def test_runner_scopes_are_trusted_by_what_they_resolve_to() -> None:
+    assert registry.import_path("torch.nn:Linear", key="model.name") is torch.nn.Linear
+    assert registry.import_path("torch:nn.Linear", key="model.name") is torch.nn.Linear
+    with pytest.raises(UserError, match=r"'torch:relu' is not trusted.*TRAINER_TRUST=torch"):
+        registry.import_path("torch:relu", key="model.name")
+
+
+# ---------------------------------------------------------------- what is trusted
+
+
+def test_own_module_in_the_current_directory(
+    module, write_config, run_cli, tmp_path, monkeypatch
+) -> None:
+    module("own_in_cwd", "import torch\n\ndef net():\n    return torch.nn.Linear(3, 2)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # what main() does for the console script
+    config = model_config(write_config, "own_in_cwd:net")
+    moved = tmp_path / "configs" / "cfg.yaml"
+    moved.parent.mkdir()
+    config.rename(moved)
+    result = run_cli("groups", moved, "--json")
+    assert result.exit_code == 0, result.output
+    assert '"numel": 8' in result.stdout
+
+
+def test_own_module_beside_the_config(module, write_config, run_cli, tmp_path) -> None:
+    configs = tmp_path / "configs"
+    module(
+        "own_by_config", "import torch\n\ndef net():\n    return torch.nn.Linear(3, 2)\n", configs
+    )
+    config = model_config(write_config, "own_by_config:net")
+    config = config.rename(configs / "cfg.yaml")
+    result = run_cli("groups", config, "--json")
+    assert result.exit_code == 0, result.output
+    assert '"numel": 8' in result.stdout
+
+
+@pytest.fixture
+def elsewhere(module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An importable module that is neither in the current nor in the config's directory."""
+    lib = tmp_path / "lib"
+    module("installed_pkg", "import torch\n\ndef net():\n    return torch.nn.Linear(3, 2)\n", lib)
+    monkeypatch.syspath_prepend(str(lib))
+    return "installed_pkg:net"
+
+
+def test_a_module_that_is_not_the_users_is_refused_with_how_to_trust_it(
+    elsewhere, write_config, user_error
+) -> None:
+    user_error(
+        "groups",
+        model_config(write_config, elsewhere),
+        expect=[
+            "model.name: 'installed_pkg:net' is not trusted",
+            "TRAINER_TRUST=installed_pkg",
+            "[tool.trainer] in ./pyproject.toml",
+        ],
+    )
+
+
+def test_trainer_trust_environment_variable(elsewhere, write_config, run_cli, monkeypatch) -> None:
+    monkeypatch.setenv("TRAINER_TRUST", "something_else, installed_pkg")
+    result = run_cli("groups", model_config(write_config, elsewhere))
+    assert result.exit_code == 0, result.output
+
+
+def test_pyproject_trust_in_the_current_directory(
+    elsewhere, write_config, run_cli, tmp_path
+) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool.trainer]\ntrust = ["installed_pkg"]\n')
+    result = run_cli("groups", model_config(write_config, elsewhere))
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("env", "pyproject", "fragment"),
+    [
+        ("a b", None, "TRAINER_TRUST: 'a b' is not a module name"),
+        ("", "[tool.trainer]\ntrust = 'installed_pkg'\n", "trust: expected a list of module"),
+        ("", "[tool.trainer\n", "pyproject.toml: not valid TOML"),
+    ],
+)
+def test_bad_trust_settings_are_named(
+    env, pyproject, fragment, elsewhere, write_config, user_error, monkeypatch, tmp_path
+) -> None:
+    monkeypatch.setenv("TRAINER_TRUST", env)
+    if pyproject:
+        (tmp_path / "pyproject.toml").write_text(pyproject)
+    user_error("groups", model_config(write_config, elsewhere), expect=[fragment])
+
+
+def test_a_config_cannot_trust_anything_itself(elsewhere, write_config, user_error) -> None:
+    config = model_config(write_config, elsewhere)
+    config.write_text(config.read_text() + "trust: [installed_pkg]\n")
+    user_error("groups", config, expect=["trust: unknown key", "'installed_pkg:net' is not"])
+
+
+# ---------------------------------------------------------------- whose file is it
+
+
+def test_users_files_are_theirs_and_the_runners_and_installed_ones_are_not(
+    tmp_path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "mine.py"
+    mine.write_text("")
+    assert trust.is_users_file(str(mine))
+    assert not trust.is_users_file(trust.__file__)
+    assert not trust.is_users_file(torch.__file__)
+    assert not trust.is_users_file("<frozen importlib._bootstrap>")
+    assert not trust.is_users_file(os.__file__)

@@ -1,0 +1,285 @@
+"""Which import paths a config may name: a config is data people share, so only trusted code.
+
+Trusted: the user's own modules (a `.py` file or package directly in the current directory or
+in the config file's directory), the public torch scopes in `RUNNER_TRUST`, and packages the
+user trusts from outside any config (`TRAINER_TRUST=pkg1,pkg2`, or `trust = [...]` under
+`[tool.trainer]` in ./pyproject.toml). Never, even when trusted: the standard library, the
+loaders in `REFUSED` (they unpickle, import, compile or launch code), and private names.
+
+A path is checked before anything is imported, and the object it resolves to is checked again
+by the module and qualified name it really has: modules re-export what they import, so
+`logging:os.system` is `posix.system` (Hydra's GHSA-37p2-j732-x8pj).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import os
+import re
+import sys
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from trainer.errors import UserError, echo
+
+RUNNER_TRUST = (
+    "torch.nn",
+    "torch.optim",
+    "torchvision.models",
+    "torchvision.datasets",
+    "torchvision.transforms",
+)
+
+# Module scopes (and `module:qualname` callables) that load files which can run code, import
+# or compile code, or start processes. Trusting their package does not make them importable.
+REFUSED = (
+    "torch:load",
+    "torch:import_ir_module",
+    "torch:import_ir_module_from_buffer",
+    "torch._ops:_Ops.load_library",
+    "torch._classes:_Classes.load_library",
+    "torch.hub",
+    "torch.serialization",
+    "torch.jit",
+    "torch.package",
+    "torch.export",
+    "torch._export",
+    "torch.compiler",
+    "torch._dynamo",
+    "torch._inductor",
+    "torch.utils.cpp_extension",
+    "torch.utils.model_zoo",
+    "torch.utils.benchmark",
+    "torch.multiprocessing",
+    "torch.distributed.rpc",
+    "torch.distributed.run",
+    "torch.distributed.launch",
+    "torch.distributed.launcher",
+    "torch.distributed.elastic",
+    "torch.distributed.checkpoint",
+    "numpy:load",
+    "numpy.lib.npyio",
+    "numpy.lib._npyio_impl",
+    "numpy.f2py",
+    "numpy.ctypeslib",
+    "pandas:read_pickle",
+    "pandas:eval",
+    "pandas.io.pickle",
+    "pandas.core.computation",
+    "yaml",
+    "dill",
+    "cloudpickle",
+    "joblib",
+    "numexpr",
+    "IPython",
+    "setuptools",
+    "pip",
+    "pkg_resources",
+)
+
+MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+HOW_TO_TRUST = (
+    "trust a package from outside the config: TRAINER_TRUST={0} in the environment, or "
+    'trust = ["{0}"] under [tool.trainer] in ./pyproject.toml'
+)
+
+_config_directory: Path | None = None
+_added_to_path: str | None = None
+
+
+def use_config_directory(directory: Path) -> None:
+    """Record the loaded config's directory: its modules are the user's own, and importable."""
+    global _config_directory, _added_to_path
+    _config_directory = directory.resolve()
+    if _added_to_path is not None and _added_to_path in sys.path:
+        sys.path.remove(_added_to_path)
+    _added_to_path = None
+    if str(_config_directory) not in sys.path:
+        _added_to_path = str(_config_directory)
+        sys.path.append(_added_to_path)  # last: it never shadows an installed package
+
+
+def check_path(module: str, attr: str, *, key: str) -> None:
+    """Refuse an import path before anything is imported (UserError naming `key`)."""
+    path = f"{module}:{attr}"
+    dotted = f"{module}.{attr}".split(".")
+    private = next((part for part in dotted if part.startswith("_")), None)
+    if private is not None:
+        raise UserError(
+            f"{key}: {path!r} is refused: {private!r} is private (it starts with '_'); "
+            "a config names public callables only"
+        )
+    if dotted[0] in sys.stdlib_module_names:
+        raise UserError(f"{key}: {path!r} is refused: {_stdlib(dotted[0])}")
+    for split in range(1, len(dotted) + 1):
+        scope, rest = ".".join(dotted[:split]), ".".join(dotted[split:])
+        if _refused(scope, rest):
+            raise UserError(f"{key}: {path!r} is refused: {_LOADER}")
+    if _spec(dotted[0]) is None:
+        return  # nothing to import: the import fails and says so
+    if not (_is_own(dotted[0]) or _within(".".join(dotted), _trusted())):
+        raise UserError(
+            f"{key}: {path!r} is not trusted: {dotted[0]!r} is neither your own module (a .py "
+            "file or package in the current directory or the config's directory) nor a "
+            f"trusted package; {HOW_TO_TRUST.format(dotted[0])}"
+        )
+
+
+def check_resolved(obj: Any, path: str, *, key: str) -> None:
+    """Refuse what an import path resolved to, by the module and name it really has."""
+    for module, qualname in _homes(obj):
+        problem = _home_problem(module, qualname)
+        if problem:
+            raise UserError(
+                f"{key}: {path!r} is refused: it resolves to {module}.{qualname}, {problem}"
+            )
+
+
+def raised_in_users_code(err: BaseException) -> bool:
+    """Whether an exception was raised in a file of the user's own (its traceback ends there)."""
+    last: TracebackType | None = err.__traceback__
+    while last is not None and last.tb_next is not None:
+        last = last.tb_next
+    return last is not None and is_users_file(last.tb_frame.f_code.co_filename)
+
+
+def is_users_file(filename: str) -> bool:
+    """Whether a source file is the user's: under their directories, not installed, not ours."""
+    path = Path(filename).resolve()
+    if not path.is_file():  # "<string>", "<frozen importlib._bootstrap>"
+        return False
+    runner = Path(__file__).resolve().parent
+    installed = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    if path.is_relative_to(runner) or any(path.is_relative_to(p) for p in installed):
+        return False
+    return any(path.is_relative_to(directory) for directory in _directories())
+
+
+_LOADER = (
+    "it is a loader that can run code (it unpickles, imports, compiles or starts code), "
+    "which a config may never name, even from a trusted package"
+)
+
+
+def _stdlib(name: str) -> str:
+    return (
+        f"{name!r} is Python's standard library, which a config may never import (trusting it "
+        "changes nothing); put what you need in a function in a module of your own"
+    )
+
+
+def _refused(module: str, qualname: str) -> bool:
+    return _within(module, [s for s in REFUSED if ":" not in s]) or f"{module}:{qualname}" in (
+        REFUSED
+    )
+
+
+def _within(name: str, scopes: Any) -> bool:
+    return any(name == scope or name.startswith(scope + ".") for scope in scopes)
+
+
+def _home_problem(module: str | None, qualname: str) -> str | None:
+    if module is None:
+        return "and no module says where that is defined"
+    top = module.split(".")[0]
+    if top in sys.stdlib_module_names:
+        return f"and {_stdlib(top)}"
+    if _refused(module, qualname):
+        return f"and {_LOADER}"
+    if not (_is_own(top) or _within(module, _trusted())):
+        return f"which is not trusted; {HOW_TO_TRUST.format(top)}"
+    return None
+
+
+def _homes(obj: Any) -> list[tuple[str | None, str]]:
+    """(module, qualified name) of what calling `obj` runs, and of whatever it is bound to."""
+    if isinstance(obj, functools.partial):
+        return _homes(obj.func)
+    if inspect.ismethod(obj):
+        owner = obj.__self__
+        return _homes(obj.__func__) + _homes(owner if isinstance(owner, type) else type(owner))
+    if isinstance(obj, type) or inspect.isfunction(obj):
+        return [(obj.__module__, obj.__qualname__)]
+    if inspect.isbuiltin(obj):
+        owner = obj.__self__
+        if owner is None or inspect.ismodule(owner):
+            return [(obj.__module__ or getattr(owner, "__name__", None), obj.__name__)]
+        return _homes(owner if isinstance(owner, type) else type(owner))
+    owner = getattr(obj, "__objclass__", None)  # a method descriptor, a slot wrapper
+    return _homes(owner if isinstance(owner, type) else type(obj))
+
+
+def _directories() -> list[Path]:
+    """The user's own directories: the current one and the loaded config's."""
+    found = [Path.cwd().resolve()]
+    if _config_directory is not None and _config_directory not in found:
+        found.append(_config_directory)
+    return found
+
+
+def _is_own(top: str) -> bool:
+    """Whether the top-level module `top` is a file or package directly in a user's directory."""
+    spec = _spec(top)
+    if spec is None:
+        return False
+    if spec.submodule_search_locations is not None:  # a package: where its folder lies
+        places = [Path(p).resolve().parent for p in spec.submodule_search_locations]
+    elif spec.has_location and spec.origin:
+        places = [Path(spec.origin).resolve().parent]
+    else:
+        return False
+    homes = _directories()
+    return bool(places) and all(place in homes for place in places)
+
+
+def _spec(top: str) -> Any:
+    """The import system's spec of a top-level module (without importing it), or None."""
+    try:
+        return importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+
+
+def _trusted() -> list[str]:
+    """The runner's scopes and the packages the user trusts, from outside any config."""
+    names, problems = list(RUNNER_TRUST), []
+    for name in os.environ.get("TRAINER_TRUST", "").split(","):
+        name = name.strip()
+        if name and not MODULE_NAME.fullmatch(name):
+            problems.append(f"TRAINER_TRUST: {name!r} is not a module name (e.g. mypkg.models)")
+        elif name:
+            names.append(name)
+    pyproject = Path("pyproject.toml")
+    if pyproject.is_file():
+        listed = _pyproject_trust(pyproject)
+        if not isinstance(listed, list) or not all(
+            isinstance(n, str) and MODULE_NAME.fullmatch(n) for n in listed
+        ):
+            problems.append(
+                f"{pyproject.resolve()}: [tool.trainer] trust: expected a list of module names, "
+                f"got {echo(listed)}"
+            )
+        else:
+            names += listed
+    if problems:
+        raise UserError(problems)
+    return names
+
+
+def _pyproject_trust(pyproject: Path) -> Any:
+    """The `trust` list under `[tool.trainer]` of a pyproject.toml ([] when there is none)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        raise UserError(
+            f"{pyproject.resolve()}: reading [tool.trainer] needs Python 3.11 or newer; "
+            "set TRAINER_TRUST instead"
+        ) from None
+    try:
+        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{pyproject.resolve()}: not valid TOML: {err}") from None
+    return data.get("tool", {}).get("trainer", {}).get("trust", [])
