@@ -121,7 +121,7 @@ def _closure_problems(config: Config, spec: OptimizerSpec, job: Distributed) -> 
             f"trainer.accumulate: {name} evaluates the loss itself in "
             "step(closure), so it cannot accumulate gradients; use accumulate: 1"
         )
-    if job.enabled:
+    if job.world_size > 1:
         problems.append(
             f"{key}: {name} evaluates the loss as often as its own line search decides, "
             "which differs between processes under torchrun; use one process"

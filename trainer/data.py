@@ -187,9 +187,14 @@ class IndexedBatches:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        for indices in self.sampler:
-            batch = self.dataset[indices]
-            yield tuple(t.pin_memory() for t in batch) if self.pin_memory else batch
+        # The epoch's order goes to the tensors' device once, not an index copy per batch.
+        batches = list(self.sampler)
+        device = self.dataset.tensors[0].device
+        order = torch.tensor([i for batch in batches for i in batch], device=device)
+        pin = self.pin_memory and device.type == "cpu"
+        for index in order.split([len(batch) for batch in batches]):
+            batch = self.dataset[index]
+            yield tuple(t.pin_memory() for t in batch) if pin else batch
 
 
 def _indexable(dataset: Dataset) -> bool:
