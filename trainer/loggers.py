@@ -51,15 +51,16 @@ def scalars(record: dict[str, Any]) -> Iterator[tuple[str, float]]:
 
 
 def groups_markdown(groups: dict[str, Any]) -> str:
-    """The param-group table (`trainer groups --json`'s shape) as a markdown table."""
+    """The param-group table (`trainer groups --json`'s document) as a markdown table."""
     lines = [
         "| group | rule | tensors | elements | lr | weight_decay | options |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for group in groups["groups"]:
         options = ", ".join(f"{k}={v}" for k, v in group["options"].items()) or "-"
+        name = f"{group['optimizer']}/{group['name']}" if "optimizer" in group else group["name"]
         lines.append(
-            f"| {group['name']} | {group['rule'] or '-'} | {len(group['params'])} | "
+            f"| {name} | {group['rule'] or '-'} | {len(group['params'])} | "
             f"{group['numel']:,} | {group['lr']:.6g} | {group['weight_decay']:.6g} | {options} |"
         )
     lines.append(f"\nfrozen: {len(groups['frozen'])} tensors")
@@ -104,7 +105,7 @@ class Loggers:
             writer.write(record)
 
     def describe(self, config_yaml: str, groups: dict[str, Any]) -> None:
-        """The resolved config (YAML text) and the param groups (`GroupsReport.to_json()`)."""
+        """The resolved config (YAML text) and the param groups (`trainer groups --json`)."""
         for writer in self.writers:
             writer.describe(config_yaml, groups)
 

@@ -31,8 +31,8 @@ NOT_COMPARED = ("name", "trainer.out_dir")  # differ between any two runs by con
 
 
 def is_epoch_record(record: dict[str, Any]) -> bool:
-    """Epoch records of metrics.jsonl carry validation metrics; step records do not."""
-    return any(key.startswith("val/") for key in record)
+    """Epoch records of metrics.jsonl carry the epoch's speed; step records do not."""
+    return "train/samples_per_s" in record
 
 
 # ---------------------------------------------------------------- written by the loop
@@ -311,14 +311,21 @@ def runs_table(summaries: list[RunSummary], differing: list[str]) -> Any:
             f"{best['monitor']} {number(best['value'])} @{best['epoch']}" if best else "-",
             "  ".join(f"{k} {number(v)}" for k, v in run.last.items()) or "-",
             _duration(run.seconds),
-            *(json.dumps(run.config[key]) for key in differing),
+            *(_cell(run.config[key]) for key in differing),
         )
     return table
+
+
+def _cell(value: Any) -> str:
+    """A config value as YAML shows it: strings bare, the rest as JSON (null, lists)."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

@@ -1,0 +1,116 @@
+"""`trainer plot`: curves of several runs, as a PNG and as a terminal chart."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+from typer.testing import Result
+
+from trainer.curves import PANEL_HEIGHT, PNG_DPI, PNG_WIDTH, chart, curve
+
+
+def records(scale: float) -> list[dict[str, Any]]:
+    """Two epochs of four steps, step records every 2 steps, losses times `scale`."""
+    found = []
+    for epoch in (1, 2):
+        for step in (4 * epoch - 2, 4 * epoch):
+            found.append({"epoch": epoch, "step": step, "train/loss": scale / step})
+        found.append(
+            {
+                "epoch": epoch,
+                "step": 4 * epoch,
+                "train/loss": scale / (2 * epoch),
+                "val/loss": scale / (3 * epoch),
+                "val/acc": 0.5 * epoch,
+                "train/samples_per_s": 10.0,
+            }
+        )
+    return found
+
+
+@pytest.fixture
+def two_runs(tmp_path: Path, run_cli: Callable[..., Result]) -> Path:
+    for name, scale in (("a", 1.0), ("b", 2.0)):
+        run_dir = tmp_path / "runs" / name
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.yaml").write_text(f"name: {name}\n")
+        lines = "".join(json.dumps(r) + "\n" for r in records(scale))
+        (run_dir / "metrics.jsonl").write_text(lines)
+    return tmp_path
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", header[16:24])
+
+
+@pytest.mark.usefixtures("two_runs")
+@pytest.mark.parametrize("metrics", [["val/loss"], ["train/loss", "val/acc"]])
+def test_a_png_for_two_runs_has_a_panel_per_metric(
+    run_cli: Callable[..., Result], tmp_path: Path, metrics: list[str]
+) -> None:
+    options = [arg for metric in metrics for arg in ("--metric", metric)]
+    result = run_cli("plot", "a", "runs/b", *options, "--out", "curves.png")
+    assert result.exit_code == 0, result.output
+    assert "wrote curves.png" in result.stdout
+    width, height = png_size(tmp_path / "curves.png")
+    assert (width, height) == (PNG_WIDTH * PNG_DPI, PANEL_HEIGHT * PNG_DPI * len(metrics))
+
+
+def test_step_records_draw_what_they_carry_and_epoch_records_the_rest() -> None:
+    logged = records(1.0)
+    assert curve(logged, "train/loss", x="step") == [(2, 0.5), (4, 0.25), (6, 1 / 6), (8, 0.125)]
+    assert curve(logged, "train/loss", x="epoch") == [(1, 0.5), (2, 0.25)]
+    assert curve(logged, "val/acc", x="step") == [(4, 0.5), (8, 1.0)]
+
+
+def test_the_terminal_chart_renders_without_a_terminal() -> None:
+    series = {"a": [(1.0, 1.0), (2.0, 0.5), (3.0, 0.25)], "b": [(1.0, 2.0), (3.0, 1.0)]}
+    output = io.StringIO()
+    Console(file=output, width=80).print(chart(series, title="val/loss", x="step"), markup=False)
+    lines = output.getvalue().splitlines()
+    grid = [line.split("|", 1)[1] for line in lines if "|" in line]
+    assert lines[0] == "val/loss"
+    assert grid[0].startswith("o")  # b's first point is the highest, at the left edge
+    assert grid[-1].rstrip().endswith("*")  # a's last point is the lowest, at the right edge
+    assert lines[-2].strip() == "step 1 .. 3" and lines[-1].strip() == "* a, o b"
+
+
+@pytest.mark.usefixtures("two_runs")
+def test_the_command_draws_train_loss_and_validation_metrics_by_default(
+    run_cli: Callable[..., Result],
+) -> None:
+    result = run_cli("plot", "a", "b", "--x", "epoch")
+    assert result.exit_code == 0, result.output
+    titles = [line for line in result.stdout.splitlines() if line in ("train/loss", "val/loss")]
+    assert titles == ["train/loss", "val/loss"] and "val/acc" in result.stdout
+    assert "epoch 1 .. 2" in result.stdout and "* a, o b" in result.stdout
+
+
+@pytest.mark.usefixtures("two_runs")
+def test_unknown_runs_and_metrics_are_exit_2(user_error: Callable[..., str]) -> None:
+    user_error("plot", "c", expect=["RUN: 'c' is neither a run directory", "runs/: a, b"])
+    user_error(
+        "plot",
+        "a",
+        "--metric",
+        "val/los",
+        expect=["--metric: 'val/los' is not logged", "did you mean 'val/loss'", "train/loss"],
+    )
+
+
+@pytest.mark.usefixtures("two_runs")
+def test_without_matplotlib_the_error_names_the_extra(
+    user_error: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    user_error("plot", "a", "--out", "x.png", expect=["--out: needs matplotlib", "--extra plot"])
