@@ -17,8 +17,8 @@ import optuna
 import pytest
 
 from trainer.config import load_config
-from trainer.search_space import load_space
-from trainer.sweep import Sweep, recover_stale_trials, watch_trial
+from trainer.search_space import Dimension, Space, load_space
+from trainer.sweep import Outcome, Sweep, recover_stale_trials, run_trial
 
 STUDY = "tiny-sweep"  # the default study name of the tiny config (`tiny`)
 
@@ -203,16 +203,18 @@ def test_space_values_become_overrides_the_config_reads(
     assert config.data.batch_size == trial.params["data.batch_size"]
 
 
-# ---------------------------------------------------------------- the watcher
+# ---------------------------------------------------------------- one trial
 
-# Stands in for `trainer fit`: an epoch record per epoch (value / epoch), SIGTERM -> 130.
+# Stands in for `trainer fit` (given fake.value, fake.epochs, fake.code and trainer.out_dir
+# as KEY=VALUE): an epoch record per epoch, val/loss = value / epoch; SIGTERM -> exit 130.
 FAKE_FIT = """
 import json, signal, sys, time
 from pathlib import Path
 
-run_dir, value = Path(sys.argv[1]), float(sys.argv[2])
-epochs, code = int(sys.argv[3]), int(sys.argv[4])
-run_dir.mkdir(parents=True, exist_ok=True)
+args = dict(arg.split("=", 1) for arg in sys.argv[1:])
+run_dir, value = Path(args["trainer.out_dir"]), float(args["fake.value"])
+epochs, code = int(args["fake.epochs"]), int(args["fake.code"])
+run_dir.mkdir(parents=True)
 
 def stop(signum, frame):
     (run_dir / "got-sigterm").touch()
@@ -232,61 +234,74 @@ sys.exit(code)
 
 
 @pytest.fixture
-def watch(tmp_path: Path) -> Callable[..., tuple[object, optuna.Study, list[str]]]:
-    """`watch(value, epochs, code)`: one trial of the stand-in, after a finished trial
-    whose val/loss was 1.0 at every epoch; returns (outcome, study, what the sweep said)."""
+def one_trial(tmp_path: Path) -> Callable[..., tuple[Outcome, optuna.trial.FrozenTrial, list]]:
+    """`one_trial(value, epochs, code)`: run_trial with the stand-in for `trainer fit`, after
+    a finished trial whose val/loss was 1.0 at every epoch (the median pruner's reference);
+    returns the outcome, the trial as Optuna keeps it, and what the sweep said."""
     script = tmp_path / "fake_fit.py"
     script.write_text(textwrap.dedent(FAKE_FIT), encoding="utf-8")
+    study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    steps = {epoch: 1.0 for epoch in range(1, 101)}
+    study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values=steps))
 
-    def run(value: float, epochs: int, code: int = 0) -> tuple[object, optuna.Study, list[str]]:
-        study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
-        steps = {epoch: 1.0 for epoch in range(1, 101)}
-        study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values=steps))
+    def run(value: float, epochs: int, code: int = 0) -> tuple[Outcome, object, list[str]]:
         said: list[str] = []
-        sweep = Sweep("cfg.yaml", [], tmp_path, "val/loss", "min", None, said.append)
-        trial = study.ask()
-        run_dir = tmp_path / f"trial-{trial.number:04d}"
-        command = [sys.executable, str(script), str(run_dir), str(value), str(epochs), str(code)]
-        return watch_trial(sweep, study, trial, command, run_dir), study, said
+        fit = [sys.executable, str(script), f"fake.epochs={epochs}", f"fake.code={code}"]
+        sweep = Sweep(fit, tmp_path, "val/loss", "min", None, said.append)  # no requeue here
+        fixed = Dimension("fake.value", "choice", choices=(value,))
+        space = Space("space.yaml", (fixed,), sampler=None, pruner=None)
+        outcome = run_trial(sweep, study, space)
+        return outcome, study.trials[-1], said
 
     return run
 
 
-def test_a_trial_worse_than_the_median_gets_sigterm(tmp_path: Path, watch: Callable) -> None:
-    outcome, study, _ = watch(5.0, 100)
-    assert outcome.state == "pruned"
-    assert outcome.reason == "at epoch 1, val/loss 5"
+def test_a_trial_worse_than_the_median_gets_sigterm(tmp_path: Path, one_trial: Callable) -> None:
+    outcome, trial, said = one_trial(5.0, 100)
+    assert (outcome.state, outcome.reason) == ("pruned", "at epoch 1, val/loss 5")
+    assert trial.state == optuna.trial.TrialState.PRUNED
     run_dir = tmp_path / "trial-0001"
+    assert trial.user_attrs["run_dir"] == str(run_dir)
     assert (run_dir / "got-sigterm").is_file()
     assert len(epoch_records(run_dir)) < 100
-    assert study.trials[1].intermediate_values == {1: 5.0}  # nothing reported after pruning
+    assert trial.intermediate_values == {1: 5.0}  # nothing reported after pruning
     assert (tmp_path / "trial-0001.log").is_file()
+    assert said[0] == "trial 1: fake.value=5.0"
+    assert said[-1] == "trial 1 pruned: at epoch 1, val/loss 5"
 
 
 def test_a_trial_that_ends_reports_every_epoch_and_its_best(
-    tmp_path: Path, watch: Callable
+    tmp_path: Path, one_trial: Callable
 ) -> None:
-    outcome, study, said = watch(0.9, 3)
-    assert outcome.state == "complete"
-    assert outcome.value == pytest.approx(0.3)  # 0.9 / epoch: epoch 3 is the best
-    assert study.trials[1].intermediate_values == pytest.approx({1: 0.9, 2: 0.45, 3: 0.3})
+    outcome, trial, said = one_trial(0.9, 3)
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.value == outcome.value == pytest.approx(0.3)  # 0.9 / epoch: the last is best
+    assert trial.intermediate_values == pytest.approx({1: 0.9, 2: 0.45, 3: 0.3})
     assert not (tmp_path / "trial-0001" / "got-sigterm").exists()
-    assert said[0] == "trial 1 epoch 1: val/loss 0.9"
+    assert said[1] == "trial 1 epoch 1: val/loss 0.9"
+
+
+def test_a_taken_trial_directory_is_not_reused(tmp_path: Path, one_trial: Callable) -> None:
+    (tmp_path / "trial-0001").mkdir()  # left by a study of the same name, since deleted
+    _, trial, _ = one_trial(0.9, 1)
+    assert trial.user_attrs["run_dir"] == str(tmp_path / "trial-0001-2")
+    assert epoch_records(tmp_path / "trial-0001-2") == [1]
+    assert not any((tmp_path / "trial-0001").iterdir())
 
 
 @pytest.mark.parametrize(
     ("code", "state", "reason"),
     [
-        (1, "pruned", "training failed: train/loss is nan by step 3"),  # diverged: a bad region
-        (3, "failed", "exit 3"),  # anything else: the trial failed
+        (1, "PRUNED", "training failed: train/loss is nan by step 3"),  # diverged: a bad region
+        (3, "FAIL", "exit 3"),  # anything else: the trial failed
     ],
 )
 def test_a_failed_run_is_pruned_when_training_diverged(
-    watch: Callable, code: int, state: str, reason: str
+    one_trial: Callable, code: int, state: str, reason: str
 ) -> None:
-    outcome, _, _ = watch(0.5, 1, code)
-    assert outcome.state == state
-    assert outcome.reason.startswith(reason)
+    _, trial, _ = one_trial(0.5, 1, code)
+    assert trial.state.name == state
+    assert trial.user_attrs["reason"].startswith(reason)
 
 
 def test_trials_of_a_killed_sweep_go_back_to_the_queue(tmp_path: Path) -> None:
@@ -308,8 +323,8 @@ def test_trials_of_a_killed_sweep_go_back_to_the_queue(tmp_path: Path) -> None:
     states = [t.state for t in load_study(tmp_path).trials]
     assert states == [optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING]
     assert notes == [
-        f"trial 0: its sweep (pid {dead.pid}) is gone; it goes back to the queue and "
-        "resumes from its last.pt"
+        f"trial 0: its sweep (pid {dead.pid}) is gone; back to the queue, to go on from "
+        "its last.pt (or start again without one)"
     ]
 
 
@@ -425,3 +440,28 @@ def test_an_interrupted_sweep_resumes_its_trial_from_last_pt(
         "trial-0000.log",
         "best.yaml",
     }
+
+
+def test_plots_draw_the_history_and_the_importances(tmp_path: Path) -> None:
+    from trainer.sweep import write_plots
+
+    study = optuna.create_study()
+    space = {
+        "optimizer.lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True),
+        "data.batch_size": optuna.distributions.CategoricalDistribution([32, 64]),
+    }
+    for lr, batch, value in ((0.01, 32, 0.5), (0.1, 64, 0.2), (0.5, 32, 0.9)):
+        params = {"optimizer.lr": lr, "data.batch_size": batch}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=value))
+    notes = write_plots(study, tmp_path)
+    assert notes == [f"wrote {tmp_path / 'history.png'}", f"wrote {tmp_path / 'importance.png'}"]
+    for name in ("history.png", "importance.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+    (lonely := tmp_path / "lonely").mkdir()
+    one = optuna.create_study()
+    one.add_trial(study.trials[0])
+    assert write_plots(one, lonely) == [
+        f"wrote {lonely / 'history.png'}",
+        "importance.png: not drawn: it needs 2 complete trial(s)",
+    ]
+    assert not (lonely / "importance.png").exists()

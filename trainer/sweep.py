@@ -49,8 +49,7 @@ INTERRUPTED = 130
 class Sweep:
     """What the trials of one `trainer sweep` command share."""
 
-    config_path: str
-    overrides: list[str]  # the command's KEY=VALUE, applied to every trial
+    fit: list[str]  # `python -m trainer fit CONFIG <the command's KEY=VALUE>`
     study_dir: Path
     monitor: str
     mode: str  # min | max: checkpoint.mode
@@ -133,9 +132,8 @@ def sweep(
         with lock:
             console.print(line, markup=False)
 
-    sweep_run = Sweep(
-        config_path, overrides, study_dir, monitor, mode, storage_object, say, jobs=jobs
-    )
+    fit = [sys.executable, "-m", "trainer", "fit", config_path, *overrides]
+    sweep_run = Sweep(fit, study_dir, monitor, mode, storage_object, say, jobs=jobs)
     outcomes: list[Outcome] = []
     if space is not None:
         say(
@@ -239,8 +237,8 @@ def recover_stale_trials(study: Any, storage: Any) -> list[str]:
                 time.sleep(POLL_S)
         _requeue(storage, trial)
         notes.append(
-            f"trial {trial.number}: its sweep (pid {attrs.get('sweep_pid')}) is gone; "
-            "it goes back to the queue and resumes from its last.pt"
+            f"trial {trial.number}: its sweep (pid {attrs.get('sweep_pid')}) is gone; back "
+            "to the queue, to go on from its last.pt (or start again without one)"
         )
     return notes
 
@@ -277,6 +275,7 @@ def run_trials(sweep: Sweep, study: Any, space: Space, *, trials: int) -> list[O
     """Run `trials` trials, `sweep.jobs` at a time; SIGINT/SIGTERM stop them (each saves
     its last.pt and goes back to the queue)."""
     outcomes: list[Outcome] = []
+    crashes: list[BaseException] = []
     tickets = iter(range(trials))
 
     def worker() -> None:
@@ -284,7 +283,12 @@ def run_trials(sweep: Sweep, study: Any, space: Space, *, trials: int) -> list[O
             with sweep.lock:
                 if next(tickets, None) is None:
                     return
-            outcome = run_trial(sweep, study, space)
+            try:
+                outcome = run_trial(sweep, study, space)
+            except BaseException as crash:  # raised again below, once the others stopped
+                crashes.append(crash)
+                sweep.stop.set()
+                return
             with sweep.lock:
                 outcomes.append(outcome)
 
@@ -295,6 +299,8 @@ def run_trials(sweep: Sweep, study: Any, space: Space, *, trials: int) -> list[O
         for thread in threads:
             while thread.is_alive():
                 thread.join(POLL_S)  # short waits, so a signal is handled at once
+    if crashes:
+        raise crashes[0]
     return outcomes
 
 
@@ -333,8 +339,7 @@ def run_trial(sweep: Sweep, study: Any, space: Space) -> Outcome:
     trial = study.ask()
     run_dir, overrides, resume = _prepare(sweep, trial, space)
     command = [
-        *(sys.executable, "-m", "trainer", "fit", sweep.config_path),
-        *sweep.overrides,
+        *sweep.fit,
         *overrides,
         f"trainer.out_dir={run_dir}",
         *(["--resume", str(resume)] if resume else []),
@@ -347,32 +352,47 @@ def run_trial(sweep: Sweep, study: Any, space: Space) -> Outcome:
     else:
         trial.set_user_attr("reason", outcome.reason)
         value = outcome.value if outcome.state == "complete" else None
-        study.tell(trial, value, state=getattr(optuna.trial.TrialState, outcome.state.upper()))
+        study.tell(trial, value, state=_STATES[outcome.state](optuna.trial.TrialState))
     sweep.say(f"trial {trial.number} {outcome.state}: {outcome.reason}")
     return outcome
+
+
+_STATES = {  # how an Outcome is told to Optuna
+    "complete": lambda states: states.COMPLETE,
+    "pruned": lambda states: states.PRUNED,
+    "failed": lambda states: states.FAIL,
+}
 
 
 def _prepare(sweep: Sweep, trial: Any, space: Space) -> tuple[Path, list[str], Path | None]:
     """The trial's run directory, its sampled overrides, and the checkpoint to resume from:
     a trial back from the queue goes on where it stopped, a new one gets fresh values."""
-    from trainer.rundir import fresh_run_dir
-
     attrs = trial.user_attrs
     if "run_dir" in attrs:
         run_dir, overrides = Path(attrs["run_dir"]), list(attrs["overrides"])
         last = run_dir / "checkpoints" / "last.pt"
-        if not last.is_file():  # stopped before its first checkpoint: start again
-            shutil.rmtree(run_dir, ignore_errors=True)
-            run_dir.mkdir(parents=True)
         resume = last if last.is_file() else None
+        if resume is None:  # stopped before its first checkpoint: start again
+            shutil.rmtree(run_dir, ignore_errors=True)
     else:
         overrides = [d.override(d.suggest(trial)) for d in space.dimensions]
-        run_dir, resume = fresh_run_dir(sweep.study_dir / f"trial-{trial.number:04d}"), None
+        run_dir, resume = _unused(sweep.study_dir / f"trial-{trial.number:04d}"), None
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("overrides", overrides)
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("sweep_pid", os.getpid())
     return run_dir, overrides, resume
+
+
+def _unused(base: Path) -> Path:
+    """`base`, or `base-2`, `base-3`, ... if it is taken (by a study of the same name that
+    was deleted from its storage): `trainer fit` then makes it, so the path is known here.
+    Trial numbers are the study's own, so no other sweep of it picks the same."""
+    candidate, number = base, 1
+    while candidate.exists() or candidate.with_name(candidate.name + ".log").exists():
+        number += 1
+        candidate = base.with_name(f"{base.name}-{number}")
+    return candidate
 
 
 def watch_trial(sweep: Sweep, study: Any, trial: Any, command: list[str], run_dir: Path) -> Outcome:
@@ -532,7 +552,8 @@ def write_best_config(
 
 
 def write_plots(study: Any, study_dir: Path) -> list[str]:
-    """history.png and importance.png in the study directory (Optuna's matplotlib views)."""
+    """history.png (every complete trial's value, and the best so far) and importance.png
+    (how much each key explains the values: Optuna's fANOVA) in the study directory."""
     import warnings
 
     from trainer.report import pyplot
@@ -540,19 +561,19 @@ def write_plots(study: Any, study_dir: Path) -> list[str]:
     plt = pyplot("--plots")
     from optuna.visualization import matplotlib as views
 
+    optuna = import_optuna()
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     notes = []
-    for name, draw in (
-        ("history.png", views.plot_optimization_history),
-        ("importance.png", views.plot_param_importances),
+    for name, draw, needs in (
+        ("history.png", views.plot_optimization_history, 1),
+        ("importance.png", views.plot_param_importances, 2),
     ):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "experimental" warnings of the views
-                axes = draw(study)
-        except (ValueError, RuntimeError) as err:
-            notes.append(f"{name}: not drawn: {err}")
+        if len(complete) < needs:
+            notes.append(f"{name}: not drawn: it needs {needs} complete trial(s)")
             continue
-        figure = axes.figure
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the views are "experimental" in Optuna
+            figure = draw(study).figure
         figure.set_size_inches(8, 4)
         figure.tight_layout()
         figure.savefig(study_dir / name)
