@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,6 +45,7 @@ class Run:
     loss_fn: torch.nn.Module
     step: Callable[..., dict[str, Any]]
     val_step: Callable[..., dict[str, Any]] | None
+    metrics: Any  # the configured validation metrics (a MetricSet), or None
     train_loader: Any
     val_loader: Any
     notes: list[str]  # what building had to say (init_from's report)
@@ -66,8 +68,14 @@ class Run:
 
 def check_before_building(config: Config, device: torch.device, job: Distributed = SINGLE) -> None:
     """Every problem the config can be found to have before anything is built."""
+    from trainer.loggers import check_loggers
+    from trainer.metrics import check_metrics
+    from trainer.rundir import check_out_dir
+
     check_precision(config.trainer.precision, device)
     problems = registry.check_components(config)
+    problems += check_out_dir(run_base_of(config))
+    problems += check_loggers(config) + check_metrics(config)
     for spec in config.optimizer_specs():
         problems += registry.check_component(
             "optimizers", spec.optimizer.name, spec.optimizer.kwargs, key=f"{spec.key}optimizer"
@@ -78,6 +86,11 @@ def check_before_building(config: Config, device: torch.device, job: Distributed
             problems += _closure_problems(config, spec, job)
     if problems:
         raise UserError(list(dict.fromkeys(problems)))
+
+
+def run_base_of(config: Config) -> Path:
+    """Where the run directory goes: trainer.out_dir, or runs/<name>."""
+    return Path(config.trainer.out_dir or f"runs/{config.name}")
 
 
 def check_steps(config: Config) -> list[str]:
@@ -183,6 +196,8 @@ def build_run(config: Config, device: torch.device, job: Distributed = SINGLE) -
     )
     if job.enabled:
         seed_everything(config.seed + job.rank)
+    from trainer.metrics import build_metrics
+
     settings, window = config.trainer, Window()
     custom_step = config.step.name != "supervised"
     handles = {
@@ -212,6 +227,7 @@ def build_run(config: Config, device: torch.device, job: Distributed = SINGLE) -
         loss_fn=build_loss(config.loss).to(device),
         step=build_step(config.step, key="step"),
         val_step=build_step(config.val_step, key="val_step"),
+        metrics=build_metrics(config.metrics, device=device),
         train_loader=train_loader,
         val_loader=val_loader,
         notes=notes,

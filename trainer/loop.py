@@ -24,7 +24,7 @@ from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer import distributed
-from trainer.build import Run, build_run, check_before_building
+from trainer.build import Run, build_run, check_before_building, run_base_of
 from trainer.checkpoint import make_checkpoint, rng_state, save_checkpoints
 from trainer.config import Config, config_to_yaml
 from trainer.data import start_epoch
@@ -33,10 +33,12 @@ from trainer.distributed import Distributed
 from trainer.errors import Interrupted, TrainingError, UserError
 from trainer.evaluate import evaluate, evaluate_step
 from trainer.interrupt import StopRequests
+from trainer.loggers import open_loggers
 from trainer.monitor import EarlyStopping, improved_best
-from trainer.report import Reporter
+from trainer.report import Reporter, groups_json
 from trainer.resume import Position, find_checkpoint, restore
-from trainer.rundir import MetricsFile, fresh_run_dir, run_dir_of
+from trainer.rundir import MetricsFile, fresh_run_dir, lock_run_dir, run_dir_of
+from trainer.runs import status_recorded
 from trainer.schedulers import warnings_for
 from trainer.steps import StepContext
 
@@ -88,7 +90,7 @@ def train(
 ) -> FitResult:
     """The body of `fit`, once the device (and the process group) are set up."""
     # Build, and restore what a checkpoint holds.
-    run_base = Path(config.trainer.out_dir or f"runs/{config.name}")
+    run_base = run_base_of(config)
     checkpoint_path, checkpoint, notes = None, None, []
     if resume:
         found = find_checkpoint(resume, run_base=run_base) if job.is_main else None
@@ -116,9 +118,20 @@ def train(
     for note in [*notes, f"run directory: {run_dir}"]:
         report.note(note)
     wrap_model(run, job)
-    out = Output(run, job, run_dir, position, report, checkpoint)
+    with contextlib.ExitStack() as owned:
+        if job.is_main:  # one writer per run directory; the OS drops the lock if we die
+            owned.enter_context(lock_run_dir(run_dir))
+        owned.enter_context(
+            status_recorded(run_dir, enabled=job.is_main, step=lambda: position.step)
+        )
+        out = Output(run, job, run_dir, position, report, checkpoint)
+        owned.callback(out.close)
+        return train_epochs(run, job, out, report)
 
-    # Epochs: train, validate, step the epoch schedulers, save, decide whether to go on.
+
+def train_epochs(run: Run, job: Distributed, out: Output, report: Reporter) -> FitResult:
+    """Epochs: train, validate, step the epoch schedulers, save, decide whether to go on."""
+    config, position, device = run.config, out.position, run.device
     with StopRequests() as stop:
         for epoch in range(position.epoch + 1, config.trainer.epochs + 1):
             lrs = run.optimizers.lrs(several=config.several_optimizers)  # of its first step
@@ -136,15 +149,14 @@ def train(
             if job.any(stop.requested, device) and epoch < config.trainer.epochs:
                 raise Interrupted(str(out.last_checkpoint))
 
-    out.close()
     if position.epoch >= config.trainer.epochs:
         report.note(
             f"nothing to train: the checkpoint has {position.epoch} of "
             f"trainer.epochs={config.trainer.epochs} epochs; raise trainer.epochs to go on"
         )
-    report.note(f"done: step {position.step}; run directory {run_dir}")
+    report.note(f"done: step {position.step}; run directory {out.run_dir}")
     return FitResult(
-        run_dir=run_dir,
+        run_dir=out.run_dir,
         epoch=out.record.get("epoch", position.epoch),
         step=position.step,
         metrics=out.record,
@@ -248,8 +260,9 @@ def epoch_record(
         validation = evaluate_step(run.val_step, run.module, run.val_loader, ctx, job=job)
     elif run.config.step.name == "supervised":
         validation = evaluate(
-            run.model, run.val_loader, run.loss_fn, run.device, settings.precision, job=job
-        )
+            run.model, run.val_loader, run.loss_fn, run.device, settings.precision, job=job,
+            metrics=run.metrics,
+        )  # fmt: skip
     else:
         validation = {}
     record = {
@@ -371,6 +384,13 @@ class Output:
             report,
         )
         self.metrics_file = MetricsFile(run_dir / "metrics.jsonl", enabled=job.is_main)
+        if checkpoint is not None:  # what the resumed run logs again goes, once
+            self.metrics_file.cut_after(step=position.step, epoch=position.epoch)
+        self.loggers = open_loggers(config, run_dir, enabled=job.is_main, start_step=position.step)
+        if job.is_main and checkpoint is None:
+            self.loggers.describe(
+                config_to_yaml(config), groups_json(run.reports, several=config.several_optimizers)
+            )
         self.sums = StepSums(
             run.device,
             skip_nonfinite=config.trainer.skip_nonfinite,
@@ -415,7 +435,7 @@ class Output:
                 record["train/grad_norm" + (f"/{name}" if several else "")] = float(
                     handle.grad_norm
                 )
-        self.metrics_file.write(record)
+        self.write(record)
         self.report.log(
             record,
             batch=batch,
@@ -426,7 +446,7 @@ class Output:
     def end_epoch(self, record: dict[str, Any], *, batches_done: int, whole_epoch: bool) -> None:
         """Write the epoch's record, keep the best, save (mid-epoch if max_steps cut it)."""
         self.record, self.first_epoch = record, False
-        self.metrics_file.write(record)
+        self.write(record)
         self.report.end_epoch(record)
         policy = self.run.config.checkpoint
         self.best = improved_best(self.best, record, policy.monitor, policy.mode)
@@ -464,8 +484,14 @@ class Output:
             self.run_dir / "checkpoints", checkpoint, run.config.checkpoint, is_best=is_best
         )
 
+    def write(self, record: dict[str, Any]) -> None:
+        """A step's or an epoch's record: metrics.jsonl, then the viewers (TensorBoard)."""
+        self.metrics_file.write(record)
+        self.loggers.write(record)
+
     def close(self) -> None:
         self.metrics_file.close()
+        self.loggers.close()
 
 
 def open_run_dir(
