@@ -259,11 +259,15 @@ def test_a_metric_monitor_defaults_to_its_direction_and_a_contrary_mode_is_refus
     assert check_metrics(contrary) == [
         "checkpoint.mode: 'max' for val/mse, where lower is better; set min"
     ]
+    # The key says nothing (top5); the class does (MulticlassAccuracy). torch's plateau
+    # scheduler has a mode of its own (default min), which is checked, not changed.
+    top5 = {"monitor": "val/top5"}
     plateau = validate_config(
         CONFIG
-        | {"checkpoint": {"monitor": "val/top5"}}
+        | {"checkpoint": top5, "trainer": {"early_stopping": top5}}
         | {"scheduler": {"name": "ReduceLROnPlateau", "monitor": "val/top5"}}
     )
+    assert plateau.checkpoint.mode == plateau.trainer.early_stopping.mode == "max"
     assert check_metrics(plateau) == [
         "scheduler.mode: 'min' for val/top5, where higher is better; set max"
     ]

@@ -372,7 +372,39 @@ class MetricConfig(Component):
     @property
     def logged_as(self) -> str:
         """`val/<key>`, the key defaulting to the class name."""
-        return f"val/{self.key or self.name.rpartition(':')[2].rpartition('.')[2]}"
+        return f"val/{self.key or class_name(self.name)}"
+
+
+def class_name(name: str) -> str:
+    """`MulticlassAccuracy` of `MulticlassAccuracy` or `pkg.module:MulticlassAccuracy`."""
+    return name.rpartition(":")[2].rpartition(".")[2]
+
+
+def _metric_modes(raw: dict[str, Any]) -> dict[str, Any]:
+    """Monitors of a configured metric without a mode get the direction its class name says
+    (`val/top5` of MulticlassAccuracy: max), not the key's."""
+    metrics = raw.get("metrics")
+    if not isinstance(metrics, list):
+        return raw
+    names = {
+        f"val/{m.get('key') or class_name(m['name'])}": class_name(m["name"])
+        for m in metrics
+        if isinstance(m, dict) and isinstance(m.get("name"), str)
+    }
+    raw = dict(raw)
+    trainer = raw.get("trainer")
+    if isinstance(trainer, dict) and isinstance(trainer.get("early_stopping"), dict):
+        raw["trainer"] = dict(trainer, early_stopping=_with_mode(trainer["early_stopping"], names))
+    if isinstance(raw.get("checkpoint"), dict):
+        raw["checkpoint"] = _with_mode(raw["checkpoint"], names)
+    return raw
+
+
+def _with_mode(section: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    monitor = section.get("monitor")
+    if section.get("mode") is not None or monitor not in names:
+        return section
+    return dict(section, mode=default_mode(names[monitor]))
 
 
 def _unique_metric_names(metrics: list[MetricConfig]) -> list[MetricConfig]:
@@ -408,6 +440,11 @@ class Config(Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     metrics: Annotated[list[MetricConfig], AfterValidator(_unique_metric_names)] = []
     logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _modes_of_metrics(cls, raw: Any) -> Any:
+        return _metric_modes(raw) if isinstance(raw, dict) else raw
 
     @model_validator(mode="before")
     @classmethod
@@ -561,17 +598,24 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 
 def _check_expansion(root: yaml.Node) -> None:
-    """Refuse a document whose aliases expand to more than MAX_VALUES values, or loop."""
+    """Refuse a document whose aliases expand it beyond MAX_VALUES values or MAX_DEPTH levels,
+    or loop."""
     size: dict[int, int] = {}
+    depth: dict[int, int] = {}
     open_nodes: set[int] = set()
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
         node, children_done = stack.pop()
         if children_done:
             open_nodes.discard(id(node))
-            size[id(node)] = 1 + sum(size[id(child)] for child in _children(node))
+            children = _children(node)
+            size[id(node)] = 1 + sum(size[id(child)] for child in children)
+            depth[id(node)] = 1 + max((depth[id(child)] for child in children), default=0)
             if size[id(node)] > MAX_VALUES:
                 message = f"aliases expand the value here to more than {MAX_VALUES:,} values"
+                raise _Refused([(node.start_mark, message)])
+            if depth[id(node)] > MAX_DEPTH:
+                message = f"aliases nest the value here more than {MAX_DEPTH} levels deep"
                 raise _Refused([(node.start_mark, message)])
         elif id(node) in open_nodes:
             raise _Refused([(node.start_mark, "an alias refers to a value that contains it")])
