@@ -126,6 +126,15 @@ def test_alias_bomb_is_refused_in_a_short_message(user_error, write_config) -> N
     assert len(stderr) < 500
 
 
+def test_aliases_that_nest_beyond_the_cap_are_refused() -> None:
+    lines, previous = [], "1"
+    for index in range(20):  # each anchor nests 90 levels around the one before
+        lines.append(f"a{index}: &a{index} " + "[" * 90 + previous + "]" * 90)
+        previous = f"*a{index}"
+    with pytest.raises(UserError, match=r"line 2, .*aliases nest the value here more than 100"):
+        parse_yaml("\n".join(lines), source="t")
+
+
 def test_aliases_within_the_cap_still_work() -> None:
     text = "a: &a [1, 2]\nb: [*a, *a]\n"
     assert parse_yaml(text, source="t")["b"] == [[1, 2], [1, 2]]

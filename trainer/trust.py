@@ -19,6 +19,7 @@ import inspect
 import os
 import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -167,17 +168,19 @@ _LOADER = (
 def _stdlib(name: str) -> str:
     return (
         f"{name!r} is Python's standard library, which a config may never import (trusting it "
-        "changes nothing); put what you need in a function in a module of your own"
+        "changes nothing); put what you need in a function in a module of your own (one named "
+        "like a standard module needs another name)"
     )
+
+
+_REFUSED_SCOPES = tuple(entry for entry in REFUSED if ":" not in entry)
 
 
 def _refused(module: str, qualname: str) -> bool:
-    return _within(module, [s for s in REFUSED if ":" not in s]) or f"{module}:{qualname}" in (
-        REFUSED
-    )
+    return _within(module, _REFUSED_SCOPES) or f"{module}:{qualname}" in REFUSED
 
 
-def _within(name: str, scopes: Any) -> bool:
+def _within(name: str, scopes: Iterable[str]) -> bool:
     return any(name == scope or name.startswith(scope + ".") for scope in scopes)
 
 
