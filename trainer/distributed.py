@@ -6,7 +6,9 @@ sets WORLD_SIZE, RANK and LOCAL_RANK; without them everything here is a no-op.
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -92,9 +94,21 @@ def start(job: Distributed, device: torch.device, *, timeout_s: int) -> None:
 
 
 def stop() -> None:
-    """destroy_process_group, if one was started."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """destroy_process_group, if one was started; call it from a `finally:` block.
+
+    After a run that succeeded, the ranks first meet at a barrier (so none tears its
+    connections down while another still talks to it) and objects that hold the group (DDP's
+    reducer, loader iterators) are collected while the interpreter is fully alive; gloo's
+    threads outliving the group made rank 1 abort at exit ("terminate called without an
+    active exception"). While an exception is in flight there is no barrier: a rank that
+    failed must not wait for the others.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if sys.exc_info()[0] is None:
+        dist.barrier()
+        gc.collect()
+    dist.destroy_process_group()
 
 
 def launch(nproc: int, argv: list[str]) -> int:
