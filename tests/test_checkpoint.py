@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import random
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from checkpoint_helpers import several_optimizers, valid_checkpoint
 
 from trainer.checkpoint import (
     load_checkpoint,
@@ -17,7 +22,7 @@ from trainer.checkpoint import (
     set_rng_state,
 )
 from trainer.config import CheckpointConfig
-from trainer.errors import UserError
+from trainer.errors import TrainingError, UserError
 
 
 def draw() -> tuple:
@@ -113,3 +118,175 @@ def test_save_checkpoints_every_other_epoch(tmp_path) -> None:
         save_checkpoints(tmp_path, epoch_checkpoint(epoch), policy, is_best=False)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["epoch-0002.pt", "epoch-0004.pt", "last.pt"]
+
+
+# ---------------------------------------------------------------- contents of the wrong shape
+
+
+def test_a_valid_checkpoint_loads_in_either_optimizer_form(tmp_path: Path) -> None:
+    for form in (valid_checkpoint(), several_optimizers(valid_checkpoint())):
+        torch.save(form, tmp_path / "c.pt")
+        loaded = load_checkpoint(tmp_path / "c.pt")
+        assert torch.equal(loaded["model"]["weight"], form["model"]["weight"])
+
+
+def optimizer_without_param_groups() -> dict[str, Any]:
+    return {"state": {}}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("model", [1, 2, 3], "'model' is [1, 2, 3] (list); expected a state_dict"),
+        ("model", {"weight": 1.0}, "'model' is {'weight': 1.0} (dict); expected a state_dict"),
+        ("epoch", "two", "'epoch' is 'two' (str); expected a whole number >= 0"),
+        ("epoch", True, "'epoch' is True (bool); expected a whole number >= 0"),
+        ("step", -1, "'step' is -1 (int); expected a whole number >= 0"),
+        ("batch_in_epoch", 1.5, "'batch_in_epoch' is 1.5 (float)"),
+        ("optimizer", optimizer_without_param_groups(), "'optimizer' is {'state': {}} (dict)"),
+        ("optimizer", {"state": {}, "param_groups": [{"lr": 0.1}]}, "expected an optimizer"),
+        ("scheduler", [1], "'scheduler' is [1] (list); expected null or a scheduler state_dict"),
+        ("scaler", "x", "'scaler' is 'x' (str)"),
+        ("best", 5, "'best' is 5 (int); expected null or a dict of monitor, mode, value"),
+        ("best", {"value": 1.0}, "'best' is {'value': 1.0} (dict)"),
+        ("rng", {"torch": 1}, "'rng' is {'torch': 1} (dict); expected the RNG states"),
+        ("rng_per_rank", [{}], "'rng_per_rank' is [{}] (list)"),
+        ("groups", {"default": [1]}, "'groups' is {'default': [1]} (dict); expected group name"),
+        ("config", "name: x", "'config' is 'name: x' (str); expected the resolved config"),
+        ("metrics", [], "'metrics' is [] (list)"),
+        ("samples_in_epoch", "0", "'samples_in_epoch' is '0' (str)"),
+        ("epoch_sums", {"loss": "a"}, "'epoch_sums' is {'loss': 'a'} (dict)"),
+        ("early_stopping", {"best": 1.0}, "'early_stopping' is {'best': 1.0} (dict)"),
+    ],
+)
+def test_a_key_of_the_wrong_shape_is_named(
+    tmp_path: Path, key: str, value: Any, expected: str
+) -> None:
+    torch.save(valid_checkpoint() | {key: value}, tmp_path / "c.pt")
+    with pytest.raises(UserError) as raised:
+        load_checkpoint(tmp_path / "c.pt")
+    [problem] = raised.value.problems  # that key alone
+    assert problem.startswith(f"{tmp_path / 'c.pt'}: not a trainer checkpoint: ")
+    assert expected in problem
+
+
+def test_every_key_of_the_wrong_shape_is_named_at_once(tmp_path: Path) -> None:
+    torch.save(valid_checkpoint() | {"model": [1], "epoch": "two"}, tmp_path / "c.pt")
+    with pytest.raises(UserError) as raised:
+        load_checkpoint(tmp_path / "c.pt")
+    assert [problem.split(": ")[2].split(" ")[0] for problem in raised.value.problems] == [
+        "'model'",
+        "'epoch'",
+    ]
+
+
+def test_several_optimizers_are_checked_by_name(tmp_path: Path) -> None:
+    broken = several_optimizers(valid_checkpoint())
+    broken["optimizers"]["discriminator"] = optimizer_without_param_groups()
+    broken["scalers"] = {"generator": {}}
+    torch.save(broken, tmp_path / "c.pt")
+    with pytest.raises(UserError) as raised:
+        load_checkpoint(tmp_path / "c.pt")
+    message = "\n".join(raised.value.problems)
+    assert "'optimizers' is {" in message
+    assert "expected optimizer name -> optimizer state_dict" in message
+    assert "'scalers' is keyed by ['generator']; expected the names in 'optimizers'" in message
+
+
+def test_one_optimizer_form_needs_its_optimizer_scheduler_and_scaler(tmp_path: Path) -> None:
+    checkpoint = valid_checkpoint()
+    del checkpoint["scaler"]
+    torch.save(checkpoint, tmp_path / "c.pt")
+    with pytest.raises(UserError, match=r"not a trainer checkpoint \(missing scaler\)"):
+        load_checkpoint(tmp_path / "c.pt")
+
+
+def test_a_checkpoint_of_the_wrong_shape_is_exit_2_and_starts_no_run(
+    write_config, tiny_yaml: str, user_error, tmp_path: Path
+) -> None:
+    config = write_config(tiny_yaml)
+    torch.save(valid_checkpoint() | {"epoch": "two", "best": 5}, tmp_path / "bad.pt")
+    for command in (["fit", config, "--resume", "bad.pt"], ["inspect", "bad.pt"]):
+        user_error(
+            *command,
+            expect=[
+                "bad.pt: not a trainer checkpoint: 'epoch' is 'two' (str)",
+                "bad.pt: not a trainer checkpoint: 'best' is 5 (int)",
+            ],
+        )
+    assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- failed and concurrent writes
+
+
+def full_disk_save(*, as_torch_reports_it: bool) -> Any:
+    """A torch.save that writes part of the file, then fails as a full disk does (torch.save
+    itself turns the OSError into a RuntimeError whose context is the OSError)."""
+
+    def save(obj: Any, file: Any) -> None:
+        file.write(b"partial")
+        full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if not as_torch_reports_it:
+            raise full
+        try:
+            raise full
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None
+
+    return save
+
+
+@pytest.mark.parametrize("as_torch_reports_it", [False, True])
+def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, as_torch_reports_it: bool
+) -> None:
+    last = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint(last, {"step": 1, "weights": torch.arange(3)})
+    monkeypatch.setattr(torch, "save", full_disk_save(as_torch_reports_it=as_torch_reports_it))
+    with pytest.raises(TrainingError) as raised:
+        save_checkpoint(last, {"step": 2, "weights": torch.arange(4)})
+    assert str(raised.value) == (
+        f"could not write {last}: No space left on device; the checkpoints written before "
+        "are intact"
+    )
+    monkeypatch.undo()
+    assert [p.name for p in last.parent.iterdir()] == ["last.pt"]
+    assert torch.equal(torch.load(last, weights_only=True)["weights"], torch.arange(3))
+
+
+def test_a_failure_that_is_not_a_write_is_not_hidden(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(obj: Any, file: Any) -> None:
+        raise RuntimeError("not an I/O problem")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(RuntimeError, match="not an I/O problem"):
+        save_checkpoint(tmp_path / "last.pt", {"step": 1})
+
+
+def test_temporary_files_are_named_for_their_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = []
+    real_save = torch.save
+
+    def recording(obj: Any, file: Any) -> None:
+        names.append(Path(file.name).name)
+        real_save(obj, file)
+
+    monkeypatch.setattr(torch, "save", recording)
+    for _ in range(2):
+        save_checkpoint(tmp_path / "last.pt", {"step": 1})
+    assert len(set(names)) == 2
+    assert all(name.startswith(f".last.pt.{os.getpid()}-") for name in names)
+    assert all(name.endswith(".tmp") for name in names)
+
+
+def test_the_next_save_removes_what_a_killed_writer_left(tmp_path: Path) -> None:
+    leftovers = [".last.pt.tmp", ".last.pt.4242-0a1b2c3d.tmp", ".best.pt.77-ffffffff.tmp"]
+    for name in leftovers:
+        (tmp_path / name).write_bytes(b"half a checkpoint")
+    save_checkpoints(tmp_path, epoch_checkpoint(1), CheckpointConfig(), is_best=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001.pt", "last.pt"]

@@ -76,7 +76,7 @@ def test_resume_auto_skips_a_truncated_last_pt(copied: Path, straight: Path) -> 
     result = cli("fit", "cfg.yaml", "trainer.epochs=3", "--resume", "auto")
 
     assert result.exit_code == 0, result.output
-    assert f"--resume auto: skipping {LAST}: {LAST}: not a readable checkpoint" in result.stdout
+    assert f"--resume auto: skipping {LAST}: not a readable checkpoint" in result.stdout
     assert (
         "resumed from runs/r/checkpoints/epoch-0002.pt: epoch 2, step 20, batch 0 of the next "
         "epoch" in result.stdout

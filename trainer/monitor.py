@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 
-def better(value: float, than: float | None, mode: str, min_delta: float = 0.0) -> bool:
-    """Whether `value` improves on `than` by more than `min_delta` in direction `mode`."""
-    if than is None:
+def better(value: float | None, than: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    """Whether `value` beats `than` by more than `min_delta`; never when NaN, inf or missing."""
+    if value is None or not math.isfinite(value):
+        return False
+    if than is None or not math.isfinite(than):
         return True
     return value < than - min_delta if mode == "min" else value > than + min_delta
 
@@ -18,7 +21,7 @@ def improved_best(
 ) -> dict[str, Any] | None:
     """The best-so-far entry after this epoch's record (unchanged if it did not improve)."""
     value = record.get(monitor)
-    if value is None or not better(value, best and best["value"], mode):
+    if not better(value, best and best["value"], mode):
         return best
     return {"monitor": monitor, "mode": mode, "value": value, "epoch": record["epoch"]}
 
@@ -35,7 +38,7 @@ class EarlyStopping:
     bad_epochs: int = 0
 
     def update(self, record: dict[str, Any]) -> bool:
-        """Take an epoch's record; True when training should stop."""
+        """Take an epoch's record; True when training should stop (NaN/inf: no improvement)."""
         value = record[self.monitor]
         if better(value, self.best, self.mode, self.min_delta):
             self.best, self.bad_epochs = value, 0

@@ -8,6 +8,7 @@ scheduler section is rebuilt and fast-forwarded to where the run stopped.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 
 from trainer.checkpoint import load_checkpoint, set_rng_state
 from trainer.errors import UserError
+from trainer.rundir import in_use, lock_holder
 
 if TYPE_CHECKING:
     from trainer.build import Run
@@ -36,34 +38,62 @@ class Position:
 
 
 def find_checkpoint(resume: str, *, run_base: Path) -> tuple[Path | None, dict | None, list[str]]:
-    """(path, checkpoint, notes) for `--resume PATH|auto`; auto skips unreadable files."""
+    """(path, checkpoint, notes) for `--resume PATH|auto`.
+
+    `auto` takes the newest readable checkpoint of the run name (unreadable ones are skipped
+    and reported). It starts a new run only when the run has no checkpoint file at all and
+    no live process is writing it; when every file is unreadable it is a UserError.
+    """
     if resume != "auto":
         return Path(resume), load_checkpoint(resume), []
-    notes = []
-    for path in _candidates(run_base):
+    run_dirs = _run_dirs(run_base)
+    skipped: list[str] = []
+    for path in _candidates(run_dirs):
         try:
+            notes = [f"--resume auto: skipping {problem}" for problem in skipped]
             return path, load_checkpoint(path), notes
         except UserError as err:
-            notes.append(f"--resume auto: skipping {path}: {err.problems[0]}")
-    notes.append(f"--resume auto: no checkpoint under {run_base}[-N]; starting a new run")
-    return None, None, notes
+            skipped += err.problems
+    if skipped:
+        raise UserError(
+            [
+                f"--resume auto: no readable checkpoint of {run_base}[-N]; not starting "
+                "a new run over these:",
+                *(f"  {problem}" for problem in skipped),
+                "resume one that is intact with --resume PATH, or move these away to start "
+                "a new run",
+            ]
+        )
+    for run_dir in run_dirs:  # no checkpoint yet, but a process may be in its first epoch
+        holder = lock_holder(run_dir)
+        if holder is not None:
+            raise UserError(f"--resume auto: {in_use(run_dir, holder)}")
+    return None, None, [f"--resume auto: no checkpoint under {run_base}[-N]; starting a new run"]
 
 
-def _candidates(base: Path) -> list[Path]:
-    """This run name's checkpoints: newest directory first; in each, last.pt, then epoch files."""
+def _run_dirs(base: Path) -> list[Path]:
+    """This run name's directories (`base`, `base-N`), the one written last first."""
     pattern = re.compile(re.escape(base.name) + r"(-\d+)?")
-    dirs = [
-        d / "checkpoints" for d in base.parent.glob(f"{base.name}*") if pattern.fullmatch(d.name)
-    ]
+    dirs = [d for d in base.parent.glob(f"{base.name}*") if pattern.fullmatch(d.name)]
 
-    def newest(directory: Path) -> float:
-        return max((f.stat().st_mtime for f in directory.glob("*.pt")), default=0.0)
+    def written(run_dir: Path) -> float:
+        times = [0.0]
+        for path in (run_dir / "checkpoints").glob("*.pt"):
+            with contextlib.suppress(OSError):  # pruned while we look
+                times.append(path.stat().st_mtime)
+        return max(times)
 
+    return sorted(dirs, key=written, reverse=True)
+
+
+def _candidates(run_dirs: list[Path]) -> list[Path]:
+    """Checkpoints to resume from, best first: in each directory last.pt, the epoch files
+    (newest first), then best.pt."""
     ordered = []
-    for directory in sorted(dirs, key=newest, reverse=True):
-        last = directory / "last.pt"
-        ordered += [last] if last.is_file() else []
-        ordered += sorted(directory.glob("epoch-*.pt"), reverse=True)
+    for directory in (run_dir / "checkpoints" for run_dir in run_dirs):
+        epochs = sorted(directory.glob("epoch-*.pt"), reverse=True)
+        last, best = directory / "last.pt", directory / "best.pt"
+        ordered += [path for path in (last, *epochs, best) if path.is_file()]
     return ordered
 
 

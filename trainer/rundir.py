@@ -1,25 +1,129 @@
-"""The run directory on disk: config.yaml, metrics.jsonl, checkpoints/. Never overwritten."""
+"""The run directory on disk: config.yaml, metrics.jsonl, checkpoints/. Never overwritten.
+
+A run directory has one writer: the process that trains it holds an exclusive lock
+(`flock`) on its `.lock` file for the run's life. The OS releases the lock when that process
+ends, however it ends (kill -9 included), so a lock is never stale; the file itself stays
+and names the last holder.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from trainer.errors import TrainingError, UserError
+
+LOCK_FILE = ".lock"
+
 
 def fresh_run_dir(base: Path) -> Path:
-    """`base` if it is new or empty, else the first free `base-2`, `base-3`, ..."""
+    """`base` if it is new or empty, else the first free `base-2`, `base-3`, ...
+
+    A directory is claimed by creating its lock file exclusively, so two processes starting
+    at once never get the same one.
+    """
     candidate, number = base, 1
     while True:
         try:
-            candidate.mkdir(parents=True, exist_ok=False)
-            return candidate
-        except FileExistsError:
-            if candidate.is_dir() and not any(candidate.iterdir()):
+            candidate.mkdir(parents=True, exist_ok=True)
+            if not any(candidate.iterdir()):
+                os.close(os.open(candidate / LOCK_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
                 return candidate
+        except FileExistsError:  # a file of that name, or another process claimed it first
+            pass
+        except OSError as err:
+            raise UserError(
+                f"trainer.out_dir: cannot create the run directory {str(candidate)!r} "
+                f"({err.strerror})"
+            ) from None
         number += 1
         candidate = base.with_name(f"{base.name}-{number}")
+
+
+@contextlib.contextmanager
+def lock_run_dir(run_dir: Path) -> Iterator[None]:
+    """Own `run_dir` while the block runs; a UserError naming the holder if a live process
+    (on this host, or another sharing the file system) owns it. Under torchrun, rank 0 alone."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock to take
+        yield
+        return
+    path = run_dir / LOCK_FILE
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(in_use(run_dir, _holder(path))) from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, (json.dumps(holder) + "\n").encode(), 0)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """Who owns `run_dir` now ('pid N on host H, since T'), or None when no live process does."""
+    try:
+        import fcntl
+
+        descriptor = os.open(run_dir / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return _holder(run_dir / LOCK_FILE)
+    finally:
+        os.close(descriptor)  # and with it the shared lock, if it was taken
+
+
+def in_use(run_dir: Path, holder: str) -> str:
+    """The error for a second writer of a run directory."""
+    return (
+        f"{run_dir}: in use by another trainer process ({holder}); a run directory has one "
+        "writer: wait for that process to end (or stop it), or start a run of another name"
+    )
+
+
+def _holder(path: Path) -> str:
+    """'pid N on host H, since T' from a lock file, or what is known of it."""
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["since"]))
+        return f"pid {holder['pid']} on host {holder['host']}, since {since}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its pid and host are not yet written in {path}"
+
+
+def check_out_dir(path: Path) -> list[str]:
+    """Problems that would stop a run directory being written at `path`: under a file, in a
+    read-only or unwritable directory, on a file system such as /proc. Probes by creating
+    and removing a temporary directory in `path` (or its nearest existing parent)."""
+    where = f"trainer.out_dir: {str(path)!r}"
+    try:
+        if path.exists() and not path.is_dir():
+            return [f"{where} is a file, not a directory"]
+        existing = path
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            return [f"{where} is under {str(existing)!r}, which is a file, not a directory"]
+        os.rmdir(tempfile.mkdtemp(prefix=".trainer-check-", dir=existing))
+    except OSError as err:
+        return [f"{where}: cannot create a run directory there ({err.strerror})"]
+    return []
 
 
 def run_dir_of(checkpoint: Path) -> Path | None:
@@ -45,8 +149,39 @@ class MetricsFile:
             k: (None if isinstance(v, float) and not math.isfinite(v) else v)
             for k, v in record.items()
         }
-        self._file.write(json.dumps(clean) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(clean) + "\n")
+            self._file.flush()
+        except OSError as err:
+            raise TrainingError(f"cannot write {self.path}: {err.strerror}") from None
+
+    def cut_after(self, *, step: int, epoch: int) -> int:
+        """Drop what a resume from (`step`, `epoch` completed) logs again: records after
+        `step`, epoch records of epochs after `epoch`, a torn last line. Returns how many."""
+        if self._file is None:
+            return 0
+        from trainer.runs import is_epoch_record
+
+        self._file.close()
+        kept, dropped = [], 0
+        with open(self.path, encoding="utf-8") as file:
+            for line in file:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    dropped += bool(line.strip())
+                    continue
+                later = record.get("step", 0) > step or (
+                    is_epoch_record(record) and record.get("epoch", 0) > epoch
+                )
+                dropped += later
+                kept += [] if later else [line if line.endswith("\n") else line + "\n"]
+        if dropped:
+            temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            temporary.write_text("".join(kept), encoding="utf-8")
+            os.replace(temporary, self.path)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        return dropped
 
     def close(self) -> None:
         if self._file is not None:
