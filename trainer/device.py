@@ -39,6 +39,8 @@ def pick_device(
                 f"trainer.device: {requested!r} but CUDA is not available here "
                 "(torch.cuda.is_available() is False); use auto or cpu"
             )
+        if device.index is None:  # `cuda`: the current device, by its index (set_device needs one)
+            device = torch.device("cuda", torch.cuda.current_device())
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
             raise UserError(f"trainer.device: {requested!r} but only {count} CUDA device(s)")
