@@ -24,10 +24,11 @@ class Distributed:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    launched: bool = False  # started by torchrun: a process group, even of one process
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.launched
 
     @property
     def is_main(self) -> bool:
@@ -69,13 +70,13 @@ SINGLE = Distributed()
 
 def from_environment() -> Distributed:
     """The torchrun environment (WORLD_SIZE, RANK, LOCAL_RANK), or a single process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
         return Distributed()
     return Distributed(
         rank=int(os.environ["RANK"]),
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-        world_size=world_size,
+        world_size=int(os.environ["WORLD_SIZE"]),
+        launched=True,
     )
 
 
