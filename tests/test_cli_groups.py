@@ -520,5 +520,4 @@ def test_adamw_takes_betas_from_a_rule(tmp_path: Path) -> None:
         "eps": 1e-6,
         "amsgrad": False,
         "maximize": False,
-        "decoupled_weight_decay": True,
     }

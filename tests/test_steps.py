@@ -342,7 +342,7 @@ TENSORS = """
     data: {name: ring, n: 64, batch_size: 16}
     step: {name: "steps_helpers:quadratic"}
     optimizer: {name: SGD, lr: 0.1}
-    trainer: {epochs: 5, device: cpu}
+    trainer: {epochs: 20, device: cpu}
     checkpoint: {monitor: train/loss}
 """
 

@@ -190,7 +190,7 @@ def build_run(config: Config, device: torch.device, job: Distributed = SINGLE) -
     planned = plan_optimizers(module, config)
     optimizers = {plan.spec.name: build_optimizer(plan.spec, plan.groups) for plan in planned}
     for plan in planned:
-        fill_options(plan, optimizers[plan.spec.name])
+        fill_options(plan)
     train_loader, val_loader = build_loaders(
         config.data, seed=config.seed, device=device, rank=job.rank, world_size=job.world_size
     )

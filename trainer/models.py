@@ -116,6 +116,8 @@ def build_model(config: ModelConfig) -> nn.Module:
     try:
         model = registry.build("models", config.name, config.kwargs, key="model")
     except OSError as err:  # torchvision's pretrained `weights` need a download
+        if config.kwargs.get("weights") is None:
+            raise
         raise UserError(
             f"model.weights: {config.kwargs.get('weights')!r} needs pretrained weights that "
             f"could not be fetched ({err}); offline, save a state dict and use model.init_from"

@@ -109,21 +109,24 @@ def plan_param_groups(config: Config) -> tuple[torch.nn.Module, list[PlannedOpti
         model = build_model(model_config)
     planned = plan_optimizers(model, config)
     for plan in planned:
-        fill_options(plan, build_optimizer(plan.spec, plan.groups))
+        fill_options(plan)
     return model, planned
 
 
 # Switches of torch's implementation, not of the math: left out of the groups table.
-IMPLEMENTATION_OPTIONS = ("foreach", "fused", "differentiable", "capturable", "initial_lr")
+IMPLEMENTATION_OPTIONS = ("foreach", "fused", "differentiable", "capturable")
 
 
-def fill_options(plan: PlannedOptimizer, optimizer: torch.optim.Optimizer) -> None:
-    """Every option each group will use, defaults filled in by torch, into the report."""
-    for info, group in zip(plan.report.groups, optimizer.param_groups, strict=True):
+def fill_options(plan: PlannedOptimizer) -> None:
+    """Every option each group will use (the optimizer's defaults, then the config's and the
+    rule's), into the report; without building the optimizer, which imports torch._dynamo."""
+    defaults = optimizer_defaults(plan.spec.optimizer, key=f"{plan.spec.key}optimizer")
+    for info in plan.report.groups:
+        merged = {**defaults, **info.options}
         info.options = {
             k: list(v) if isinstance(v, tuple) else v
-            for k, v in group.items()
-            if k not in ("params", "name", "lr", "weight_decay", *IMPLEMENTATION_OPTIONS)
+            for k, v in merged.items()
+            if k not in ("params", "lr", "weight_decay", *IMPLEMENTATION_OPTIONS)
         }
 
 
