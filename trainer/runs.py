@@ -2,8 +2,9 @@
 
 How a run's status is known: the loop keeps `status.json` (`status_recorded`): `running`
 while it trains, then `finished`, `stopped` (SIGINT/SIGTERM, resumable) or `failed` with the
-reason. A running process holds a lock on `<run dir>/.lock`; `running` in status.json with
-nobody holding that lock means the process died without a word (killed): `failed`. Runs
+reason. A running process holds a lock on `<run dir>/.lock` (`rundir.lock_run_dir`);
+`running` in status.json with nobody holding that lock means the process died without a
+word (killed): `failed`. Runs
 written before status.json existed are judged from metrics.jsonl: all epochs done is
 `finished`, a NaN loss last is `failed`, anything else is `stopped`.
 """
@@ -24,9 +25,9 @@ from typing import Any
 import yaml
 
 from trainer.errors import Interrupted, UserError
+from trainer.rundir import LOCK_FILE, lock_holder
 
 STATUS_FILE = "status.json"
-LOCK_FILE = ".lock"
 NOT_COMPARED = ("name", "trainer.out_dir")  # differ between any two runs by construction
 
 
@@ -99,27 +100,6 @@ def status_recorded(run_dir: Path, *, enabled: bool, step: Callable[[], int]) ->
         end("failed", str(err) or type(err).__name__)
         raise
     end("finished")
-
-
-def lock_held(run_dir: Path) -> bool | None:
-    """Whether a live process holds the run's lock; None when there is no lock file."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: nothing to ask
-        return None
-    try:
-        descriptor = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        # A shared, non-blocking try: it fails while the runner holds its exclusive lock.
-        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        fcntl.flock(descriptor, fcntl.LOCK_UN)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(descriptor)
 
 
 # ---------------------------------------------------------------- read back
@@ -215,13 +195,14 @@ def _status(
     epochs: list[dict[str, Any]],
     settings: dict[str, Any],
 ) -> tuple[str, str | None]:
-    held = lock_held(run_dir)
-    if held:
-        return "running", None
+    holder = lock_holder(run_dir)
+    if holder:
+        return "running", holder
     if saved.get("status") == "running":
-        alive = held is None and saved.get("host") == socket.gethostname()
-        if alive and _process_alive(saved.get("pid")):
-            return "running", None  # a runner that keeps no lock file
+        unlocked = not (run_dir / LOCK_FILE).exists()  # a runner that kept no lock file
+        here = saved.get("host") == socket.gethostname()
+        if unlocked and here and _process_alive(saved.get("pid")):
+            return "running", None
         return "failed", "the process ended without recording how (killed?)"
     if saved.get("status"):
         return saved["status"], saved.get("reason")
