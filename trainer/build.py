@@ -24,6 +24,7 @@ from trainer.optim import (
     PlannedOptimizer,
     build_loss,
     build_optimizer,
+    check_group_options,
     fill_options,
     needs_closure,
     plan_optimizers,
@@ -188,6 +189,9 @@ def build_run(config: Config, device: torch.device, job: Distributed = SINGLE) -
     if config.trainer.channels_last:
         module = module.to(memory_format=torch.channels_last)
     planned = plan_optimizers(module, config)
+    problems = [problem for plan in planned for problem in check_group_options(plan)]
+    if problems:
+        raise UserError(problems)
     optimizers = {plan.spec.name: build_optimizer(plan.spec, plan.groups) for plan in planned}
     for plan in planned:
         fill_options(plan)

@@ -140,6 +140,32 @@ def build_optimizer(
     return registry.build("optimizers", config.name, config.kwargs, key=key, params=groups)
 
 
+def check_group_options(plan: PlannedOptimizer) -> list[str]:
+    """Each group's options as torch checks only an optimizer's defaults (betas in [0, 1),
+    nesterov with momentum and no dampening, numbers that are numbers): an optimizer built
+    on a stand-in for the group's first tensor with the group's values as its defaults,
+    before the run starts."""
+    import torch
+
+    spec = plan.spec
+    cls = registry.resolve("optimizers", spec.optimizer.name, key=f"{spec.key}optimizer.name")
+    rules = {rule.name: index for index, rule in enumerate(spec.param_groups.rules)}
+    problems = []
+    for group, info in zip(plan.groups, plan.report.groups, strict=True):
+        options = {k: v for k, v in group.items() if k not in ("params", "name")}
+        try:
+            stand_in = torch.empty_like(group["params"][0]).requires_grad_()  # its shape, device
+            cls([stand_in], **{**spec.optimizer.kwargs, **options})
+        except (ValueError, TypeError, RuntimeError) as err:
+            where = (
+                f"{spec.key}param_groups.rules.{rules[info.rule]}"
+                if info.rule in rules
+                else f"{spec.key}optimizer"
+            )
+            problems.append(f"{where}: {spec.optimizer.name} rejects group {info.name!r}: {err}")
+    return list(dict.fromkeys(problems))
+
+
 def needs_closure(config: OptimizerConfig, *, key: str = "optimizer") -> bool:
     """Whether the optimizer's step() requires a closure (LBFGS and the like)."""
     fn = registry.resolve("optimizers", config.name, key=f"{key}.name")
@@ -150,6 +176,20 @@ def needs_closure(config: OptimizerConfig, *, key: str = "optimizer") -> bool:
     return closure is not None and closure.default is closure.empty
 
 
+REDUCTIONS = ("none", "mean", "sum")
+
+
 def build_loss(config: LossConfig) -> torch.nn.Module:
-    """The configured loss module."""
-    return registry.build("losses", config.name, config.kwargs, key="loss")
+    """The configured loss module (a torch loss's `reduction`, which torch checks only when
+    the loss is first called, is checked here)."""
+    import torch
+
+    loss = registry.build("losses", config.name, config.kwargs, key="loss")
+    reduction = getattr(loss, "reduction", None)
+    allowed = (*REDUCTIONS, "batchmean") if isinstance(loss, torch.nn.KLDivLoss) else REDUCTIONS
+    if isinstance(loss, torch.nn.modules.loss._Loss) and reduction not in allowed:
+        raise UserError(
+            f"loss.reduction: {reduction!r} is not a reduction of {config.name} "
+            f"(allowed: {', '.join(allowed)})"
+        )
+    return loss
