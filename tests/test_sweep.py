@@ -453,15 +453,38 @@ def test_plots_draw_the_history_and_the_importances(tmp_path: Path) -> None:
     for lr, batch, value in ((0.01, 32, 0.5), (0.1, 64, 0.2), (0.5, 32, 0.9)):
         params = {"optimizer.lr": lr, "data.batch_size": batch}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=value))
-    notes = write_plots(study, tmp_path)
+    notes = write_plots(study, tmp_path, monitor="val/loss")
     assert notes == [f"wrote {tmp_path / 'history.png'}", f"wrote {tmp_path / 'importance.png'}"]
     for name in ("history.png", "importance.png"):
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
     (lonely := tmp_path / "lonely").mkdir()
     one = optuna.create_study()
     one.add_trial(study.trials[0])
-    assert write_plots(one, lonely) == [
+    assert write_plots(one, lonely, monitor="val/loss") == [
         f"wrote {lonely / 'history.png'}",
         "importance.png: not drawn: it needs 2 complete trial(s)",
     ]
     assert not (lonely / "importance.png").exists()
+
+
+def test_storage_urls_and_monitors_are_checked(
+    write_config: Callable[..., Path], tiny_yaml: str, user_error: Callable
+) -> None:
+    from trainer.errors import UserError
+    from trainer.sweep import open_study
+
+    config = write_config(tiny_yaml)
+    space = write_config("optimizer.lr: {uniform: [0.01, 0.1]}\n", "space.yaml")
+    user_error(
+        "sweep",
+        config,
+        "--space",
+        space,
+        "--storage",
+        "nosuchdb://me:secret@host/db",
+        expect=["--storage: cannot open nosuchdb://me:***@host/db"],  # no password shown
+    )
+    storage = optuna.storages.InMemoryStorage()
+    open_study("s", storage, monitor="val/loss", mode="min", sampler=None, pruner=None)
+    with pytest.raises(UserError, match="study 's' minimizes val/loss; this config would "):
+        open_study("s", storage, monitor="val/acc", mode="max", sampler=None, pruner=None)

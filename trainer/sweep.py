@@ -152,7 +152,7 @@ def sweep(
     best = write_best_config(study, raw_config, study_dir, monitor=monitor)
     if best is not None:
         say(f"best config: {best}; train it with: trainer fit {best}")
-    for note in write_plots(study, study_dir) if plots else []:
+    for note in write_plots(study, study_dir, monitor=monitor) if plots else []:
         say(note)
     if sweep_run.stop.is_set():
         say("interrupted: run the same command again to resume the stopped trials")
@@ -181,8 +181,11 @@ def open_storage(url: str | None, study_dir: Path) -> tuple[Any, str]:
     shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
     try:
         return optuna.storages.RDBStorage(url), shown
-    except ImportError as err:
-        raise UserError(f"--storage: {shown} needs the database driver {err.name!r}") from None
+    except ImportError:
+        raise UserError(
+            f"--storage: {shown}: its database driver is not installed (e.g. psycopg2 for "
+            "postgresql://, pymysql for mysql+pymysql://)"
+        ) from None
     except (sqlalchemy.exc.SQLAlchemyError, ValueError) as err:
         raise UserError(f"--storage: cannot open {shown}: {err}") from None
 
@@ -551,7 +554,7 @@ def write_best_config(
     return path
 
 
-def write_plots(study: Any, study_dir: Path) -> list[str]:
+def write_plots(study: Any, study_dir: Path, *, monitor: str) -> list[str]:
     """history.png (every complete trial's value, and the best so far) and importance.png
     (how much each key explains the values: Optuna's fANOVA) in the study directory."""
     import warnings
@@ -573,7 +576,7 @@ def write_plots(study: Any, study_dir: Path) -> list[str]:
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the views are "experimental" in Optuna
-            figure = draw(study).figure
+            figure = draw(study, target_name=monitor).figure
         figure.set_size_inches(8, 4)
         figure.tight_layout()
         figure.savefig(study_dir / name)
