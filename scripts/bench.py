@@ -8,7 +8,7 @@ training only (validation excluded) and is the median over epochs of all rounds.
 batches a TensorDataset by indexing whole batches; the last lines measure that against
 per-sample collation, loading alone.
 
-    uv run python scripts/bench.py [--epochs 3] [--rounds 3]
+    uv run python scripts/bench.py [--epochs 3] [--rounds 3] [--job mlp|cnn]
 """
 
 from __future__ import annotations
@@ -45,11 +45,40 @@ def tensors(train: bool = True) -> TensorDataset:
     return TensorDataset(inputs, (inputs[:, :CLASSES] * 3).argmax(dim=1))
 
 
+def small_cnn() -> nn.Module:
+    """The runner's built-in small_cnn, as the quickstart trains it (4 classes)."""
+    from trainer.models import small_cnn as build
+
+    return build(num_classes=4)
+
+
+def shapes(train: bool = True) -> TensorDataset:
+    """The built-in shapes at 32x32, as plain tensors."""
+    from trainer.datasets import shapes as build
+
+    data = build(train, size=2048 if train else 512)
+    return TensorDataset(data.images, data.targets)
+
+
+# --job: (model, data) for the hand-written loop and the floor; the runner's config names.
+JOBS = {
+    "mlp": (tiny_mlp, tensors, {"name": "bench:tiny_mlp"}, {"name": "bench:tensors"}),
+    "cnn": (
+        small_cnn,
+        shapes,
+        {"name": "small_cnn", "num_classes": 4},
+        {"name": "shapes", "size": 2048, "num_classes": 4},
+    ),
+}
+JOB = JOBS["mlp"]
+
+
 def hand_written(epochs: int) -> list[float]:
     """The loop users write by hand; returns samples/s per epoch."""
+    make_model, make_data = JOB[0], JOB[1]
     torch.manual_seed(0)
-    model = tiny_mlp()
-    loader = DataLoader(tensors(True), batch_size=BATCH, shuffle=True)
+    model = make_model()
+    loader = DataLoader(make_data(True), batch_size=BATCH, shuffle=True)
     loss_fn = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
@@ -71,9 +100,11 @@ def hand_written(epochs: int) -> list[float]:
 def floor(epochs: int) -> list[float]:
     """The least a loop can do: data in memory, batches cut by index, no DataLoader, no
     runner, the same model, optimizer and schedule; samples/s per epoch."""
+    make_model, make_data = JOB[0], JOB[1]
     torch.manual_seed(0)
-    model = tiny_mlp()
-    inputs, targets = tensors(True).tensors
+    model = make_model()
+    inputs, targets = make_data(True).tensors
+    samples = len(inputs)
     loss_fn = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
@@ -81,14 +112,14 @@ def floor(epochs: int) -> list[float]:
     for _ in range(epochs):
         model.train()
         started = time.perf_counter()
-        order = torch.randperm(SAMPLES)
-        for start in range(0, SAMPLES, BATCH):
+        order = torch.randperm(samples)
+        for start in range(0, samples, BATCH):
             index = order[start : start + BATCH]
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(inputs[index]), targets[index])
             loss.backward()
             optimizer.step()
-        speeds.append(SAMPLES / (time.perf_counter() - started))
+        speeds.append(samples / (time.perf_counter() - started))
         scheduler.step()
     return speeds
 
@@ -105,8 +136,8 @@ def runner(epochs: int, out_dir: str) -> list[float]:
         {
             "name": "bench",
             "seed": 0,
-            "model": {"name": "bench:tiny_mlp"},
-            "data": {"name": "bench:tensors", "batch_size": BATCH},
+            "model": JOB[2],
+            "data": {**JOB[3], "batch_size": BATCH},
             "optimizer": {"name": "SGD", "lr": 0.05, "momentum": 0.9},
             "scheduler": {"name": "StepLR", "step_size": 1, "gamma": 0.5},
             "trainer": {"epochs": epochs, "device": "cpu", "log_every": 50, "out_dir": out_dir},
@@ -140,7 +171,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--job", choices=JOBS, default="mlp", help="the tiny MLP or small_cnn")
     args = parser.parse_args()
+    global JOB
+    JOB = JOBS[args.job]
     hand, ours, least = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
@@ -151,9 +185,12 @@ def main() -> None:
     floor_speed = statistics.median(least)
     threads = torch.get_num_threads()
     print(f"machine: {platform.machine()}, {threads} threads, torch {torch.__version__}")
+    described = {
+        "mlp": f"MLP {FEATURES}-64-{CLASSES}, {SAMPLES} samples",
+        "cnn": "small_cnn on 2048 shapes of 3x32x32",
+    }
     print(
-        f"job: MLP {FEATURES}-64-{CLASSES}, {SAMPLES} samples, batch {BATCH}, "
-        f"{args.epochs} epochs x {args.rounds} rounds"
+        f"job: {described[args.job]}, batch {BATCH}, {args.epochs} epochs x {args.rounds} rounds"
     )
     print(f"hand-written loop: {hand_speed:10,.0f} samples/s")
     print(f"trainer fit:       {our_speed:10,.0f} samples/s")
