@@ -309,17 +309,23 @@ def test_trials_of_a_killed_sweep_go_back_to_the_queue(tmp_path: Path) -> None:
     study = optuna.create_study(study_name=STUDY, storage=journal(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "sweep"])
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    alive = subprocess.Popen([*sleep, "sweep"])
+    orphan_dir = tmp_path / "trial-0000"  # its trial process outlived the killed sweep
+    orphan = subprocess.Popen([*sleep, f"trainer.out_dir={orphan_dir}"])
     try:
-        for sweep_pid in (dead.pid, alive.pid):
+        for sweep_pid, pid in ((dead.pid, orphan.pid), (alive.pid, None)):
             trial = study.ask()
             trial.set_user_attr("host", socket.gethostname())
             trial.set_user_attr("sweep_pid", sweep_pid)
             trial.set_user_attr("run_dir", str(tmp_path / f"trial-{trial.number:04d}"))
+            trial.set_user_attr("pid", pid)
         notes = recover_stale_trials(study, journal(tmp_path))
+        assert orphan.wait(timeout=60) == -signal.SIGTERM  # stopped before the requeue
     finally:
-        alive.kill()
-        alive.wait()
+        for process in (alive, orphan):
+            process.kill()
+            process.wait()
     states = [t.state for t in load_study(tmp_path).trials]
     assert states == [optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING]
     assert notes == [

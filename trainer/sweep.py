@@ -248,19 +248,22 @@ def recover_stale_trials(study: Any, storage: Any) -> list[str]:
 
 def _runs(pid: Any, marker: str) -> bool:
     """Whether process `pid` runs here with `marker` among the words of its command line
-    (a pid that another program reused does not count)."""
+    (a pid that another program reused does not count); without /proc (macOS), whether a
+    process `pid` exists at all."""
     if not isinstance(pid, int):
         return False
-    try:
-        words = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc (macOS): only whether the pid exists
+    if not Path("/proc/self/cmdline").is_file():
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return False
+        except PermissionError:  # another user's process: it exists
+            return True
         return True
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:  # gone
+        return False
     return any(marker == word or marker in word.split("=") for word in words)
 
 
