@@ -72,7 +72,7 @@ def test_a_diverged_run_with_skip_nonfinite_logs_skips_and_stops(
             "param_groups.rules=[{name: head, match: '^3', betas: [1.5, 0.9]}]",
             "param_groups.rules.0: Adam rejects group 'head': Invalid beta parameter at index 0",
         ),
-        ("optimizer.nesterov=true", "optimizer: SGD rejects group 'default'"),
+        ("optimizer.nesterov=true", "optimizer: SGD rejected its arguments"),
         (
             "param_groups.rules=[{name: head, match: '^3', nesterov: true, dampening: 0.5}]",
             "param_groups.rules.0: SGD rejects group 'head'",

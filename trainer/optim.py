@@ -152,16 +152,14 @@ def check_group_options(plan: PlannedOptimizer) -> list[str]:
     rules = {rule.name: index for index, rule in enumerate(spec.param_groups.rules)}
     problems = []
     for group, info in zip(plan.groups, plan.report.groups, strict=True):
+        if info.rule not in rules:  # the optimizer's own options: checked when it is built
+            continue
         options = {k: v for k, v in group.items() if k not in ("params", "name")}
         try:
             stand_in = torch.empty_like(group["params"][0]).requires_grad_()  # its shape, device
             cls([stand_in], **{**spec.optimizer.kwargs, **options})
         except (ValueError, TypeError, RuntimeError) as err:
-            where = (
-                f"{spec.key}param_groups.rules.{rules[info.rule]}"
-                if info.rule in rules
-                else f"{spec.key}optimizer"
-            )
+            where = f"{spec.key}param_groups.rules.{rules[info.rule]}"
             problems.append(f"{where}: {spec.optimizer.name} rejects group {info.name!r}: {err}")
     return list(dict.fromkeys(problems))
 
