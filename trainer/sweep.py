@@ -102,24 +102,12 @@ def sweep(
                 "--space: required to run trials: a SPACE.yaml of dotted config keys and "
                 "their distributions (or --summary to print the study as it is)"
             )
-        space = load_space(space_path)
-        problems, built = [], {}
-        for role in ("sampler", "pruner"):
-            try:
-                built[role] = build_component(space, role)
-            except UserError as err:
-                problems += err.problems
-        try:
-            check_against_config(space, raw_config)
-        except UserError as err:
-            problems += err.problems
-        if problems:
-            raise UserError(problems)
+        space, built = _checked_space(space_path, raw_config)
     elif storage is None and not (study_dir / JOURNAL).is_file():
         raise UserError(f"--summary: no study {name!r} here ({study_dir / JOURNAL} is missing)")
     if storage is None:
         study_dir.mkdir(parents=True, exist_ok=True)
-    monitor, mode = config.checkpoint.monitor, config.checkpoint.mode or "min"
+    monitor, mode = config.checkpoint.monitor, config.checkpoint.mode
     storage_object, shown = open_storage(storage, study_dir)
     if space is None:
         study = load_study(name, storage_object)
@@ -161,6 +149,25 @@ def sweep(
 
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _checked_space(path: str, raw_config: dict[str, Any]) -> tuple[Space, dict[str, Any]]:
+    """The space file, its sampler and pruner built, and each key tried in the config:
+    every problem of the three at once."""
+    space = load_space(path)
+    problems, built = [], {}
+    for role in ("sampler", "pruner"):
+        try:
+            built[role] = build_component(space, role)
+        except UserError as err:
+            problems += err.problems
+    try:
+        check_against_config(space, raw_config)
+    except UserError as err:
+        problems += err.problems
+    if problems:
+        raise UserError(problems)
+    return space, built
 
 
 # ---------------------------------------------------------------- the study
