@@ -290,3 +290,30 @@ def test_the_next_save_removes_what_a_killed_writer_left(tmp_path: Path) -> None
         (tmp_path / name).write_bytes(b"half a checkpoint")
     save_checkpoints(tmp_path, epoch_checkpoint(1), CheckpointConfig(), is_best=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001.pt", "last.pt"]
+
+
+def test_fit_on_a_full_disk_is_exit_1_in_one_line_keeping_the_last_good_checkpoint(
+    write_config, tiny_yaml: str, run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_save, saves = torch.save, []
+
+    def disk_full_on_the_second_save(obj: Any, file: Any) -> None:
+        saves.append(obj)
+        if len(saves) == 2:  # epoch 2's last.pt
+            full_disk_save(as_torch_reports_it=True)(obj, file)
+        real_save(obj, file)
+
+    monkeypatch.setattr(torch, "save", disk_full_on_the_second_save)
+    result = run_cli("fit", write_config(tiny_yaml))
+    monkeypatch.undo()
+
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    last = "runs/tiny/checkpoints/last.pt"
+    assert result.stderr == (
+        f"error: could not write {last}: No space left on device; the checkpoints written "
+        "before are intact\n"
+    )
+    checkpoints = tmp_path / "runs/tiny/checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.pt", "epoch-0001.pt", "last.pt"]
+    assert load_checkpoint(checkpoints / "last.pt")["epoch"] == 1

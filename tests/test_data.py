@@ -128,3 +128,78 @@ def test_start_epoch_skips_whole_batches_of_the_same_order() -> None:
     assert resumed == full[2:]
     start_epoch(loader, 3, seed=1)
     assert [batch[0].tolist() for batch in loader] != full
+
+
+# ---------------------------------------------------------------- random transforms, per sample
+
+AUGMENT = [
+    {"name": "RandomHorizontalFlip"},
+    {"name": "RandomCrop", "size": 8, "padding": 2},
+]
+
+
+def augmented_epoch(
+    workers: int,
+    *,
+    epoch: int,
+    skip_samples: int = 0,
+    shuffle: bool = True,
+    persistent: bool = False,
+    epochs_before: int = 0,
+) -> list[list]:
+    """The training batches of `epoch` from `skip_samples` on, from loaders built fresh (as a
+    resumed run builds them; `epochs_before` epochs are loaded first), with a random flip and
+    a padded random crop."""
+    from trainer.data import build_loaders
+
+    config = DataConfig(
+        name="shapes", size=48, image_size=8, batch_size=8, num_workers=workers,
+        shuffle=shuffle, persistent_workers=persistent, train_transforms=AUGMENT,
+    )  # fmt: skip
+    loader, _ = build_loaders(config, seed=4, device=torch.device("cpu"))
+    for earlier in range(epoch - epochs_before, epoch):
+        start_epoch(loader, earlier, seed=4)
+        list(loader)
+    start_epoch(loader, epoch, seed=4, skip_samples=skip_samples)
+    return list(loader)
+
+
+def assert_same_batches(first: list[list], second: list[list]) -> None:
+    assert len(first) == len(second)
+    for ours, theirs in zip(first, second, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resumed_epoch_loads_the_same_augmented_batches(workers: int) -> None:
+    full = augmented_epoch(workers, epoch=2)
+    resumed = augmented_epoch(workers, epoch=2, skip_samples=3 * 8)
+    assert_same_batches(resumed, full[3:])
+
+
+def test_persistent_workers_load_an_epoch_as_a_resumed_run_does() -> None:
+    straight = augmented_epoch(2, epoch=2, persistent=True, epochs_before=1)
+    resumed = augmented_epoch(2, epoch=2, skip_samples=2 * 8, persistent=True)
+    assert_same_batches(resumed, straight[2:])
+
+
+def test_augmentations_are_the_same_with_and_without_workers_and_new_each_epoch() -> None:
+    in_process = augmented_epoch(0, epoch=2, shuffle=False)
+    assert_same_batches(augmented_epoch(2, epoch=2, shuffle=False), in_process)
+    next_epoch = augmented_epoch(0, epoch=3, shuffle=False)  # the same samples, other draws
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(in_process, next_epoch, strict=True))
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(in_process, next_epoch, strict=True))
+
+
+def test_seeding_samples_leaves_the_main_process_generator_alone() -> None:
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    augmented_epoch(0, epoch=1)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_keyed_sampler_yields_epoch_and_index() -> None:
+    sampler = EpochSampler(6, shuffle=True, seed=0, keyed=True)
+    sampler.set_epoch(5, start=2)
+    assert list(sampler) == [(5, i) for i in order(6, seed=0, epoch=5, start=2)]

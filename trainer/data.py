@@ -1,19 +1,30 @@
 """Loaders: datasets split and transformed as configured, and the epoch-ordered sampler.
 
 The order of every epoch is a pure function of (seed, epoch), so a resumed run can replay
-an epoch and skip the batches it already trained on without loading them. Datasets held in
+an epoch and skip the batches it already trained on without loading them; the randomness of
+each sample (random transforms) is a pure function of (seed, epoch, index), in DataLoader
+workers as in the main process, so the batches a resume loads are the same. Datasets held in
 memory as tensors (TensorDataset) are batched by indexing whole batches, not by collating
 samples one by one (scripts/bench.py measures the difference).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+import functools
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, Subset, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    Sampler,
+    Subset,
+    TensorDataset,
+    get_worker_info,
+)
 
 from trainer import registry
 from trainer.errors import UserError
@@ -24,9 +35,45 @@ if TYPE_CHECKING:
     from trainer.config import DataConfig
 
 
+@functools.lru_cache(maxsize=64)
 def epoch_seed(seed: int, epoch: int) -> int:
     """A 32-bit seed mixed from both numbers (torch's CPU generator keeps only 32 bits)."""
     return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch]).generate_state(1)[0])
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 64-bit seed for one sample of one epoch (splitmix64 of the epoch's seed and index)."""
+    mask = 0xFFFFFFFFFFFFFFFF
+    value = ((epoch_seed(seed, epoch) << 32 | index & 0xFFFFFFFF) + 0x9E3779B97F4A7C15) & mask
+    value = ((value ^ value >> 30) * 0xBF58476D1CE4E5B9) & mask
+    value = ((value ^ value >> 27) * 0x94D049BB133111EB) & mask
+    return value ^ value >> 31
+
+
+class SeededSamples(Dataset):
+    """A training set whose every sample draws its randomness (random transforms) from torch's
+    generator seeded by (seed, epoch, index), in a DataLoader worker and in the main process
+    alike: a resumed epoch loads exactly what the uninterrupted one loaded. Keys are
+    (epoch, index) pairs, as an EpochSampler with `keyed=True` yields them."""
+
+    def __init__(self, dataset: Dataset, *, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        generator = torch.default_generator
+        if get_worker_info() is not None:  # a worker's generator serves its samples alone
+            generator.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.dataset[index]
+        state = generator.get_state()  # the main process's stream (dropout...) is left as it was
+        generator.manual_seed(sample_seed(self.seed, epoch, index))
+        try:
+            return self.dataset[index]
+        finally:
+            generator.set_state(state)
 
 
 class EpochSampler(Sampler[int]):
@@ -39,10 +86,18 @@ class EpochSampler(Sampler[int]):
     """
 
     def __init__(
-        self, size: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1
+        self,
+        size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        keyed: bool = False,
     ) -> None:
         self.size, self.shuffle, self.seed = size, shuffle, seed
         self.rank, self.world_size = rank, world_size
+        self.keyed = keyed  # yield (epoch, index) pairs, the keys of SeededSamples
         self.epoch = 0
         self.start = 0
 
@@ -62,10 +117,14 @@ class EpochSampler(Sampler[int]):
         rest = order[self.start :]
         return rest + order[: -len(rest) % self.world_size]
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
         if self.world_size == 1 and not self.shuffle:
-            return iter(range(self.start, self.size))
-        return iter(self._order()[self.rank :: self.world_size])
+            indices: Iterable[int] = range(self.start, self.size)
+        else:
+            indices = self._order()[self.rank :: self.world_size]
+        if self.keyed:
+            return ((self.epoch, index) for index in indices)
+        return iter(indices)
 
     def __len__(self) -> int:
         remaining = self.size - self.start
@@ -137,8 +196,18 @@ def build_loaders(
         "persistent_workers": config.persistent_workers and workers > 0,
         "worker_init_fn": ignore_in_workers if workers > 0 else None,
     }
+    # Samples loaded one by one (by workers, or through transforms) are seeded per sample;
+    # whole batches cut from tensors have no randomness to seed.
+    seeded = not (_indexable(train_set) and workers == 0)
+    if seeded:
+        train_set = SeededSamples(train_set, seed=seed)
     sampler = EpochSampler(
-        len(train_set), shuffle=config.shuffle, seed=seed, rank=rank, world_size=world_size
+        len(train_set),
+        shuffle=config.shuffle,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        keyed=seeded,
     )
     batches = BatchSampler(sampler, config.batch_size, drop_last=config.drop_last)
     val_batches = BatchSampler(

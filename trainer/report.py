@@ -239,8 +239,20 @@ def plot_schedule(table: dict[str, list[float]], unit: str, path: str) -> None:
     axes.set_ylabel("lr")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    try:
+        save_figure(figure, path, option="--plot")
+    finally:
+        plt.close(figure)
+
+
+def save_figure(figure: Any, path: str, *, option: str) -> None:
+    """figure.savefig(path); a path that cannot be written is a UserError naming `option`."""
+    try:
+        figure.savefig(path)
+    except OSError as err:
+        from trainer.errors import UserError
+
+        raise UserError(f"{option}: cannot write {path!r} ({err.strerror or err})") from None
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
