@@ -130,6 +130,13 @@ def test_a_valid_checkpoint_loads_in_either_optimizer_form(tmp_path: Path) -> No
         assert torch.equal(loaded["model"]["weight"], form["model"]["weight"])
 
 
+def test_a_modules_extra_state_is_not_a_tensor_and_is_fine(tmp_path: Path) -> None:
+    checkpoint = valid_checkpoint()
+    checkpoint["model"]["norm._extra_state"] = {"version": 2}
+    torch.save(checkpoint, tmp_path / "c.pt")
+    assert load_checkpoint(tmp_path / "c.pt")["model"]["norm._extra_state"] == {"version": 2}
+
+
 def optimizer_without_param_groups() -> dict[str, Any]:
     return {"state": {}}
 

@@ -163,6 +163,14 @@ def _names(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(name, str) for name in value)
 
 
+def _model_state(value: Any) -> bool:
+    """A Module.state_dict(): tensors, and whatever a module's get_extra_state() returns."""
+    return isinstance(value, dict) and all(
+        isinstance(key, str) and (isinstance(v, torch.Tensor) or key.endswith("_extra_state"))
+        for key, v in value.items()
+    )
+
+
 def _optimizer_state(value: Any) -> bool:
     """An Optimizer.state_dict(): its `state` dict and a list of `param_groups` with params."""
     return (
@@ -221,10 +229,7 @@ def _groups(value: Any) -> bool:
 
 
 _SHAPES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "model": (
-        lambda value: _dict_of(value, lambda v: isinstance(v, torch.Tensor)),
-        "a state_dict (parameter name -> tensor)",
-    ),
+    "model": (_model_state, "a state_dict (parameter name -> tensor)"),
     "optimizer": (
         _optimizer_state,
         "an optimizer state_dict (a 'state' dict and a 'param_groups' list)",
