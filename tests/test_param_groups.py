@@ -751,9 +751,9 @@ def test_invalid_rule_regexes_show_the_regex_and_the_position() -> None:
         validate_config(raw)
     assert caught.value.problems == [
         "param_groups.rules.0.match: invalid regex '(': missing ), unterminated subpattern "
-        "at position 0 (got '(')",
+        "at position 0 (rule 'a', got '(')",
         "param_groups.rules.1.match: invalid regex '^fc(a': missing ), unterminated subpattern "
-        "at position 3 (got '^fc(a')",
+        "at position 3 (rule 'b', got '^fc(a')",
     ]
 
 
