@@ -12,6 +12,7 @@ from typing import Any
 
 from trainer.errors import UserError, did_you_mean
 from trainer.registry import needs_extra
+from trainer.report import save_figure
 from trainer.runs import find_runs, is_epoch_record, read_records
 
 MARKS = "*o+x#@%&"
@@ -133,8 +134,6 @@ def write_png(panels: dict[str, dict[str, Points]], path: str, *, x: str) -> Non
         ax.legend()
     figure.tight_layout()
     try:
-        figure.savefig(path, dpi=PNG_DPI)
-    except OSError as err:
-        raise UserError(f"--out: cannot write {path}: {err.strerror}") from None
+        save_figure(figure, str(path), option="--out", dpi=PNG_DPI)
     finally:
         plt.close(figure)

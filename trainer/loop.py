@@ -89,38 +89,43 @@ def train(
     report: Reporter,
 ) -> FitResult:
     """The body of `fit`, once the device (and the process group) are set up."""
-    # Build, and restore what a checkpoint holds.
+    # Find the checkpoint; its run directory is this job's from now on (one writer a run).
     run_base = run_base_of(config)
     checkpoint_path, checkpoint, notes = None, None, []
     if resume:
         found = find_checkpoint(resume, run_base=run_base) if job.is_main else None
         checkpoint_path, checkpoint, notes = job.broadcast(found)
-    report.device(device, reason)
-    run = build_run(config, device, job)
-    notes = run.notes + notes
-    position = Position()
-    if checkpoint is not None:
-        position, restored = restore(
-            checkpoint, run, reset_optimizer=reset_optimizer, rank=job.rank,
-            world_size=job.world_size,
-        )  # fmt: skip
-        notes += [
-            f"resumed from {checkpoint_path}: epoch {position.epoch}, step "
-            f"{position.step}, batch {position.batch_in_epoch} of the next epoch",
-            *restored,
-        ]
-    # The lrs training goes on with (a resumed run's, not the config's).
-    report.groups(run.reports, lrs={name: h.lrs for name, h in run.optimizers.items()})
-    run_dir = open_run_dir(config, job, checkpoint_path, notes, run_base)
-    notes += distributed_notes(config, job)
-    for spec in config.optimizer_specs():
-        notes += warnings_for(spec.scheduler)
-    for note in [*notes, f"run directory: {run_dir}"]:
-        report.note(note)
-    wrap_model(run, job)
     with contextlib.ExitStack() as owned:
-        if job.is_main:  # one writer per run directory; the OS drops the lock if we die
+        resumed_dir = run_dir_of(checkpoint_path) if checkpoint_path else None
+        if job.is_main and resumed_dir is not None:
+            owned.enter_context(lock_run_dir(resumed_dir))
+
+        # Build, and restore what the checkpoint holds.
+        report.device(device, reason)
+        run = build_run(config, device, job)
+        notes = run.notes + notes
+        position = Position()
+        if checkpoint is not None:
+            position, restored = restore(
+                checkpoint, run, reset_optimizer=reset_optimizer, rank=job.rank,
+                world_size=job.world_size,
+            )  # fmt: skip
+            notes += [
+                f"resumed from {checkpoint_path}: epoch {position.epoch}, step "
+                f"{position.step}, batch {position.batch_in_epoch} of the next epoch",
+                *restored,
+            ]
+        # The lrs training goes on with (a resumed run's, not the config's).
+        report.groups(run.reports, lrs={name: h.lrs for name, h in run.optimizers.items()})
+        run_dir = open_run_dir(config, job, checkpoint_path, notes, run_base)
+        if job.is_main and resumed_dir is None:  # a fresh directory, claimed atomically
             owned.enter_context(lock_run_dir(run_dir))
+        notes += distributed_notes(config, job)
+        for spec in config.optimizer_specs():
+            notes += warnings_for(spec.scheduler)
+        for note in [*notes, f"run directory: {run_dir}"]:
+            report.note(note)
+        wrap_model(run, job)
         owned.enter_context(
             status_recorded(run_dir, enabled=job.is_main, step=lambda: position.step)
         )

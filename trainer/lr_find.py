@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from trainer.errors import UserError
+from trainer.report import save_figure
 
 if TYPE_CHECKING:
     import torch
@@ -271,8 +272,10 @@ def plot_range_test(test: RangeTest, path: str) -> None:
     axes.set_ylabel("loss")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    try:
+        save_figure(figure, str(path), option="--plot")
+    finally:
+        plt.close(figure)
 
 
 def summary_lines(test: RangeTest, *, command: str) -> list[str]:

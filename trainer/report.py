@@ -245,10 +245,10 @@ def plot_schedule(table: dict[str, list[float]], unit: str, path: str) -> None:
         plt.close(figure)
 
 
-def save_figure(figure: Any, path: str, *, option: str) -> None:
+def save_figure(figure: Any, path: str, *, option: str, **savefig: Any) -> None:
     """figure.savefig(path); a path that cannot be written is a UserError naming `option`."""
     try:
-        figure.savefig(path)
+        figure.savefig(path, **savefig)
     except OSError as err:
         from trainer.errors import UserError
 
