@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from trainer import registry
+from trainer.checks import check_components
 from trainer.config import validate_config
 from trainer.errors import UserError, did_you_mean
 
@@ -199,7 +200,7 @@ def test_check_components_of_a_whole_config() -> None:
             "scheduler": {"name": "StepLR"},
         }
     )
-    problems = registry.check_components(config)
+    problems = check_components(config)
     assert [p.split(":")[0] for p in problems] == [
         "model.widht",
         "data.train",

@@ -13,6 +13,7 @@ import torch
 
 from trainer import registry
 from trainer.checkpoint import seed_everything
+from trainer.checks import check_components
 from trainer.config import Config, OptimizerSpec, StepConfig
 from trainer.data import batches_per_epoch, build_loaders
 from trainer.device import check_precision, grad_scaler
@@ -74,7 +75,7 @@ def check_before_building(config: Config, device: torch.device, job: Distributed
     from trainer.rundir import check_out_dir
 
     check_precision(config.trainer.precision, device)
-    problems = registry.check_components(config)
+    problems = check_components(config)
     problems += check_out_dir(run_base_of(config))
     problems += check_loggers(config) + check_metrics(config)
     for spec in config.optimizer_specs():

@@ -796,10 +796,10 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 def _component_problems(raw: dict[str, Any]) -> list[str]:
     """Names and keyword arguments of the components in valid sections of a raw mapping."""
-    from trainer import registry
+    from trainer import checks
 
     valid = {}
-    for key in registry.SECTION_KINDS:
+    for key in checks.SECTION_KINDS:
         field = Config.model_fields.get(key)
         model = _model_in(field.annotation) if field else None
         if model is not None and isinstance(raw.get(key), dict):
@@ -807,7 +807,7 @@ def _component_problems(raw: dict[str, Any]) -> list[str]:
                 valid[key] = model.model_validate(raw[key])
             except ValidationError:
                 continue
-    return registry.check_components(types.SimpleNamespace(**valid), sections=tuple(valid))
+    return checks.check_components(types.SimpleNamespace(**valid), sections=tuple(valid))
 
 
 def validate_config(raw: dict[str, Any]) -> Config:

@@ -62,11 +62,11 @@ def evaluate(
 def evaluate_checkpoint(config: Config, path: str) -> dict[str, float]:
     """Validation metrics of a checkpoint's weights (`trainer eval`)."""
     from trainer.checkpoint import load_checkpoint
+    from trainer.checks import check_components
     from trainer.data import build_loaders
     from trainer.metrics import build_metrics, check_metrics
     from trainer.models import build_model
     from trainer.optim import build_loss
-    from trainer.registry import check_components
     from trainer.resume import model_changes
 
     problems = check_components(config, sections=("model", "data", "loss"))

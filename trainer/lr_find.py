@@ -74,12 +74,12 @@ def check_range(start: float, end: float, steps: int) -> None:
 def lr_find(config: Config, *, start: float, end: float, steps: int) -> RangeTest:
     """Run the range test on the model, param groups, optimizer and data `config` names."""
     from trainer.checkpoint import seed_everything
+    from trainer.checks import check_components
     from trainer.data import build_loaders
     from trainer.device import check_precision, grad_scaler, pick_device
     from trainer.models import build_model, load_initial_weights
     from trainer.optim import build_loss, build_optimizer, optimizer_defaults
     from trainer.param_groups import build_param_groups
-    from trainer.registry import check_components
 
     check_range(start, end, steps)
     several = getattr(config, "optimizers", None)

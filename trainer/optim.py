@@ -94,7 +94,9 @@ def plan_param_groups(config: Config) -> tuple[torch.nn.Module, list[PlannedOpti
     """
     import torch
 
-    problems = registry.check_components(config, sections=("model", "optimizer"))
+    from trainer.checks import check_components
+
+    problems = check_components(config, sections=("model", "optimizer"))
     if problems:
         raise UserError(problems)
     model_config = config.model

@@ -340,35 +340,3 @@ def check_component(
         except UserError as err:
             problems += err.problems
     return problems
-
-
-SECTION_KINDS = {
-    "model": "models",
-    "data": "datasets",
-    "loss": "losses",
-    "optimizer": "optimizers",
-    "scheduler": "schedulers",
-}
-
-
-def check_components(config: Any, sections: Iterable[str] = tuple(SECTION_KINDS)) -> list[str]:
-    """Names and keyword arguments of the config's components, checked without building."""
-    from trainer.schedulers import LENGTH_ARGUMENTS
-    from trainer.transforms import check_transforms
-
-    problems = []
-    if "data" in sections:
-        for split in ("train_transforms", "val_transforms"):
-            problems += check_transforms(getattr(config.data, split), key=f"data.{split}")
-    for key in sections:
-        section = getattr(config, key)
-        if section is not None:
-            filled_in = (
-                [LENGTH_ARGUMENTS[section.name]]
-                if key == "scheduler" and (section.name in LENGTH_ARGUMENTS)
-                else []
-            )
-            problems += check_component(
-                SECTION_KINDS[key], section.name, section.kwargs, key=key, filled_in=filled_in
-            )
-    return problems

@@ -192,10 +192,11 @@ def plan_schedule(config: Any, *, per_step: bool) -> tuple[dict[str, list[float]
     The model and optimizers are built on the meta device; the training set is built only
     when the number of steps per epoch matters (a step interval, or `per_step`).
     """
+    from trainer.checks import check_components
     from trainer.data import train_batches
     from trainer.optim import build_optimizer, plan_param_groups
 
-    problems = registry.check_components(config, sections=("optimizer", "scheduler"))
+    problems = check_components(config, sections=("optimizer", "scheduler"))
     if problems:
         raise UserError(problems)
     _, planned = plan_param_groups(config)

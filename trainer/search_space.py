@@ -309,8 +309,8 @@ def build_component(space: Space, role: str) -> Any:
 def check_against_config(space: Space, raw_config: dict[str, Any]) -> None:
     """Every key, set to the ends of its range (or each choice), must make a valid config:
     schema and component keywords, as `trainer fit` checks them before building."""
+    from trainer.checks import check_components
     from trainer.config import apply_overrides, validate_config
-    from trainer.registry import check_components
 
     problems: list[str] = []
     for dimension in space.dimensions:
