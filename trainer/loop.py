@@ -199,6 +199,7 @@ def train_epoch(
     )  # fmt: skip
     # Under DDP, gradients are all-reduced on a window's last backward only.
     no_sync = run.model.no_sync if isinstance(run.model, DistributedDataParallel) else None
+    syncing = contextlib.nullcontext()  # reusable: no allocation per batch
     every_steps, max_steps = config.checkpoint.every_steps, settings.max_steps
     samples, batch_index = 0, skip - 1
     run.model.train()
@@ -216,7 +217,7 @@ def train_epoch(
         optimizers.start_batch(window, last, measure_norm=logging)
         ctx.batch, ctx.step = batch_index, position.step
         lrs = optimizers.lrs(several=config.several_optimizers) if logging else None
-        with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
+        with no_sync() if no_sync is not None and not last else syncing:
             metrics = run.step(batch, run.model, optimizers, ctx)
         out.sums.add(metrics, skipped=optimizers.skipped_batch)
         if not last:
@@ -544,8 +545,11 @@ def to_device(batch: Any, device: torch.device, *, channels_last: bool = False) 
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch
     if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(item, device, channels_last=channels_last and index == 0)
-                           for index, item in enumerate(batch))  # fmt: skip
+        if not channels_last:
+            return type(batch)([to_device(item, device) for item in batch])
+        first, *rest = batch
+        moved = [to_device(item, device) for item in rest]
+        return type(batch)([to_device(first, device, channels_last=True), *moved])
     if isinstance(batch, dict):
         return {key: to_device(value, device) for key, value in batch.items()}
     return batch
