@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -73,15 +74,20 @@ JOBS = {
 JOB = JOBS["mlp"]
 
 
-def hand_written(epochs: int) -> list[float]:
-    """The loop users write by hand; returns samples/s per epoch."""
-    make_model, make_data = JOB[0], JOB[1]
+def training_objects() -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, Any]:
+    """The job's model (seeded), loss, SGD with momentum and StepLR, as the runner's config
+    names them: what the hand-written loop and the floor share."""
     torch.manual_seed(0)
-    model = make_model()
-    loader = DataLoader(make_data(True), batch_size=BATCH, shuffle=True)
-    loss_fn = nn.CrossEntropyLoss()
+    model = JOB[0]()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    return model, nn.CrossEntropyLoss(), optimizer, scheduler
+
+
+def hand_written(epochs: int) -> list[float]:
+    """The loop users write by hand; returns samples/s per epoch."""
+    model, loss_fn, optimizer, scheduler = training_objects()
+    loader = DataLoader(JOB[1](True), batch_size=BATCH, shuffle=True)
     speeds = []
     for _ in range(epochs):
         model.train()
@@ -100,14 +106,9 @@ def hand_written(epochs: int) -> list[float]:
 def floor(epochs: int) -> list[float]:
     """The least a loop can do: data in memory, batches cut by index, no DataLoader, no
     runner, the same model, optimizer and schedule; samples/s per epoch."""
-    make_model, make_data = JOB[0], JOB[1]
-    torch.manual_seed(0)
-    model = make_model()
-    inputs, targets = make_data(True).tensors
+    model, loss_fn, optimizer, scheduler = training_objects()
+    inputs, targets = JOB[1](True).tensors
     samples = len(inputs)
-    loss_fn = nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
     speeds = []
     for _ in range(epochs):
         model.train()
@@ -189,9 +190,7 @@ def main() -> None:
         "mlp": f"MLP {FEATURES}-64-{CLASSES}, {SAMPLES} samples",
         "cnn": "small_cnn on 2048 shapes of 3x32x32",
     }
-    print(
-        f"job: {described[args.job]}, batch {BATCH}, {args.epochs} epochs x {args.rounds} rounds"
-    )
+    print(f"job: {described[args.job]}, batch {BATCH}, {args.epochs} epochs x {args.rounds} rounds")
     print(f"hand-written loop: {hand_speed:10,.0f} samples/s")
     print(f"trainer fit:       {our_speed:10,.0f} samples/s")
     print(f"in-memory floor:   {floor_speed:10,.0f} samples/s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 
@@ -73,3 +74,29 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
     """A GradScaler, enabled for fp16 only (disabled it is a pass-through)."""
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def to_device(batch: Any, device: torch.device, *, channels_last: bool = False) -> Any:
+    """Tensors of a batch (a tensor, or a tuple, list or dict of them) on the device."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.dim() == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, (list, tuple)):
+        if not channels_last:
+            return type(batch)([to_device(item, device) for item in batch])
+        first, *rest = batch
+        moved = [to_device(item, device) for item in rest]
+        return type(batch)([to_device(first, device, channels_last=True), *moved])
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    return batch
+
+
+def batch_size(batch: Any) -> int:
+    """Samples in a batch: the length of its first tensor (of a tuple, list or dict)."""
+    first = batch[0] if isinstance(batch, (list, tuple)) else batch
+    if isinstance(first, dict):
+        first = next(iter(first.values()))
+    return first.shape[0]

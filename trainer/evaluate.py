@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from trainer.config import Config
-from trainer.device import autocast, check_precision, pick_device
+from trainer.device import autocast, batch_size, check_precision, pick_device, to_device
 from trainer.distributed import SINGLE, Distributed
 from trainer.errors import UserError
 
@@ -99,15 +99,13 @@ def evaluate_step(
 ) -> dict[str, float]:
     """`val/<key>` for every metric a `val_step` returns, averaged over the validation set
     (weighted by batch size, summed over ranks); one host sync at the end."""
-    from trainer.loop import to_device
-
     model.eval()
     sums: dict[str, torch.Tensor] = {}
     count = 0
     for index, batch in enumerate(loader):
         batch = to_device(batch, ctx.device)
         ctx.batch = index
-        size = batch[0].shape[0] if isinstance(batch, (list, tuple)) else len(batch)
+        size = batch_size(batch)
         with ctx.autocast():
             metrics = val_step(batch, model, ctx)
         for key, value in metrics.items():

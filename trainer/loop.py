@@ -28,7 +28,7 @@ from trainer.build import Run, build_run, check_before_building, run_base_of
 from trainer.checkpoint import make_checkpoint, rng_state, save_checkpoints
 from trainer.config import Config, config_to_yaml
 from trainer.data import start_epoch
-from trainer.device import pick_device
+from trainer.device import batch_size, pick_device, to_device
 from trainer.distributed import Distributed
 from trainer.errors import Interrupted, TrainingError, UserError
 from trainer.evaluate import evaluate, evaluate_step
@@ -193,10 +193,7 @@ def train_epoch(
     )
     out.start_epoch(epoch, batches, resumed=skip > 0)
     accumulate, optimizers, device = settings.accumulate, run.optimizers, run.device
-    ctx = StepContext(
-        device=device, precision=settings.precision, loss_fn=run.loss_fn, seed=config.seed,
-        rank=job.rank, epoch=epoch,
-    )  # fmt: skip
+    ctx = step_context(run, job, epoch)
     # Under DDP, gradients are all-reduced on a window's last backward only.
     no_sync = run.model.no_sync if isinstance(run.model, DistributedDataParallel) else None
     syncing = contextlib.nullcontext()  # reusable: no allocation per batch
@@ -206,7 +203,7 @@ def train_epoch(
     started = time.perf_counter()
     for batch_index, batch in enumerate(run.train_loader, start=skip):
         batch = to_device(batch, device, channels_last=settings.channels_last)
-        samples += out.batch_size(batch)
+        samples += batch_size(batch)
         out.report.advance()
 
         # The step: forward and update(loss); the optimizers step at the window's end.
@@ -259,10 +256,7 @@ def epoch_record(
     """The epoch's metrics: training means, validation, the lrs of its first step, speed."""
     settings = run.config.trainer
     if run.val_step is not None:
-        ctx = StepContext(
-            device=run.device, precision=settings.precision, loss_fn=run.loss_fn,
-            seed=run.config.seed, rank=job.rank, epoch=epoch,
-        )  # fmt: skip
+        ctx = step_context(run, job, epoch)
         validation = evaluate_step(run.val_step, run.module, run.val_loader, ctx, job=job)
     elif run.config.step.name == "supervised":
         validation = evaluate(
@@ -282,6 +276,15 @@ def epoch_record(
     if out.first_epoch:
         check_monitors(run.config, record)
     return record
+
+
+def step_context(run: Run, job: Distributed, epoch: int) -> StepContext:
+    """What a step (or val_step) of this epoch gets besides the batch, model and optimizers."""
+    settings = run.config.trainer
+    return StepContext(
+        device=run.device, precision=settings.precision, loss_fn=run.loss_fn,
+        seed=run.config.seed, rank=job.rank, epoch=epoch,
+    )  # fmt: skip
 
 
 def should_stop(config: Config, out: Output, record: dict[str, Any], report: Reporter) -> bool:
@@ -416,13 +419,6 @@ class Output:
     def last_checkpoint(self) -> Path:
         return self.run_dir / "checkpoints" / "last.pt"
 
-    @staticmethod
-    def batch_size(batch: Any) -> int:
-        first = batch[0] if isinstance(batch, (list, tuple)) else batch
-        if isinstance(first, dict):
-            first = next(iter(first.values()))
-        return first.shape[0]
-
     def start_epoch(self, epoch: int, batches: int, *, resumed: bool) -> None:
         self.batches = batches
         position = self.position
@@ -535,24 +531,6 @@ def wrap_model(run: Run, job: Distributed) -> None:
         )
     if run.config.trainer.compile:
         run.model = torch.compile(run.model)
-
-
-def to_device(batch: Any, device: torch.device, *, channels_last: bool = False) -> Any:
-    """Tensors of a batch (a tensor, or a tuple, list or dict of them) on the device."""
-    if isinstance(batch, torch.Tensor):
-        batch = batch.to(device, non_blocking=True)
-        if channels_last and batch.dim() == 4:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch
-    if isinstance(batch, (list, tuple)):
-        if not channels_last:
-            return type(batch)([to_device(item, device) for item in batch])
-        first, *rest = batch
-        moved = [to_device(item, device) for item in rest]
-        return type(batch)([to_device(first, device, channels_last=True), *moved])
-    if isinstance(batch, dict):
-        return {key: to_device(value, device) for key, value in batch.items()}
-    return batch
 
 
 def check_monitors(config: Config, record: dict[str, Any]) -> None:

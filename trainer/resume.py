@@ -199,10 +199,8 @@ def restore(
         epoch_counted=checkpoint.get("epoch_counted", checkpoint["batch_in_epoch"]),
         best=checkpoint["best"],
     )
-    notes = []
-    changes = config_changes(
-        checkpoint["config"], config.to_dict(), reset_optimizer=reset_optimizer
-    )
+    notes, resolved = [], config.to_dict()
+    changes = config_changes(checkpoint["config"], resolved, reset_optimizer=reset_optimizer)
     if changes:
         notes += ["config differs from the checkpoint's:", *changes]
     if reset_optimizer:
@@ -213,7 +211,7 @@ def restore(
             handle.optimizer.load_state_dict(state["optimizer"])
             if state["scaler"]:
                 handle.scaler.load_state_dict(state["scaler"])
-        same_scheduler = state["scheduler_config"] == _scheduler_config(config.to_dict(), name)
+        same_scheduler = state["scheduler_config"] == _scheduler_config(resolved, name)
         if same_scheduler and not reset_optimizer:
             handle.schedule.load_state_dict(state["scheduler"])
             continue
