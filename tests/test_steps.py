@@ -282,6 +282,22 @@ def test_several_optimizer_errors_name_the_key(
     assert not (tmp_path / "runs").exists()
 
 
+def test_each_optimizers_components_are_checked_with_the_rest_at_once(
+    tmp_path: Path, write_config: Callable[..., Path], user_error: Callable[..., str]
+) -> None:
+    path = write_config(GAN)
+    user_error(
+        "fit", path, "optimizers.generator.scheduler.name=StepLRR",
+        "optimizers.discriminator.optimizer.lrr=0.1", "step.name=nope",
+        expect=[
+            "optimizers.generator.scheduler.name: unknown 'StepLRR'",
+            "optimizers.discriminator.optimizer.lrr: not an argument of Adam",
+            "step.name: unknown 'nope'",
+        ],
+    )  # fmt: skip
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_step_asking_for_a_missing_optimizer_names_those_there_are(
     tmp_path: Path, write_config: Callable[..., Path], user_error: Callable[..., str]
 ) -> None:

@@ -78,10 +78,6 @@ def check_before_building(config: Config, device: torch.device, job: Distributed
     problems = check_components(config)
     problems += check_out_dir(run_base_of(config))
     problems += check_loggers(config) + check_metrics(config)
-    for spec in config.optimizer_specs():
-        problems += registry.check_component(
-            "optimizers", spec.optimizer.name, spec.optimizer.kwargs, key=f"{spec.key}optimizer"
-        )
     problems += check_steps(config)
     if not problems:
         for spec in config.optimizer_specs():

@@ -24,20 +24,34 @@ SECTION_KINDS = {
 
 
 def check_components(config: Any, sections: Iterable[str] = tuple(SECTION_KINDS)) -> list[str]:
-    """Names and keyword arguments of the config's components, checked without building."""
+    """Names and keyword arguments of the config's components, checked without building.
+
+    With several optimizers, `optimizer` and `scheduler` mean every optimizer's own.
+    """
     problems = []
     if "data" in sections:
         for split in ("train_transforms", "val_transforms"):
             problems += check_transforms(getattr(config.data, split), key=f"data.{split}")
-    for key in sections:
-        section = getattr(config, key)
-        if section is not None:
+    for kind in sections:
+        for key, section in _sections(config, kind):
+            if section is None:
+                continue
             filled_in = (
                 [LENGTH_ARGUMENTS[section.name]]
-                if key == "scheduler" and (section.name in LENGTH_ARGUMENTS)
+                if kind == "scheduler" and (section.name in LENGTH_ARGUMENTS)
                 else []
             )
             problems += check_component(
-                SECTION_KINDS[key], section.name, section.kwargs, key=key, filled_in=filled_in
+                SECTION_KINDS[kind], section.name, section.kwargs, key=key, filled_in=filled_in
             )
     return problems
+
+
+def _sections(config: Any, kind: str) -> list[tuple[str, Any]]:
+    """(config key, section) of a kind: each optimizer's under `optimizers.<name>`."""
+    several = getattr(config, "optimizers", None)
+    if kind in ("optimizer", "scheduler") and several:
+        return [
+            (f"optimizers.{name}.{kind}", getattr(entry, kind)) for name, entry in several.items()
+        ]
+    return [(kind, getattr(config, kind))]
