@@ -310,6 +310,10 @@ class StepSums:
         self, device: torch.device, *, skip_nonfinite: bool, max_consecutive_skips: int
     ) -> None:
         self.device, self.max_consecutive_skips = device, max_consecutive_skips
+        # Summed in float64 (float32 on MPS, which has no float64): sums of float32 values
+        # are then exact, so where the windows are cut (a log, a save, a resume) does not
+        # change the epoch's means.
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64
         self.log_skipped = skip_nonfinite  # train/skipped in every record
         self.window: dict[str, torch.Tensor] = {}
         self.counted = self.skipped = self.skipped_in_a_row = 0  # since the last read
@@ -333,7 +337,7 @@ class StepSums:
         for key, value in metrics.items():
             total = self.window.get(key)
             if total is None:
-                total = self.window[key] = torch.zeros((), device=self.device)
+                total = self.window[key] = torch.zeros((), device=self.device, dtype=self.dtype)
             total += value.detach() if isinstance(value, torch.Tensor) else value
 
     def start_epoch(self, sums: dict[str, float], counted: int) -> None:
