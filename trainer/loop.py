@@ -447,6 +447,7 @@ class Output:
             batch=batch,
             batches=self.batches,
             samples_per_s=samples_per_s * self.job.world_size,
+            several=several,
         )
 
     def end_epoch(self, record: dict[str, Any], *, batches_done: int, whole_epoch: bool) -> None:

@@ -262,6 +262,21 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
     return "  ".join(parts)
 
 
+def lr_text(lrs: dict[str, float], *, several: bool) -> str:
+    """The lrs of a progress line: one value, a `low-high` range where groups differ, and
+    per optimizer (`generator 0.001  discriminator 0.01`) with several."""
+    by_optimizer: dict[str, list[float]] = {}
+    for key, lr in lrs.items():
+        name = key.split("/")[1] if several else ""
+        by_optimizer.setdefault(name, []).append(lr)
+    parts = []
+    for name, values in by_optimizer.items():
+        low, high = min(values), max(values)
+        span = number(low) if low == high else f"{number(low)}-{number(high)}"
+        parts.append(f"{name} {span}" if name else span)
+    return "  ".join(parts) or "-"
+
+
 class Reporter:
     """Prints a run's progress: a rich bar on a terminal, periodic plain lines otherwise."""
 
@@ -315,23 +330,29 @@ class Reporter:
             self._progress.advance(self._task)
 
     def log(
-        self, record: dict[str, Any], *, batch: int, batches: int, samples_per_s: float
+        self,
+        record: dict[str, Any],
+        *,
+        batch: int,
+        batches: int,
+        samples_per_s: float,
+        several: bool = False,
     ) -> None:
-        """A periodic step record (every trainer.log_every optimizer steps)."""
-        lr = next((v for k, v in record.items() if k.startswith("lr/")), None)
+        """A periodic step record (every trainer.log_every steps)."""
+        lr = lr_text({k: v for k, v in record.items() if k.startswith("lr/")}, several=several)
         train = {k: v for k, v in record.items() if k.startswith("train/")}
         if self._progress is not None:
             self._progress.update(
                 self._task,
                 loss="  ".join(f"{k[6:]} {number(v)}" for k, v in train.items()) or "-",
-                lr=number(lr),
+                lr=lr,
                 speed=f"{samples_per_s:,.0f}",
             )
             return
         metrics = "  ".join(f"{k} {number(v)}" for k, v in train.items())
         self.note(
             f"epoch {record['epoch']}/{self._epochs}  batch {batch}/{batches}  "
-            f"step {record['step']}  {metrics}  lr {number(lr)}  {samples_per_s:,.0f} samples/s"
+            f"step {record['step']}  {metrics}  lr {lr}  {samples_per_s:,.0f} samples/s"
         )
 
     def end_epoch(self, record: dict[str, Any]) -> None:
