@@ -50,3 +50,48 @@ def nan_at(model: nn.Module, forward: int) -> nn.Module:
 def tiny_nan_at(forward: int, num_classes: int = 4, image_size: int = 8) -> nn.Module:
     """`tiny` whose `forward`-th training forward gives NaN outputs (so a NaN loss), once."""
     return nan_at(tiny(num_classes, image_size), forward)
+
+
+class _InfGrad(torch.autograd.Function):
+    """The identity forward; its backward turns every gradient into inf."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad * float("inf")
+
+
+def tiny_inf_grad_at(forward: int, num_classes: int = 4, image_size: int = 8) -> nn.Module:
+    """`tiny` whose `forward`-th training forward has a finite loss and inf gradients, once."""
+    model, calls = tiny(num_classes, image_size), 0
+
+    def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+        nonlocal calls
+        if not module.training:
+            return None
+        calls += 1
+        return _InfGrad.apply(output) if calls == forward else None
+
+    model.register_forward_hook(hook)
+    return model
+
+
+class NanBufferAt(nn.Module):
+    """`tiny` with a buffer its `forward`-th training forward sets to NaN while the output
+    stays finite (as a norm layer's running statistics can go)."""
+
+    def __init__(self, forward: int, num_classes: int = 4, image_size: int = 8) -> None:
+        super().__init__()
+        self.net = tiny(num_classes, image_size)
+        self.register_buffer("seen", torch.zeros(()))
+        self.forward_at, self.calls = forward, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls += 1
+            if self.calls == self.forward_at:
+                self.seen.fill_(float("nan"))
+        return self.net(x)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import json
 import math
 import textwrap
 from collections.abc import Callable
@@ -660,3 +661,52 @@ def test_skipped_batch_is_left_out_of_the_epoch_loss(train, initial) -> None:
     second = epoch_records(result)[1]["train/loss"]
     assert len(trace.batch_losses[1]) == BATCHES - 1
     assert second == pytest.approx(sum(trace.batch_losses[1]) / (BATCHES - 1), rel=1e-6)
+
+
+INF_GRAD_MODEL = "model.name=loop_helpers:tiny_inf_grad_at"
+
+
+def test_skip_nonfinite_skips_a_step_whose_gradients_are_not_finite(train, initial) -> None:
+    # Forward 9 (epoch 2, batch 2) has a finite loss and inf gradients: no step on them.
+    result, _ = train("", INF_GRAD_MODEL, "model.forward=9", "trainer.skip_nonfinite=true")
+    model, _ = hand_train(initial, skip=((2, 2),))
+    assert_same_weights(result, model)
+    assert [r["train/skipped"] for r in epoch_records(result)] == [0, 1, 0]
+
+
+def test_a_step_skipped_for_its_gradients_does_not_step_the_scheduler(train) -> None:
+    result, _ = train(
+        "scheduler: {name: StepLR, step_size: 1, gamma: 0.9, interval: step}\n",
+        INF_GRAD_MODEL, "model.forward=9", "trainer.skip_nonfinite=true",
+    )  # fmt: skip
+    lrs = [r["lr/default"] for r in step_records(result)]
+    assert lrs[9] == lrs[8], "the step after the skipped one still has the skipped one's lr"
+    assert last_checkpoint(result)["scheduler"]["last_epoch"] == STEPS - 1
+
+
+def test_inf_gradients_without_skip_nonfinite_never_reach_a_checkpoint(
+    write, run_cli, tmp_path
+) -> None:
+    result = run_cli("fit", write(), INF_GRAD_MODEL, "model.forward=9")
+    assert result.exit_code == 1, result.output
+    checkpoint = torch.load(tmp_path / "runs" / "checkpoints" / "last.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1
+    assert all(torch.isfinite(tensor).all() for tensor in checkpoint["model"].values())
+
+
+def test_weights_that_are_not_finite_are_never_saved(write, run_cli, tmp_path) -> None:
+    # Forward 9 makes a buffer NaN while every loss stays finite: the save at the end of
+    # epoch 2 refuses, exit 1, and epoch 1's checkpoint stays last.pt.
+    result = run_cli(
+        "fit", write(), "model.name=loop_helpers:NanBufferAt", "model.forward=9",
+        "model.init_from=null", "trainer.skip_nonfinite=true",
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "the model's weights are not finite at step 12 (first: seen): not saved" in (
+        result.stderr
+    )
+    checkpoints = tmp_path / "runs" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.pt", "epoch-0001.pt", "last.pt"]
+    assert torch.load(checkpoints / "last.pt", weights_only=True)["epoch"] == 1
+    status = json.loads((tmp_path / "runs" / "status.json").read_text())
+    assert status["status"] == "failed"

@@ -26,6 +26,7 @@ from resume_helpers import (
 )
 
 from trainer.checkpoint import KEYS
+from trainer.config import load_config
 from trainer.errors import Interrupted
 from trainer.loop import FitResult
 
@@ -349,3 +350,29 @@ def test_epoch_means_after_a_sigterm_resume_equal_the_straight_runs_exactly(
         resumed, _ = train(config, *overrides, resume="auto")
     assert isinstance(resumed, FitResult)
     assert comparable(epoch_records(stopped / "runs/r")) == comparable(epoch_records(straight))
+
+
+def test_a_resumed_runs_config_yaml_is_the_config_in_force(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    first, _ = train(config, "trainer.max_steps=7")
+    assert isinstance(first, FitResult)
+    run_dir = tmp_path / "runs/r"
+    before = (run_dir / "config.yaml").read_text()
+    assert "max_steps: 7" in before
+
+    second, output = train(config, resume="auto")
+    assert isinstance(second, FitResult)
+    assert second.step == 40
+    assert "config.yaml: now the config in force; the earlier one is config-step7.yaml" in output
+    assert (run_dir / "config-step7.yaml").read_text() == before
+    now = (run_dir / "config.yaml").read_text()
+    assert "max_steps: null" in now
+    # Fitting the run's config.yaml again trains what the resumed run trained.
+    assert load_config(run_dir / "config.yaml", []).trainer.max_steps is None
+
+    third, output = train(config, resume="auto")  # nothing changed: nothing kept
+    assert "config.yaml: now the config in force" not in output
+    assert sorted(p.name for p in run_dir.glob("config*.yaml")) == [
+        "config-step7.yaml",
+        "config.yaml",
+    ]

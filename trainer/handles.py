@@ -116,10 +116,15 @@ class OptimizerHandle:
     def step(self) -> bool:
         """Unscale, clip, step, update the scaler, zero the grads, and the per-step scheduler.
 
-        False when the fp16 scaler skipped the step (inf/nan grads): the scheduler waits too.
+        False when the step was skipped for inf/nan grads (by the fp16 scaler, or by
+        trainer.skip_nonfinite): the scheduler waits too.
         """
         if self.sync_grads:
             self._all_reduce_grads()
+        if self.skip_nonfinite and not self.scaler.is_enabled() and not self.grads_finite():
+            self.zero_grad()  # a finite loss can still have inf/nan grads: no step on them
+            self.skipped_batch = True
+            return False
         self.grad_norm = self.clip(measure=self.measure_norm)
         # Did the scaler skip the step? Two host syncs, so asked only when a per-step
         # scheduler needs the answer.
@@ -148,6 +153,12 @@ class OptimizerHandle:
             )
         torch.nn.utils.clip_grad_value_(self.params, value)
         return total
+
+    def grads_finite(self) -> bool:
+        """Every grad finite (one host sync; asked with trainer.skip_nonfinite alone). The
+        grads are the same on every rank here (DDP or this handle synced them)."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        return not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

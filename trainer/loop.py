@@ -37,7 +37,7 @@ from trainer.loggers import open_loggers
 from trainer.monitor import EarlyStopping, improved_best
 from trainer.report import Reporter, groups_json
 from trainer.resume import Position, find_checkpoint, restore
-from trainer.rundir import MetricsFile, fresh_run_dir, lock_run_dir, run_dir_of
+from trainer.rundir import MetricsFile, fresh_run_dir, lock_run_dir, replace_config, run_dir_of
 from trainer.runs import status_recorded
 from trainer.schedulers import warnings_for
 from trainer.steps import StepContext
@@ -93,7 +93,9 @@ def train(
     run_base = run_base_of(config)
     checkpoint_path, checkpoint, notes = None, None, []
     if resume:
-        found = find_checkpoint(resume, run_base=run_base) if job.is_main else None
+        found = (
+            find_checkpoint(resume, run_base=run_base, name=config.name) if job.is_main else None
+        )
         checkpoint_path, checkpoint, notes = job.broadcast(found)
     with contextlib.ExitStack() as owned:
         resumed_dir = run_dir_of(checkpoint_path) if checkpoint_path else None
@@ -117,7 +119,9 @@ def train(
             ]
         # The lrs training goes on with (a resumed run's, not the config's).
         report.groups(run.reports, lrs={name: h.lrs for name, h in run.optimizers.items()})
-        run_dir = open_run_dir(config, job, checkpoint_path, notes, run_base)
+        run_dir = open_run_dir(
+            config, job, checkpoint_path, notes, run_base, step=position.step
+        )
         if job.is_main and resumed_dir is None:  # a fresh directory, claimed atomically
             owned.enter_context(lock_run_dir(run_dir))
         notes += distributed_notes(config, job)
@@ -327,7 +331,7 @@ class StepSums:
             if self.skipped_in_a_row > self.max_consecutive_skips:
                 raise TrainingError(
                     f"trainer.skip_nonfinite: {self.skipped_in_a_row} batches in a row had a "
-                    f"non-finite loss (more than trainer.max_consecutive_skips="
+                    f"non-finite loss or gradients (more than trainer.max_consecutive_skips="
                     f"{self.max_consecutive_skips}): training diverged; the last good "
                     "checkpoint is kept"
                 )
@@ -466,7 +470,12 @@ class Output:
             self.save(epoch - 1, batches_done, is_best=is_best)
 
     def save(self, epoch_done: int, batch_in_epoch: int, *, is_best: bool = False) -> None:
-        """last.pt (and epoch/best copies) at this position; every rank's RNG goes in."""
+        """last.pt (and epoch/best copies) at this position; every rank's RNG goes in.
+
+        Weights that are not finite are never saved: that is exit 1, the last checkpoint
+        written stays the last good one.
+        """
+        check_finite_weights(self.run.module, self.job, self.position.step, self.last_checkpoint)
         rngs = self.job.gather(rng_state())  # every rank's RNG, for an exact resume on each
         if not self.job.is_main:
             return
@@ -502,9 +511,16 @@ class Output:
 
 
 def open_run_dir(
-    config: Config, job: Distributed, checkpoint_path: Path | None, notes: list[str], base: Path
+    config: Config,
+    job: Distributed,
+    checkpoint_path: Path | None,
+    notes: list[str],
+    base: Path,
+    *,
+    step: int,
 ) -> Path:
-    """The checkpoint's run directory, or a fresh one with the resolved config.yaml."""
+    """The checkpoint's run directory with config.yaml made the config in force (the earlier
+    one kept beside it when it differs), or a fresh one with the resolved config.yaml."""
     run_dir = run_dir_of(checkpoint_path) if checkpoint_path else None
     if checkpoint_path and run_dir is None:
         notes.append(f"{checkpoint_path} is not in a run's checkpoints/: a new run directory")
@@ -512,6 +528,10 @@ def open_run_dir(
         run_dir = job.broadcast(fresh_run_dir(base) if job.is_main else None)
         if job.is_main:
             (run_dir / "config.yaml").write_text(config_to_yaml(config), encoding="utf-8")
+    elif job.is_main:
+        kept = replace_config(run_dir, config_to_yaml(config), step=step)
+        if kept is not None:
+            notes.append(f"config.yaml: now the config in force; the earlier one is {kept.name}")
     return run_dir
 
 
@@ -554,6 +574,25 @@ def check_monitors(config: Config, record: dict[str, Any]) -> None:
     ]
     if problems:
         raise UserError(problems)
+
+
+def check_finite_weights(
+    module: torch.nn.Module, job: Distributed, step: int, last: Path
+) -> None:
+    """A TrainingError naming the first tensor of the model's state that is not finite (one
+    host sync; all ranks agree)."""
+    tensors = {k: t for k, t in module.state_dict().items() if t.is_floating_point()}
+    if not tensors:
+        return
+    finite = torch.stack([t.isfinite().all() for t in tensors.values()])
+    bad = [name for name, ok in zip(tensors, finite.tolist(), strict=True) if not ok]
+    if job.any(bool(bad), finite.device):
+        where = f" (first: {bad[0]})" if bad else " (on another process)"
+        kept = f"{last} is kept" if last.is_file() else "no checkpoint was written"
+        raise TrainingError(
+            f"the model's weights are not finite at step {step}{where}: not saved; {kept} "
+            "(trainer.skip_nonfinite: true skips steps whose loss or gradients are not finite)"
+        )
 
 
 def check_finite(key: str, value: float, step: int) -> None:

@@ -37,23 +37,44 @@ class Position:
     best: dict[str, Any] | None = None
 
 
-def find_checkpoint(resume: str, *, run_base: Path) -> tuple[Path | None, dict | None, list[str]]:
+def find_checkpoint(
+    resume: str, *, run_base: Path, name: str
+) -> tuple[Path | None, dict | None, list[str]]:
     """(path, checkpoint, notes) for `--resume PATH|auto`.
 
-    `auto` takes the newest readable checkpoint of the run name (unreadable ones are skipped
-    and reported). It starts a new run only when the run has no checkpoint file at all and
-    no live process is writing it; when every file is unreadable it is a UserError.
+    `auto` takes the newest readable checkpoint of run `name` under `run_base` or
+    `run_base-N` (unreadable ones are skipped and reported; a `-N` directory holding another
+    run's checkpoints is left alone: it merely shares the prefix). It starts a new run only
+    when the run has no checkpoint file at all and no live process is writing it; when
+    every file is unreadable it is a UserError.
     """
     if resume != "auto":
-        return Path(resume), load_checkpoint(resume), []
+        return Path(resume), _load_finite(resume), []
     run_dirs = _run_dirs(run_base)
     skipped: list[str] = []
+    others: list[str] = []
     for path in _candidates(run_dirs):
+        if any(path.is_relative_to(other) for other in others):
+            continue
         try:
-            notes = [f"--resume auto: skipping {problem}" for problem in skipped]
-            return path, load_checkpoint(path), notes
+            checkpoint = _load_finite(path)
         except UserError as err:
             skipped += err.problems
+            continue
+        owner = (checkpoint.get("config") or {}).get("name")
+        run_dir = path.parent.parent
+        if owner != name:
+            if run_dir == run_base:
+                raise UserError(
+                    f"--resume auto: {run_dir} holds run {owner!r} (the name in {path}'s "
+                    f"config), not {name!r}; resume it with --resume {path}, or give this "
+                    "run another name or trainer.out_dir"
+                )
+            others.append(str(run_dir))
+            continue
+        notes = [f"--resume auto: skipping {problem}" for problem in skipped]
+        notes += [f"--resume auto: {d} holds another run's checkpoints, left alone" for d in others]
+        return path, checkpoint, notes
     if skipped:
         raise UserError(
             [
@@ -65,10 +86,45 @@ def find_checkpoint(resume: str, *, run_base: Path) -> tuple[Path | None, dict |
             ]
         )
     for run_dir in run_dirs:  # no checkpoint yet, but a process may be in its first epoch
+        if str(run_dir) in others or _config_name(run_dir) not in (None, name):
+            continue
         holder = lock_holder(run_dir)
         if holder is not None:
             raise UserError(f"--resume auto: {in_use(run_dir, holder)}")
-    return None, None, [f"--resume auto: no checkpoint under {run_base}[-N]; starting a new run"]
+    notes = [f"--resume auto: {d} holds another run's checkpoints, left alone" for d in others]
+    return None, None, [
+        *notes,
+        f"--resume auto: no checkpoint of run {name!r} under {run_base}[-N]; starting a new run",
+    ]
+
+
+def _config_name(run_dir: Path) -> str | None:
+    """The `name` in a run directory's config.yaml; None where there is none to read."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return config.get("name") if isinstance(config, dict) else None
+
+
+def _load_finite(path: str | Path) -> dict[str, Any]:
+    """A checkpoint to resume from: readable, and its model's tensors finite."""
+    checkpoint = load_checkpoint(path)
+    bad = [
+        name
+        for name, tensor in checkpoint["model"].items()
+        if isinstance(tensor, torch.Tensor)
+        and tensor.is_floating_point()
+        and not bool(tensor.isfinite().all())
+    ]
+    if bad:
+        raise UserError(
+            f"{path}: the model's weights are not finite ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}); resume from an earlier checkpoint"
+        )
+    return checkpoint
 
 
 def _run_dirs(base: Path) -> list[Path]:

@@ -134,6 +134,30 @@ def run_dir_of(checkpoint: Path) -> Path | None:
     return None
 
 
+def replace_config(run_dir: Path, text: str, *, step: int) -> Path | None:
+    """Make `text` the run's config.yaml (a resumed run's config in force). A config.yaml
+    that differs is kept as `config-step<step>.yaml` (the step it was replaced at; `-2`...
+    when that name is taken); returns that path, or None when nothing changed."""
+    current = run_dir / "config.yaml"
+    try:
+        old = current.read_bytes()
+    except OSError:
+        old = None
+    if old == text.encode("utf-8"):
+        return None
+    kept = None
+    if old is not None:
+        kept, number = run_dir / f"config-step{step}.yaml", 1
+        while kept.exists():
+            number += 1
+            kept = run_dir / f"config-step{step}-{number}.yaml"
+        kept.write_bytes(old)
+    temporary = run_dir / f".config.yaml.{os.getpid()}.tmp"
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, current)
+    return kept
+
+
 class MetricsFile:
     """metrics.jsonl: one JSON object per line, flushed as it is written."""
 
