@@ -461,3 +461,28 @@ def test_gan_under_torchrun_finishes_and_resumes(tmp_path: Path) -> None:
     checkpoint = last_checkpoint(tmp_path / "runs" / "gan")
     assert (checkpoint["epoch"], checkpoint["step"]) == (2, 8)  # 4 batches per rank per epoch
     assert len(checkpoint["rng_per_rank"]) == 2
+
+
+def test_eval_runs_the_val_step_as_fit_does(gan_config: Callable[..., Any], run_cli) -> None:
+    result = fit(gan_config())
+    [*_, last] = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if "val/close" in r]
+    checkpoint = result.run_dir / "checkpoints" / "epoch-0001.pt"
+    first = next(r for r in read_metrics(result.run_dir / "metrics.jsonl") if "val/close" in r)
+    for path, record in ((checkpoint, first), (result.run_dir / "checkpoints/last.pt", last)):
+        evaluated = run_cli("eval", "gan.yaml", "--checkpoint", path, "--json")
+        assert evaluated.exit_code == 0, evaluated.output
+        assert json.loads(evaluated.stdout) == {k: v for k, v in record.items() if "val/" in k}
+
+
+def test_eval_of_a_custom_step_without_val_step_is_exit_2(
+    gan_config: Callable[..., Any], user_error
+) -> None:
+    gan_config()
+    text = GAN.replace("val_step: {name: ring_quality}\n", "").replace(
+        "val/modes_covered", "train/g_loss"
+    )
+    Path("gan.yaml").write_text(text, encoding="utf-8")
+    user_error(
+        "eval", "gan.yaml", "--checkpoint", "x.pt",
+        expect=["val_step: step 'gan' has no val_step, so there is nothing to validate"],
+    )  # fmt: skip

@@ -11,6 +11,7 @@ from trainer.config import Config
 from trainer.device import autocast, batch_size, check_precision, pick_device, to_device
 from trainer.distributed import SINGLE, Distributed
 from trainer.errors import UserError
+from trainer.steps import StepContext
 
 if TYPE_CHECKING:
     from trainer.metrics import MetricSet
@@ -59,8 +60,31 @@ def evaluate(
     return values | (metrics.compute() if metrics is not None else {})
 
 
+def validate(
+    model: torch.nn.Module,
+    loader: Any,
+    *,
+    step_name: str,
+    val_step: Any,
+    loss_fn: torch.nn.Module,
+    metrics: MetricSet | None,
+    ctx: StepContext,
+    job: Distributed = SINGLE,
+) -> dict[str, float]:
+    """The validation of `fit` and `trainer eval`: the config's `val_step` when it has one,
+    else val/loss, val/acc and the metrics for the supervised step (nothing for others)."""
+    if val_step is not None:
+        return evaluate_step(val_step, model, loader, ctx, job=job)
+    if step_name == "supervised":
+        return evaluate(
+            model, loader, loss_fn, ctx.device, ctx.precision, job=job, metrics=metrics
+        )
+    return {}
+
+
 def evaluate_checkpoint(config: Config, path: str) -> dict[str, float]:
-    """Validation metrics of a checkpoint's weights (`trainer eval`)."""
+    """Validation metrics of a checkpoint's weights (`trainer eval`), as `fit` validates."""
+    from trainer.build import build_step, check_steps
     from trainer.checkpoint import load_checkpoint
     from trainer.checks import check_components
     from trainer.data import build_loaders
@@ -70,9 +94,14 @@ def evaluate_checkpoint(config: Config, path: str) -> dict[str, float]:
     from trainer.resume import model_changes
 
     problems = check_components(config, sections=("model", "data", "loss"))
-    problems += check_metrics(config)
+    problems += check_metrics(config) + check_steps(config)
+    if config.step.name != "supervised" and config.val_step is None:
+        problems.append(
+            f"val_step: step {config.step.name!r} has no val_step, so there is nothing to "
+            "validate; name one (val_step: {name: ...})"
+        )
     if problems:
-        raise UserError(problems)
+        raise UserError(list(dict.fromkeys(problems)))
     checkpoint = load_checkpoint(path, option="--checkpoint")
     device, _ = pick_device(config.trainer.device)
     check_precision(config.trainer.precision, device)
@@ -83,19 +112,29 @@ def evaluate_checkpoint(config: Config, path: str) -> dict[str, float]:
     model.load_state_dict(checkpoint["model"])
     _, val_loader = build_loaders(config.data, seed=config.seed, device=device)
     loss_fn = build_loss(config.loss).to(device)
-    return evaluate(
+    ctx = StepContext(
+        device=device, precision=config.trainer.precision, loss_fn=loss_fn, seed=config.seed,
+        epoch=checkpoint["epoch"],
+    )  # fmt: skip
+    return validate(
         model.to(device),
         val_loader,
-        loss_fn,
-        device,
-        config.trainer.precision,
+        step_name=config.step.name,
+        val_step=build_step(config.val_step, key="val_step"),
+        loss_fn=loss_fn,
         metrics=build_metrics(config.metrics, device=device),
+        ctx=ctx,
     )
 
 
 @torch.no_grad()
 def evaluate_step(
-    val_step: Any, model: torch.nn.Module, loader: Any, ctx: Any, *, job: Distributed = SINGLE
+    val_step: Any,
+    model: torch.nn.Module,
+    loader: Any,
+    ctx: StepContext,
+    *,
+    job: Distributed = SINGLE,
 ) -> dict[str, float]:
     """`val/<key>` for every metric a `val_step` returns, averaged over the validation set
     (weighted by batch size, summed over ranks); one host sync at the end."""

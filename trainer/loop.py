@@ -31,7 +31,7 @@ from trainer.data import start_epoch
 from trainer.device import batch_size, pick_device, to_device
 from trainer.distributed import Distributed
 from trainer.errors import Interrupted, TrainingError, UserError
-from trainer.evaluate import evaluate, evaluate_step
+from trainer.evaluate import validate
 from trainer.interrupt import StopRequests
 from trainer.loggers import open_loggers
 from trainer.monitor import EarlyStopping, improved_best
@@ -258,17 +258,16 @@ def epoch_record(
     run: Run, job: Distributed, out: Output, epoch: int, trained: EpochResult, lrs: dict
 ) -> dict[str, Any]:
     """The epoch's metrics: training means, validation, the lrs of its first step, speed."""
-    settings = run.config.trainer
-    if run.val_step is not None:
-        ctx = step_context(run, job, epoch)
-        validation = evaluate_step(run.val_step, run.module, run.val_loader, ctx, job=job)
-    elif run.config.step.name == "supervised":
-        validation = evaluate(
-            run.model, run.val_loader, run.loss_fn, run.device, settings.precision, job=job,
-            metrics=run.metrics,
-        )  # fmt: skip
-    else:
-        validation = {}
+    validation = validate(
+        run.module if run.val_step is not None else run.model,
+        run.val_loader,
+        step_name=run.config.step.name,
+        val_step=run.val_step,
+        loss_fn=run.loss_fn,
+        metrics=run.metrics,
+        ctx=step_context(run, job, epoch),
+        job=job,
+    )
     record = {
         "epoch": epoch,
         "step": out.position.step,
