@@ -95,3 +95,17 @@ class NanBufferAt(nn.Module):
             if self.calls == self.forward_at:
                 self.seen.fill_(float("nan"))
         return self.net(x)
+
+
+def bn_net(num_classes: int = 4, image_size: int = 8) -> nn.Sequential:
+    """Two conv → BatchNorm → ReLU blocks and a linear head (for freezing norm layers)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * image_size * image_size, num_classes),
+    )

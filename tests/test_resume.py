@@ -370,7 +370,7 @@ def test_a_resumed_runs_config_yaml_is_the_config_in_force(tmp_path: Path) -> No
     # Fitting the run's config.yaml again trains what the resumed run trained.
     assert load_config(run_dir / "config.yaml", []).trainer.max_steps is None
 
-    third, output = train(config, resume="auto")  # nothing changed: nothing kept
+    _, output = train(config, resume="auto")  # nothing changed: nothing kept
     assert "config.yaml: now the config in force" not in output
     assert sorted(p.name for p in run_dir.glob("config*.yaml")) == [
         "config-step7.yaml",

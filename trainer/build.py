@@ -30,7 +30,7 @@ from trainer.optim import (
     needs_closure,
     plan_optimizers,
 )
-from trainer.param_groups import GroupsReport
+from trainer.param_groups import GroupsReport, held_norms
 from trainer.schedulers import ScheduleDriver, build_scheduler, steps_per_epoch
 
 
@@ -51,6 +51,13 @@ class Run:
     train_loader: Any
     val_loader: Any
     notes: list[str]  # what building had to say (init_from's report)
+    held_norms: list[torch.nn.Module]  # frozen norm layers kept in eval mode in training
+
+    def train_mode(self) -> None:
+        """model.train(), the frozen norm layers left in eval mode (freeze_norm_stats)."""
+        self.model.train()
+        for layer in self.held_norms:
+            layer.eval()
 
     @property
     def reports(self) -> dict[str, GroupsReport]:
@@ -232,4 +239,7 @@ def build_run(config: Config, device: torch.device, job: Distributed = SINGLE) -
         train_loader=train_loader,
         val_loader=val_loader,
         notes=notes,
+        held_norms=(
+            list(held_norms(module).values()) if config.param_groups.freeze_norm_stats else []
+        ),
     )

@@ -253,6 +253,9 @@ Regex = Annotated[str, AfterValidator(_check_regex)]
 
 class ParamGroupsConfig(Section):
     freeze: list[Regex] = []
+    # Norm layers whose parameters are all frozen stay in eval mode while training (their
+    # running statistics unchanged); false lets them update.
+    freeze_norm_stats: bool = True
     no_decay: list[Literal["bias", "norm", "1d"]] = []
     rules: list[RuleConfig] = []
 
@@ -344,6 +347,10 @@ class OptimizerEntry(Section):
     def _freeze_is_global(cls, value: ParamGroupsConfig) -> ParamGroupsConfig:
         if value.freeze:
             raise ValueError("freeze is global: set it in the top-level param_groups.freeze")
+        if "freeze_norm_stats" in value.model_fields_set:
+            raise ValueError(
+                "freeze_norm_stats is global: set it in the top-level param_groups"
+            )
         return value
 
 

@@ -203,7 +203,7 @@ def train_epoch(
     syncing = contextlib.nullcontext()  # reusable: no allocation per batch
     every_steps, max_steps = config.checkpoint.every_steps, settings.max_steps
     samples, batch_index = 0, skip - 1
-    run.model.train()
+    run.train_mode()
     started = time.perf_counter()
     for batch_index, batch in enumerate(run.train_loader, start=skip):
         batch = to_device(batch, device, channels_last=settings.channels_last)

@@ -17,6 +17,7 @@ from trainer.param_groups import (
     build_param_groups,
     check_optimizer_scopes,
     frozen_names,
+    held_norms,
 )
 
 if TYPE_CHECKING:
@@ -61,7 +62,9 @@ def plan_optimizers(model: torch.nn.Module, config: Config) -> list[PlannedOptim
             spec.param_groups,
             optimizer=spec.optimizer.name,
         )
-        return [PlannedOptimizer(spec, groups, report)]
+        planned = [PlannedOptimizer(spec, groups, report)]
+        _report_held_norms(model, config, planned)
+        return planned
     freeze = config.param_groups.freeze
     problems = check_optimizer_scopes(model, freeze, {s.name: s.params for s in specs})
     frozen_by_model = frozen_names(model)
@@ -84,7 +87,17 @@ def plan_optimizers(model: torch.nn.Module, config: Config) -> list[PlannedOptim
         planned.append(PlannedOptimizer(spec, groups, report))
     if problems:
         raise UserError(list(dict.fromkeys(problems)))
+    _report_held_norms(model, config, planned)
     return planned
+
+
+def _report_held_norms(
+    model: torch.nn.Module, config: Config, planned: list[PlannedOptimizer]
+) -> None:
+    """Every report names the norm layers training will hold in eval mode (after freeze)."""
+    names = list(held_norms(model)) if config.param_groups.freeze_norm_stats else []
+    for plan in planned:
+        plan.report.held_norms = names
 
 
 def plan_param_groups(config: Config) -> tuple[torch.nn.Module, list[PlannedOptimizer]]:

@@ -51,6 +51,7 @@ class GroupsReport:
     frozen_by_config: list[str] = field(default_factory=list)
     frozen_by_model: list[str] = field(default_factory=list)
     rule_hits: dict[str, int] = field(default_factory=dict)
+    held_norms: list[str] = field(default_factory=list)  # kept in eval mode in training
 
     def manifest(self) -> dict[str, list[str]]:
         """Group name → parameter names, as saved in every checkpoint."""
@@ -76,6 +77,7 @@ class GroupsReport:
             "frozen_by_model": self.frozen_by_model,
             "rule_hits": self.rule_hits,
             "unmatched_rules": [],
+            "held_norms": self.held_norms,
         }
 
 
@@ -201,6 +203,23 @@ def build_param_groups(
 def frozen_names(model: nn.Module) -> list[str]:
     """Tensors the model itself froze (requires_grad False before any config rule)."""
     return [t.name for t in _named_tensors(model) if not t.param.requires_grad]
+
+
+def held_norms(model: nn.Module) -> dict[str, nn.Module]:
+    """Norm layers with running statistics whose parameters are all frozen, by name: training
+    keeps them in eval mode, so their statistics stay as they were
+    (param_groups.freeze_norm_stats)."""
+    held = {}
+    for name, module in model.named_modules():
+        params = list(module.parameters(recurse=False))
+        if (
+            isinstance(module, nn.modules.batchnorm._NormBase)
+            and module.track_running_stats
+            and params
+            and not any(p.requires_grad for p in params)
+        ):
+            held[clean_name(name)] = module
+    return held
 
 
 def apply_freeze(model: nn.Module, patterns: list[str]) -> list[str]:

@@ -63,6 +63,11 @@ def groups_footer(report: GroupsReport) -> str:
         f"frozen: {len(report.frozen_by_config)} tensors by param_groups.freeze, "
         f"{len(report.frozen_by_model)} by the model"
     ]
+    if report.held_norms:
+        lines[0] += (
+            f"; {len(report.held_norms)} frozen norm layers kept in eval mode "
+            "(param_groups.freeze_norm_stats)"
+        )
     if report.rule_hits:
         hits = ", ".join(f"{rule} {count}" for rule, count in report.rule_hits.items())
         lines.append(f"rule hits (tensors): {hits}")
@@ -82,7 +87,10 @@ def groups_json(reports: dict[str, GroupsReport], *, several: bool) -> dict[str,
             for group in document["groups"]
         ],
         "optimizers": {name: {"groups": doc["groups"]} for name, doc in per_optimizer.items()},
-        **{key: first[key] for key in ("frozen", "frozen_by_config", "frozen_by_model")},
+        **{
+            key: first[key]
+            for key in ("frozen", "frozen_by_config", "frozen_by_model", "held_norms")
+        },
         "rule_hits": {
             f"{name}/{rule}": hits
             for name, doc in per_optimizer.items()
