@@ -52,3 +52,19 @@ class StudentTeacher(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
+
+
+def critic_first(
+    batch: Any, model: Any, optimizers: Any, ctx: Any, *, critic_updates: int = 3
+) -> dict:
+    """A WGAN-style step: `critic_updates` discriminator updates, then one generator update."""
+    real = batch[0] if isinstance(batch, (list, tuple)) else batch
+    for _ in range(critic_updates):
+        noise = torch.randn(real.shape[0], model.latent, generator=ctx.generator)
+        fake = model.generator(noise).detach()
+        d_loss = model.discriminator(fake).mean() - model.discriminator(real).mean()
+        optimizers["discriminator"].update(d_loss)
+    noise = torch.randn(real.shape[0], model.latent, generator=ctx.generator)
+    g_loss = -model.discriminator(model.generator(noise)).mean()
+    optimizers["generator"].update(g_loss)
+    return {"d_loss": d_loss, "g_loss": g_loss}

@@ -486,3 +486,26 @@ def test_eval_of_a_custom_step_without_val_step_is_exit_2(
         "eval", "gan.yaml", "--checkpoint", "x.pt",
         expect=["val_step: step 'gan' has no val_step, so there is nothing to validate"],
     )  # fmt: skip
+
+
+def test_each_optimizers_updates_are_counted_and_resumed(
+    gan_config: Callable[..., Any], tmp_path: Path
+) -> None:
+    # 8 batches an epoch: 8 steps, each with 3 critic updates and one generator update.
+    critic = ("step.name=steps_helpers:critic_first", "val_step=null",
+              "checkpoint.monitor=train/g_loss")  # fmt: skip
+    result = fit(gan_config(*critic, "trainer.epochs=1"))
+    records = read_metrics(result.run_dir / "metrics.jsonl")
+    steps = [r for r in records if "val/loss" not in r and "train/samples_per_s" not in r]
+    assert [(r["step"], r["updates/discriminator"], r["updates/generator"]) for r in steps] == [
+        (4, 12, 4),
+        (8, 24, 8),
+    ]
+    resumed = fit(gan_config(*critic, "trainer.epochs=2"), resume="auto")
+    [*_, last] = read_metrics(resumed.run_dir / "metrics.jsonl")
+    assert (last["epoch"], last["step"]) == (2, 16)
+    assert (last["updates/discriminator"], last["updates/generator"]) == (48, 16)
+    assert torch.load(resumed.run_dir / "checkpoints/last.pt", weights_only=True)["updates"] == {
+        "generator": 16,
+        "discriminator": 48,
+    }

@@ -243,7 +243,7 @@ _SHAPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "scaler": (_optional(_is_dict), "null or a GradScaler state_dict"),
     "scalers": (lambda value: _dict_of(value, _optional(_is_dict)), "name -> null or dict"),
     "epoch": (_count, "a whole number >= 0 (epochs completed)"),
-    "step": (_count, "a whole number >= 0 (optimizer steps)"),
+    "step": (_count, "a whole number >= 0 (training steps)"),
     "batch_in_epoch": (_count, "a whole number >= 0"),
     "samples_in_epoch": (_optional(_count), "null or a whole number >= 0"),
     "epoch_loss": (_number, "a number"),
@@ -259,6 +259,10 @@ _SHAPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "metrics": (_is_dict, "a dict of the last epoch's metrics"),
     "best": (_optional(_best), "null or a dict of monitor, mode, value and epoch"),
     "early_stopping": (_optional(_early_stopping), "null or a dict of best and bad_epochs"),
+    "updates": (
+        _optional(lambda value: _dict_of(value, _count)),
+        "null or optimizer name -> optimizer steps taken",
+    ),
 }
 
 
@@ -322,6 +326,7 @@ def make_checkpoint(
     metrics: dict[str, Any],
     best: dict[str, Any] | None,
     early_stopping: dict[str, Any] | None = None,
+    updates: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict: every key of KEYS, nothing that needs pickle to load.
 
@@ -351,6 +356,7 @@ def make_checkpoint(
         "metrics": dict(metrics),
         "best": best,
         "early_stopping": early_stopping,
+        "updates": updates,
     }
 
 

@@ -63,7 +63,16 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@app.command()
+FIT_HELP = (
+    "Train: build everything the config names, then run the loop.\n\n"
+    "A step is one call of the training step, over one accumulation window of "
+    "trainer.accumulate batches; the supervised step updates each optimizer once per step. "
+    "trainer.max_steps, trainer.log_every and checkpoint.every_steps count steps; a custom "
+    "step's optimizer updates are logged as updates/<optimizer>."
+)
+
+
+@app.command(help=FIT_HELP)
 @user_errors
 def fit(
     config: ConfigPath,

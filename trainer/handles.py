@@ -64,6 +64,7 @@ class OptimizerHandle:
         self.own_grads_only, self.sync_grads = own_grads_only, sync_grads
         self.measure_norm = False  # set on logging steps: clip_grad_value then measures
         self.grad_norm: torch.Tensor | None = None  # pre-clip norm of the last step
+        self.updates = 0  # optimizer steps taken (a skipped one is not counted)
         self.backwards = 0  # backward passes in this window
         self.skipped = 0  # losses skip_nonfinite left out in this window
         self.skipped_batch = False  # this batch's loss was left out (the loop resets it)
@@ -135,6 +136,7 @@ class OptimizerHandle:
         stepped = scale is None or self.scaler.get_scale() >= scale
         self.zero_grad()
         if stepped:
+            self.updates += 1
             self.schedule.after_optimizer_step()
         return stepped
 
@@ -187,6 +189,7 @@ class OptimizerHandle:
 
         value = self.optimizer.step(closure)
         self.zero_grad()
+        self.updates += 1
         self.schedule.after_optimizer_step()
         return value
 
@@ -262,6 +265,10 @@ class Optimizers(Mapping[str, OptimizerHandle]):
             for name, handle in self.handles.items()
             for group, lr in handle.lrs.items()
         }
+
+    def updates(self) -> dict[str, int]:
+        """Optimizer steps each optimizer has taken, by name."""
+        return {name: handle.updates for name, handle in self.handles.items()}
 
     def state(self) -> dict[str, Any]:
         """Each optimizer's, scheduler's and scaler's state, by optimizer name."""

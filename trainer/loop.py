@@ -274,11 +274,20 @@ def epoch_record(
         **out.sums.epoch_means(),
         **validation,
         **lrs,
+        **update_counts(run),
         "train/samples_per_s": trained.samples * job.world_size / max(trained.seconds, 1e-9),
     }
     if out.first_epoch:
         check_monitors(run.config, record)
     return record
+
+
+def update_counts(run: Run) -> dict[str, int]:
+    """`updates/<optimizer>`: optimizer steps each optimizer took, for a step other than
+    `supervised` (which updates every optimizer once per step, so `step` says it)."""
+    if run.config.step.name == "supervised":
+        return {}
+    return {f"updates/{name}": count for name, count in run.optimizers.updates().items()}
 
 
 def step_context(run: Run, job: Distributed, epoch: int) -> StepContext:
@@ -437,7 +446,9 @@ class Output:
     def log_step(
         self, epoch: int, means: dict[str, float], lrs: dict, batch: int, samples_per_s: float
     ) -> None:
-        record = {"epoch": epoch, "step": self.position.step, **means, **lrs}
+        record = {
+            "epoch": epoch, "step": self.position.step, **means, **lrs, **update_counts(self.run)
+        }  # fmt: skip
         several = self.run.config.several_optimizers
         for name, handle in self.run.optimizers.items():
             if handle.grad_norm is not None:
@@ -494,6 +505,7 @@ class Output:
             best=self.best,
             early_stopping=self.stopping.state_dict() if self.stopping else None,
             rngs=rngs,
+            updates=run.optimizers.updates(),
         )
         save_checkpoints(
             self.run_dir / "checkpoints", checkpoint, run.config.checkpoint, is_best=is_best

@@ -29,7 +29,7 @@ class Position:
     """Where training stands: what is done, and the best value so far."""
 
     epoch: int = 0  # epochs completed
-    step: int = 0  # optimizer steps taken
+    step: int = 0  # training steps taken (calls of the step: one per accumulation window)
     batch_in_epoch: int = 0  # batches of epoch `epoch + 1` already trained (per process)
     samples_in_epoch: int = 0  # samples of epoch `epoch + 1` already trained (all processes)
     epoch_sums: dict[str, float] = field(default_factory=dict)  # step metrics summed so far
@@ -263,6 +263,8 @@ def restore(
         notes.append("--reset-optimizer: loaded the weights only; fresh optimizer state")
     for name, handle in run.optimizers.items():
         state = saved[name]
+        # Files from before update counts were saved: one update per step then.
+        handle.updates = (checkpoint.get("updates") or {}).get(name, position.step)
         if not reset_optimizer:
             handle.optimizer.load_state_dict(state["optimizer"])
             if state["scaler"]:
