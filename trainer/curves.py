@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import UserError, did_you_mean
-from trainer.registry import needs_extra
-from trainer.report import save_figure
+from trainer.report import pyplot, save_figure
 from trainer.runs import find_runs, is_epoch_record, read_records
 
 MARKS = "*o+x#@%&"
@@ -130,18 +129,6 @@ def chart(
     legend = ", ".join(f"{m} {name}" for m, name in zip(MARKS, series, strict=False))
     lines.append(f"{'':>{label}}  {legend}")
     return "\n".join(lines)
-
-
-def pyplot(option: str) -> Any:
-    """matplotlib.pyplot without a display; a missing matplotlib is a UserError on `option`."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError(needs_extra(option, package="matplotlib", extra="plot")) from None
-    return plt
 
 
 def write_png(panels: dict[str, dict[str, Points]], path: str, *, x: str) -> None:
