@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from damage_helpers import DAMAGES, damage
 from rich.console import Console
 from typer.testing import Result
 
@@ -73,6 +74,15 @@ def test_step_records_draw_what_they_carry_and_epoch_records_the_rest() -> None:
     assert curve(logged, "val/acc", x="step") == [(4, 0.5), (8, 1.0)]
 
 
+def test_sparser_step_records_give_way_to_the_epoch_records() -> None:
+    # log_every 3 in epochs of 4 steps: steps 3 and 6 logged, over 3 epochs.
+    epochs = [r for r in records(1.0) if "val/loss" in r]
+    epochs.append(epochs[-1] | {"epoch": 3, "step": 12, "train/loss": 0.2})
+    steps = [{"epoch": 1, "step": 3, "train/loss": 0.4}, {"epoch": 2, "step": 6, "train/loss": 0.3}]
+    assert curve(steps + epochs, "train/loss", x="step") == [(4, 0.5), (8, 0.25), (12, 0.2)]
+    assert curve(steps + epochs[:2], "train/loss", x="step") == [(3, 0.4), (6, 0.3)]  # a tie
+
+
 def test_the_terminal_chart_renders_without_a_terminal() -> None:
     series = {"a": [(1.0, 1.0), (2.0, 0.5), (3.0, 0.25)], "b": [(1.0, 2.0), (3.0, 1.0)]}
     output = io.StringIO()
@@ -114,3 +124,60 @@ def test_without_matplotlib_the_error_names_the_extra(
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     user_error("plot", "a", "--out", "x.png", expect=["--out: needs matplotlib", "--extra plot"])
+
+
+@pytest.mark.usefixtures("two_runs")
+def test_a_run_without_metrics_yet_is_named_and_left_out(
+    run_cli: Callable[..., Result], user_error: Callable[..., str], tmp_path: Path
+) -> None:
+    empty = tmp_path / "runs" / "new"
+    empty.mkdir()
+    (empty / "config.yaml").write_text("name: new\n")
+    (empty / "metrics.jsonl").write_text("")
+    said = "RUN: 'runs/new' has no metrics yet (nothing in its metrics.jsonl)"
+    for out in ([], ["--out", "x.png"]):
+        user_error("plot", "new", *out, expect=[said])
+    (empty / "metrics.jsonl").unlink()  # its first moments: config.yaml alone
+    user_error("plot", "new", expect=[said])
+    result = run_cli("plot", "new", "a", "--out", "x.png")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"warning: {said}; not drawn\n"
+    assert (tmp_path / "x.png").is_file()
+
+
+@pytest.mark.usefixtures("two_runs")
+def test_nothing_to_draw_is_exit_2_naming_what_was_logged(
+    user_error: Callable[..., str], tmp_path: Path
+) -> None:
+    lines = [{"epoch": 1, "step": 2, "train/d_loss": 0.5}, {"epoch": 1, "step": 4, "lr/d": 0.1}]
+    gan = tmp_path / "runs" / "gan"
+    gan.mkdir()
+    (gan / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    user_error(
+        "plot", "gan", expect=["--metric: these runs logged neither train/loss nor a val/ metric"]
+    )
+    user_error(
+        "plot",
+        "gan",
+        "--metric",
+        "train/d_loss",
+        "--x",
+        "epoch",
+        expect=["--metric: train/d_loss: no point to draw against --x epoch"],
+    )
+
+
+@pytest.mark.usefixtures("two_runs")
+@pytest.mark.parametrize("kind", DAMAGES)
+def test_plot_skips_a_damaged_line_with_a_warning(
+    run_cli: Callable[..., Result], tmp_path: Path, kind: str
+) -> None:
+    damaged = damage(tmp_path / "runs" / "a", kind)
+    result = run_cli("plot", "a", "b", "--x", "epoch")
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    if damaged.file == "metrics.jsonl":  # plot reads no other file
+        assert result.stderr == f"warning: runs/a/{damaged.message}; the line is skipped\n"
+    else:
+        assert result.stderr == ""
+    assert "epoch 1 .. 2" in result.stdout and "* a, o b" in result.stdout

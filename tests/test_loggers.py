@@ -14,7 +14,7 @@ from typer.testing import Result
 
 from trainer.config import Config, validate_config
 from trainer.loggers import check_loggers, open_loggers, scalars
-from trainer.runs import read_records
+from trainer.rundir import read_metrics
 
 GROUPS = {
     "groups": [
@@ -171,7 +171,7 @@ def test_a_real_run_and_its_resume_log_what_metrics_jsonl_holds(
         result = run_cli("fit", "cfg.yaml", *args)
         assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "tiny"
-    records = read_records(run_dir / "metrics.jsonl")
+    records = read_metrics(run_dir / "metrics.jsonl")
     assert [r["epoch"] for r in records if "val/loss" in r] == [1, 2]
     events = read_events(run_dir / "tb")
     assert_events_match(records, events)

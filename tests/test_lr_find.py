@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from trainer.config import load_config
-from trainer.lr_find import suggest
+from trainer.lr_find import RangeTest, loss_axis, plot_range_test, suggest
 from trainer.models import small_cnn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,6 +103,41 @@ def test_suggestion_is_the_steepest_fall_before_the_minimum() -> None:
     assert "the loss was lowest at lr 0.1" in rule
     none, why = suggest(lrs, [1.0, 0.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
     assert none is None and why.startswith("no suggestion: the loss was lowest at step 2")
+
+
+def range_test(losses: list[float], smoothed: list[float]) -> RangeTest:
+    lrs = [10.0**e for e in range(-len(losses), 0)]
+    return RangeTest(lrs, losses, smoothed, {"default": lrs}, "stopped", 1e-3, "rule", [])
+
+
+def test_the_plot_cuts_the_divergence_off_its_log_y_axis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # From 2.0 down to 0.25, then a spike of 1e6 (the smoothed loss past 4 x its minimum).
+    test = range_test([2.0, 1.0, 0.5, 0.3, 0.25, 1e6], [2.0, 1.5, 1.0, 0.6, 0.4, 2e5])
+    scale, bottom, top = loss_axis(test)
+    assert scale == "log"
+    assert bottom == pytest.approx(0.25 / 8**0.05) and top == pytest.approx(2.0 * 8**0.05)
+    wide = range_test([9.0, 1.0, 0.5, 0.3, 0.25, 1e6], [9.0, 1.0, 0.5, 0.3, 0.25, 2e5])
+    assert loss_axis(wide)[2] == pytest.approx(9.0 * 36**0.05)  # from the first loss
+    shallow = range_test([1.0, 0.6, 0.5, 1e6], [1.0, 0.7, 0.5, 2e5])
+    assert loss_axis(shallow)[2] == pytest.approx(2.0 * 4**0.05)  # 4 x the smoothed minimum
+    negative = range_test([1.0, -1.0, 1e6], [1.0, -0.5, 2e5])
+    assert loss_axis(negative) == ("linear", -1.0 - 0.1, 1.0 + 0.1)
+    assert loss_axis(range_test([math.nan], [math.nan])) is None
+
+    import trainer.lr_find
+
+    drawn = []
+    monkeypatch.setattr(
+        trainer.lr_find,
+        "save_figure",
+        lambda figure, path, **_: drawn.append(
+            (figure.axes[0].get_yscale(), figure.axes[0].get_ylim())
+        ),
+    )
+    plot_range_test(test, str(tmp_path / "lr.png"))
+    assert drawn == [("log", pytest.approx((bottom, top)))]
 
 
 def test_a_loss_that_is_not_finite_ends_the_test(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+import resume_helpers
+from damage_helpers import DAMAGES, damage
 
 from trainer.errors import TrainingError, UserError
 from trainer.rundir import (
@@ -268,3 +271,24 @@ def test_a_run_stopped_by_max_steps_and_resumed_logs_each_step_and_epoch_once(
     epochs = [r["epoch"] for r in records if "train/samples_per_s" in r]
     assert (steps, epochs) == ([1, 2, 3, 4, 5, 6, 7, 8], [1, 2])
 
+
+
+@pytest.mark.parametrize("kind", DAMAGES)
+def test_resume_auto_on_a_damaged_run_file_is_exit_2_naming_it(
+    run_cli, tmp_path: Path, two_epochs: Path, kind: str
+) -> None:
+    run_dir = tmp_path / "runs" / "r"
+    shutil.copytree(two_epochs, run_dir)
+    resume_helpers.write_config(tmp_path)
+    damaged = damage(run_dir, kind)
+    before = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
+    result = run_cli("fit", "cfg.yaml", "trainer.epochs=3", "--resume", "auto")
+    if damaged.file == "config.yaml":  # the checkpoint holds the config: this is not read
+        assert result.exit_code == 0, result.output
+        return
+    assert result.exit_code == 2, (result.exception, result.output)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.stderr.startswith(f"error: runs/r/{damaged.message}"), result.stderr
+    assert "fix or delete" in result.stderr
+    after = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
+    assert after[damaged.file] == before[damaged.file]

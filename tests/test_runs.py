@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from damage_helpers import DAMAGES, damage
 from typer.testing import Result
 
 from trainer.errors import Interrupted, TrainingError
@@ -126,7 +127,7 @@ def test_only_config_keys_that_differ_are_compared(tmp_path: Path) -> None:
     a = make_run(tmp_path, "a", [], config={"optimizer": {"name": "SGD", "lr": 0.1}})
     b = make_run(tmp_path, "b", [], config={"optimizer": {"name": "SGD", "lr": 0.01}})
     c = make_run(tmp_path, "c", [], config={"optimizer": {"name": "SGD"}})
-    summaries, differing = compare([a, b, c])
+    summaries, differing = compare({"a": a, "b": b, "c": c})
     assert differing == ["optimizer.lr"]  # not name, which always differs
     assert [s.config for s in summaries] == [
         {"optimizer.lr": 0.1},
@@ -191,3 +192,52 @@ def test_three_real_runs_finished_stopped_by_sigterm_and_failed_with_a_nan(
         "model.name",
     ]
     assert by_name["failed"]["config"]["model.forward"] == 3
+
+
+def test_a_sweeps_trials_are_listed_under_its_study(
+    run_cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    make_run(runs, "plain", [epoch(1, 0.5)])
+    for number, lr in ((0, 0.1), (1, 0.01)):  # where `trainer sweep` puts them
+        out_dir = f"runs/s/trial-000{number}"
+        trial = {"optimizer": {"lr": lr}, "trainer": {"epochs": 2, "out_dir": out_dir}}
+        make_run(runs / "s", f"trial-000{number}", [epoch(1, lr)], config=trial)
+    (runs / "s" / "study.journal").write_text("")
+    (runs / "s" / "best.yaml").write_text("name: s\n")
+    listed = run_cli("runs", "--json")
+    assert listed.exit_code == 0, listed.output
+    document = json.loads(listed.stdout)
+    assert [run["name"] for run in document["runs"]] == ["plain", "s/trial-0000", "s/trial-0001"]
+    assert document["differing_keys"] == ["optimizer.lr"]
+    table = run_cli("runs")
+    rows = [line.split("│")[1].strip() for line in table.stdout.splitlines() if "│" in line]
+    assert rows == ["plain", "s/trial-0000", "s/trial-0001"]
+    assert table.stdout.count("├") == 1  # a rule above the sweep's trials
+    study = json.loads(run_cli("runs", "runs/s", "--json").stdout)
+    assert [run["name"] for run in study["runs"]] == ["trial-0000", "trial-0001"]
+
+
+@pytest.mark.parametrize("kind", DAMAGES)
+def test_runs_leaves_out_a_damaged_file_or_line_with_a_warning(
+    run_cli: Callable[..., Result], tmp_path: Path, kind: str
+) -> None:
+    run_dir = make_run(
+        tmp_path / "runs",
+        "r",
+        [epoch(1, 0.5), epoch(2, 0.25)],
+        status={"status": "finished", "step": 8},
+    )
+    damaged = damage(run_dir, kind)
+    for args in (["runs"], ["runs", "--json"]):
+        result = run_cli(*args)
+        assert result.exit_code == 0, result.output
+        assert "Traceback" not in result.output
+        [warning] = result.stderr.splitlines()
+        assert warning.startswith(f"warning: {Path('runs/r') / damaged.message}"), warning
+    run = json.loads(result.stdout)["runs"][0]
+    assert run["warnings"] == [warning.removeprefix("warning: ")]
+    if damaged.file == "metrics.jsonl":  # the line left out, the others read
+        assert (run["epoch"], run["best"]["value"], run["label"]) == (2, 0.25, "finished")
+    if damaged.file == "config.yaml":
+        assert (run["epochs"], run["best"]["monitor"]) == (None, "val/loss")

@@ -63,6 +63,11 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def warn(line: str) -> None:
+    """A `warning: ...` line on stderr (what a command left out, and why)."""
+    Console(stderr=True, markup=False, highlight=False, soft_wrap=True).print(f"warning: {line}")
+
+
 FIT_HELP = (
     "Train: build everything the config names, then run the loop.\n\n"
     "A step is one call of the training step, over one accumulation window of "
@@ -160,7 +165,8 @@ def runs(
     ] = "runs",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """The runs in DIR: status, progress, best value, last metrics, differing config keys."""
+    """The runs in DIR (and a sweep's trials in DIR/<study>/): status, progress, best value,
+    last metrics, differing config keys."""
     import json
     from pathlib import Path
 
@@ -168,6 +174,9 @@ def runs(
     from trainer.report import make_console
 
     summaries, differing = run_dirs.compare(run_dirs.find_runs(Path(directory)))
+    for summary in summaries:
+        for line in summary.warnings:
+            warn(line)
     if as_json:
         sys.stdout.write(json.dumps(run_dirs.runs_json(summaries, differing), indent=2) + "\n")
         return
@@ -203,7 +212,7 @@ def plot(
     from trainer import curves
     from trainer.report import make_console
 
-    records = curves.load_runs(run)
+    records = curves.load_runs(run, warn=warn)
     panels = curves.collect(records, metric or curves.default_metrics(records), x=x.value)
     console = make_console()
     if out:

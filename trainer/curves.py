@@ -1,18 +1,20 @@
 """`trainer plot`: metric curves of one or several runs, in the terminal or as a PNG.
 
-A metric that step records carry (`train/loss`, `lr/<group>`) is drawn from the step records;
-one only epoch records carry (`val/...`) from those. Against `step` (default) or `epoch`
-(epoch records only). Several runs share each chart, one mark (or line colour) per run.
+Against `step` (default), a metric is drawn from whichever records carry it more often in a
+run: the step records (`train/loss`, `lr/<group>` every `log_every` steps), or, where they are
+sparser (a `log_every` near or above the epoch's length), the epoch records; a metric only
+epoch records carry (`val/...`) from those. Against `epoch`, from the epoch records. Several
+runs share each chart, one mark (or line colour) per run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from trainer.errors import UserError, did_you_mean
-from trainer.registry import needs_extra
-from trainer.report import save_figure
+from trainer.report import pyplot, save_figure
 from trainer.runs import find_runs, is_epoch_record, read_records
 
 MARKS = "*o+x#@%&"
@@ -24,26 +26,26 @@ Points = list[tuple[float, float]]
 
 
 def find_run(run: str) -> Path:
-    """A run directory given by path, or by name under `runs/`."""
+    """A run directory given by path, or by name under `runs/` (`<study>/trial-0003` too)."""
     for candidate in (Path(run), Path("runs") / run):
-        if (candidate / "metrics.jsonl").is_file():
+        if (candidate / "metrics.jsonl").is_file() or (candidate / "config.yaml").is_file():
             return candidate
-    known = [p.name for p in find_runs(Path("runs"))] if Path("runs").is_dir() else []
+    known = list(find_runs(Path("runs"))) if Path("runs").is_dir() else []
     listed = f" (runs under runs/: {', '.join(known)})" if known else ""
     raise UserError(
-        f"RUN: {run!r} is neither a run directory with metrics.jsonl nor a run name"
+        f"RUN: {run!r} is neither a run directory nor a run name"
         f"{did_you_mean(run, known)}{listed}"
     )
 
 
 def curve(records: list[dict[str, Any]], metric: str, *, x: str) -> Points:
-    """(x, value) of `metric`: from step records where they carry it, else epoch records."""
-    from_steps = x == "step" and any(metric in r for r in records if not is_epoch_record(r))
-    return [
-        (float(r[x]), float(r[metric]))
-        for r in records
-        if r.get(metric) is not None and is_epoch_record(r) != from_steps
-    ]
+    """(x, value) of `metric`: against `step`, from the step records unless the epoch records
+    carry it more often; against `epoch`, from the epoch records."""
+    carrying = [r for r in records if r.get(metric) is not None]
+    epochs = [r for r in carrying if is_epoch_record(r)]
+    steps = [r for r in carrying if not is_epoch_record(r)]
+    chosen = steps if x == "step" and len(steps) >= len(epochs) else epochs
+    return [(float(r[x]), float(r[metric])) for r in chosen]
 
 
 def default_metrics(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -55,9 +57,15 @@ def default_metrics(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
 def collect(
     runs: dict[str, list[dict[str, Any]]], metrics: list[str], *, x: str
 ) -> dict[str, dict[str, Points]]:
-    """metric -> run -> points; a metric no run logged is a UserError listing what they did."""
+    """metric -> run -> points; no metric, a metric no run logged, or nothing to draw is a
+    UserError listing what they did log."""
     logged = list(dict.fromkeys(k for records in runs.values() for r in records for k in r))
     logged = [k for k in logged if k not in ("epoch", "step")]
+    if not metrics:
+        raise UserError(
+            "--metric: these runs logged neither train/loss nor a val/ metric; name one "
+            f"(metrics: {', '.join(logged)})"
+        )
     unknown = [m for m in metrics if m not in logged]
     if unknown:
         raise UserError(
@@ -67,17 +75,32 @@ def collect(
                 for m in unknown
             ]
         )
-    return {m: {name: curve(records, m, x=x) for name, records in runs.items()} for m in metrics}
+    panels = {m: {name: curve(records, m, x=x) for name, records in runs.items()} for m in metrics}
+    if not any(points for series in panels.values() for points in series.values()):
+        raise UserError(f"--metric: {', '.join(metrics)}: no point to draw against --x {x}")
+    return panels
 
 
-def load_runs(run_args: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """run label -> records; a label is the directory's name, or its path when names repeat."""
+def load_runs(
+    run_args: list[str], *, warn: Callable[[str], None]
+) -> dict[str, list[dict[str, Any]]]:
+    """run label -> records; a label is the directory's name, or its path when names repeat.
+    A run without metrics yet is left out with a warning, or a UserError if all are."""
     paths = [find_run(run) for run in run_args]
     names = [p.name for p in paths]
-    return {
-        (p.name if names.count(p.name) == 1 else str(p)): read_records(p / "metrics.jsonl")
-        for p in paths
-    }
+    runs, empty = {}, []
+    for path in paths:
+        records = read_records(path / "metrics.jsonl", warn=warn)
+        label = path.name if names.count(path.name) == 1 else str(path)
+        if records:
+            runs[label] = records
+        else:
+            empty.append(f"RUN: {str(path)!r} has no metrics yet (nothing in its metrics.jsonl)")
+    if not runs:
+        raise UserError(empty)
+    for line in empty:
+        warn(f"{line}; not drawn")
+    return runs
 
 
 def chart(
@@ -106,18 +129,6 @@ def chart(
     legend = ", ".join(f"{m} {name}" for m, name in zip(MARKS, series, strict=False))
     lines.append(f"{'':>{label}}  {legend}")
     return "\n".join(lines)
-
-
-def pyplot(option: str) -> Any:
-    """matplotlib.pyplot without a display; a missing matplotlib is a UserError on `option`."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError(needs_extra(option, package="matplotlib", extra="plot")) from None
-    return plt
 
 
 def write_png(panels: dict[str, dict[str, Points]], path: str, *, x: str) -> None:

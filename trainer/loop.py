@@ -130,11 +130,11 @@ def train(
         for note in [*notes, f"run directory: {run_dir}"]:
             report.note(note)
         wrap_model(run, job)
+        out = Output(run, job, run_dir, position, report, checkpoint)  # checks metrics.jsonl
+        owned.callback(out.close)
         owned.enter_context(
             status_recorded(run_dir, enabled=job.is_main, step=lambda: position.step)
         )
-        out = Output(run, job, run_dir, position, report, checkpoint)
-        owned.callback(out.close)
         return train_epochs(run, job, out, report)
 
 

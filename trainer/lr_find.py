@@ -257,8 +257,26 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def loss_axis(test: RangeTest) -> tuple[str, float, float] | None:
+    """The plot's y axis, (scale, bottom, top): log where every loss is above 0, else linear;
+    from the lowest loss up to the first smoothed loss or DIVERGENCE x the smoothed minimum,
+    whichever is higher, so the losses past the divergence do not flatten the rest."""
+    finite = [v for v in (*test.losses, *test.smoothed) if math.isfinite(v)]
+    smoothed = [v for v in test.smoothed if math.isfinite(v)] or finite
+    if not finite:
+        return None
+    bottom = min(finite)
+    top = min(max(finite), max(smoothed[0], DIVERGENCE * min(smoothed)))
+    if bottom > 0:
+        margin = (top / bottom) ** 0.05 if top > bottom else 1.1
+        return "log", bottom / margin, top * margin
+    margin = 0.05 * (top - bottom) or 1.0
+    return "linear", bottom - margin, top + margin
+
+
 def plot_range_test(test: RangeTest, path: str) -> None:
-    """Loss and smoothed loss against the lr (log scale), the suggestion marked."""
+    """Loss and smoothed loss against the lr (log scale), the suggestion marked; the y axis
+    as `loss_axis` says."""
     from trainer.report import pyplot
 
     plt = pyplot()
@@ -268,8 +286,13 @@ def plot_range_test(test: RangeTest, path: str) -> None:
     if test.suggestion is not None:
         axes.axvline(test.suggestion, color="red", linestyle="--", label="suggested lr")
     axes.set_xscale("log")
+    y_axis = loss_axis(test)
+    if y_axis is not None:
+        scale, bottom, top = y_axis
+        axes.set_yscale(scale)
+        axes.set_ylim(bottom, top)
     axes.set_xlabel("optimizer.lr")
-    axes.set_ylabel("loss")
+    axes.set_ylabel(f"loss{' (log scale)' if y_axis and y_axis[0] == 'log' else ''}")
     axes.legend()
     figure.tight_layout()
     try:

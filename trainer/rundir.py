@@ -181,30 +181,31 @@ class MetricsFile:
 
     def cut_after(self, *, step: int, epoch: int) -> int:
         """Drop what a resume from (`step`, `epoch` completed) logs again: records after
-        `step`, epoch records of epochs after `epoch`, a torn last line. Returns how many."""
+        `step`, epoch records of epochs after `epoch`, a torn last line. Returns how many.
+        A damaged line is a UserError naming the file and line; the file is left as it is."""
         if self._file is None:
             return 0
         from trainer.runs import is_epoch_record
 
-        self._file.close()
         kept, dropped = [], 0
-        with open(self.path, encoding="utf-8") as file:
-            for line in file:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    dropped += bool(line.strip())
-                    continue
-                later = record.get("step", 0) > step or (
-                    is_epoch_record(record) and record.get("epoch", 0) > epoch
+        for number, line, record in metrics_lines(self.path):
+            if record == TORN:
+                dropped += 1
+                continue
+            if isinstance(record, str):
+                raise UserError(
+                    f"{self.path}, line {number}: {record}; fix or delete that line, "
+                    "then resume again"
                 )
-                dropped += later
-                kept += [] if later else [line if line.endswith("\n") else line + "\n"]
+            later = record["step"] > step or (is_epoch_record(record) and record["epoch"] > epoch)
+            dropped += later
+            kept += [] if later else [line + b"\n"]
         if dropped:
+            self._file.close()
             temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            temporary.write_text("".join(kept), encoding="utf-8")
+            temporary.write_bytes(b"".join(kept))
             os.replace(temporary, self.path)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         return dropped
 
     def close(self) -> None:
@@ -216,3 +217,57 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Every record of a metrics.jsonl file."""
     with open(path, encoding="utf-8") as file:
         return [json.loads(line) for line in file if line.strip()]
+
+
+TORN = "cut short (the last line of a killed process)"
+
+
+def metrics_lines(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any] | str]]:
+    """Each line of a metrics.jsonl file as (line number, the line, its record), the record
+    replaced by what is wrong with the line when it is not one: TORN for an unfinished last
+    line a killed process left. Blank lines are left out."""
+    lines = path.read_bytes().split(b"\n")
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        record = _record(line)
+        unfinished = index == len(lines) - 1  # no newline after it: its write was cut
+        yield index + 1, line, TORN if unfinished and record in UNREADABLE else record
+
+
+UNREADABLE = ("not UTF-8 text", "not JSON")
+
+
+def _record(line: bytes) -> dict[str, Any] | str:
+    """One metrics.jsonl record: a JSON object with an integer `epoch` and `step` and a number
+    (or null, for a value that was not finite) under every other key; else what is wrong."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        return UNREADABLE[0]
+    except ValueError:
+        return UNREADABLE[1]
+    if not isinstance(record, dict):
+        return f"a JSON {json_kind(record)}, not an object"
+    for key in ("epoch", "step"):
+        value = record.get(key)
+        if key not in record:
+            return f"no {key!r} in the record"
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"{key} is {json_excerpt(value)}, not an integer"
+    for key, value in record.items():
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            return f"{key} is {json_excerpt(value)}, not a number"
+    return record
+
+
+def json_kind(value: Any) -> str:
+    """What JSON calls a value's type (`array`, `string`, ...)."""
+    kinds = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return kinds.get(type(value), "number")
+
+
+def json_excerpt(value: Any, limit: int = 40) -> str:
+    """A value as JSON, cut to `limit` characters."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -18,14 +18,14 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from trainer.errors import Interrupted, UserError
-from trainer.rundir import LOCK_FILE, lock_holder
+from trainer.rundir import LOCK_FILE, TORN, json_excerpt, json_kind, lock_holder, metrics_lines
 
 STATUS_FILE = "status.json"
 NOT_COMPARED = ("name", "trainer.out_dir")  # differ between any two runs by construction
@@ -39,12 +39,37 @@ def is_epoch_record(record: dict[str, Any]) -> bool:
 # ---------------------------------------------------------------- written by the loop
 
 
+STATUS_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {  # key: (types, what it must be)
+    "status": ((str,), "a string"),
+    "reason": ((str, type(None)), "a string or null"),
+    "step": ((int,), "an integer"),
+    "started": ((int, float), "a number"),
+    "ended": ((int, float, type(None)), "a number or null"),
+    "seconds": ((int, float), "a number"),
+    "pid": ((int,), "an integer"),
+    "host": ((str,), "a string"),
+}
+
+
 def read_status(run_dir: Path) -> dict[str, Any]:
-    """status.json of a run, or {} for a run without one."""
+    """status.json of a run, or {} for a run without one; a damaged one is a UserError
+    naming the file and what is wrong."""
+    path = run_dir / STATUS_FILE
     try:
-        return json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+        status = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
         return {}
+    except OSError as err:
+        raise UserError(f"{path}: cannot read it ({err.strerror})") from None
+    except ValueError:
+        raise UserError(f"{path}: not JSON text") from None
+    if not isinstance(status, dict):
+        raise UserError(f"{path}: a JSON {json_kind(status)}, not an object")
+    for key, (kinds, wanted) in STATUS_FIELDS.items():
+        value = status.get(key)
+        if key in status and (not isinstance(value, kinds) or isinstance(value, bool)):
+            raise UserError(f"{path}: {key} is {json_excerpt(value)}, not {wanted}")
+    return status
 
 
 def write_status(run_dir: Path, **fields: Any) -> None:
@@ -64,7 +89,12 @@ def status_recorded(run_dir: Path, *, enabled: bool, step: Callable[[], int]) ->
         yield
         return
     started = time.time()
-    before = read_status(run_dir).get("seconds", 0.0)
+    try:
+        before = read_status(run_dir).get("seconds", 0.0)
+    except UserError as err:  # before anything is written
+        raise UserError(
+            f"{err.problems[0]}; fix or delete it (the run writes it anew), then resume again"
+        ) from None
     write_status(
         run_dir,
         status="running",
@@ -109,7 +139,7 @@ def status_recorded(run_dir: Path, *, enabled: bool, step: Callable[[], int]) ->
 class RunSummary:
     """One row of `trainer runs`."""
 
-    name: str
+    name: str  # the run directory's path under the listed directory
     path: str
     status: str  # finished | stopped | running | failed
     reason: str | None
@@ -120,6 +150,7 @@ class RunSummary:
     last: dict[str, float]  # the last epoch's metrics
     seconds: float | None  # wall time, over all sessions
     config: dict[str, Any]  # the config keys that differ between the listed runs
+    warnings: list[str] = field(default_factory=list)  # damaged files: what was left out
 
     @property
     def label(self) -> str:
@@ -130,40 +161,98 @@ class RunSummary:
             return f"running (step {self.step})"
         return f"{self.status} at step {self.step}"
 
+    @property
+    def group(self) -> str:
+        """The directory the run is listed under (a sweep's study), or '' for none."""
+        return self.name.rpartition("/")[0]
 
-def find_runs(directory: Path) -> list[Path]:
-    """Run directories (with a config.yaml) in `directory`, or `directory` itself."""
+
+def find_runs(directory: Path) -> dict[str, Path]:
+    """The runs in `directory` by name: `directory` itself if it is a run; else its run
+    directories (with a config.yaml), then those one level down, named `<dir>/<run>` (a
+    sweep keeps its trials in its study directory: `<study>/trial-0003`)."""
     if not directory.is_dir():
         raise UserError(f"DIR: {directory}: no such directory")
-    if (directory / "config.yaml").is_file():
-        return [directory]
-    return sorted(p for p in directory.iterdir() if (p / "config.yaml").is_file())
+    if _is_run(directory):
+        return {directory.resolve().name: directory}
+    children = _subdirectories(directory)
+    found = {child.name: child for child in children if _is_run(child)}
+    for group in (child for child in children if not _is_run(child)):
+        found |= {f"{group.name}/{run.name}": run for run in _subdirectories(group) if _is_run(run)}
+    return found
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl's records; a line cut short by a killed process is left out."""
-    if not path.is_file():
+def _is_run(directory: Path) -> bool:
+    return (directory / "config.yaml").is_file()
+
+
+def _subdirectories(directory: Path) -> list[Path]:
+    """The directories in `directory` by name; none where it cannot be read."""
+    try:
+        return sorted(path for path in directory.iterdir() if path.is_dir())
+    except OSError:
+        return []
+
+
+def read_records(path: Path, *, warn: Callable[[str], None]) -> list[dict[str, Any]]:
+    """metrics.jsonl's records; a line cut short by a killed process is left out, and a
+    damaged line too, with a warning naming the file and line."""
+    try:
+        lines = list(metrics_lines(path))
+    except FileNotFoundError:
+        return []
+    except OSError as err:
+        warn(f"{path}: cannot read it ({err.strerror}); no metrics read")
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(ValueError):
-            records.append(json.loads(line))
+    for number, _, record in lines:
+        if isinstance(record, dict):
+            records.append(record)
+        elif record != TORN:
+            warn(f"{path}, line {number}: {record}; the line is skipped")
     return records
 
 
-def summarize(run_dir: Path) -> RunSummary:
-    """What a run's files say: status, progress, best and last metrics, wall time."""
+def read_config(path: Path, *, warn: Callable[[str], None]) -> dict[str, Any]:
+    """A run's config.yaml; {} with a warning naming the file (and line) when it is damaged."""
+    try:
+        config = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except OSError as err:
+        problem = f"{path}: cannot read it ({err.strerror})"
+    except UnicodeDecodeError:
+        problem = f"{path}: not UTF-8 text"
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        problem = f"{path}{where}: not YAML ({getattr(err, 'problem', None) or 'unreadable'})"
+    else:
+        if config is None or isinstance(config, dict):
+            return config or {}
+        problem = f"{path}: a {type(config).__name__}, not a mapping of config keys"
+    warn(f"{problem}; its settings are not read")
+    return {}
+
+
+def summarize(run_dir: Path, *, name: str | None = None) -> RunSummary:
+    """What a run's files say: status, progress, best and last metrics, wall time. Damaged
+    files or lines are left out, each with a warning in the summary."""
     from trainer.config import default_mode
     from trainer.monitor import improved_best
 
-    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    records = read_records(run_dir / "metrics.jsonl")
+    warnings: list[str] = []
+    config = read_config(run_dir / "config.yaml", warn=warnings.append)
+    records = read_records(run_dir / "metrics.jsonl", warn=warnings.append)
     epochs = [r for r in records if is_epoch_record(r)]
-    saved = read_status(run_dir)
-    step = saved.get("step", max((r.get("step", 0) for r in records), default=0))
-    settings, checkpoint = config.get("trainer", {}), config.get("checkpoint", {})
-    monitor = checkpoint.get("monitor", "val/loss")
-    mode = checkpoint.get("mode") or default_mode(monitor)
+    try:
+        saved = read_status(run_dir)
+    except UserError as err:
+        warnings.append(f"{err.problems[0]}; the run is judged from metrics.jsonl")
+        saved = {}
+    step = saved.get("step", max((r["step"] for r in records), default=0))
+    settings, checkpoint = _section(config, "trainer"), _section(config, "checkpoint")
+    monitor = _typed(checkpoint.get("monitor"), str) or "val/loss"
+    mode = checkpoint.get("mode") if checkpoint.get("mode") in ("min", "max") else None
+    mode = mode or default_mode(monitor)
     best = None
     for record in epochs:
         best = improved_best(best, record, monitor, mode)
@@ -174,18 +263,30 @@ def summarize(run_dir: Path) -> RunSummary:
     }
     status, reason = _status(run_dir, saved, records, epochs, settings)
     return RunSummary(
-        name=run_dir.name,
+        name=name or run_dir.name,
         path=str(run_dir),
         status=status,
         reason=reason,
         epoch=epochs[-1]["epoch"] if epochs else 0,
-        epochs=settings.get("epochs"),
+        epochs=_typed(settings.get("epochs"), int),
         step=step,
         best=best,
         last=last,
         seconds=_seconds(run_dir, saved),
         config=_flatten(config),
+        warnings=warnings,
     )
+
+
+def _section(config: dict[str, Any], key: str) -> dict[str, Any]:
+    """A config section, or {} where a damaged config.yaml has something else there."""
+    section = config.get(key)
+    return section if isinstance(section, dict) else {}
+
+
+def _typed(value: Any, kind: type) -> Any:
+    """`value` if it is a `kind` (not a bool), else None."""
+    return value if isinstance(value, kind) and not isinstance(value, bool) else None
 
 
 def _status(
@@ -210,9 +311,11 @@ def _status(
     if records and records[-1].get("train/loss", 0.0) is None:
         return "failed", "train/loss is not finite in the last record"
     done = epochs[-1]["epoch"] if epochs else 0
-    max_steps = settings.get("max_steps")
-    steps = max((r.get("step", 0) for r in records), default=0)
-    if done >= settings.get("epochs", math.inf) or (max_steps and steps >= max_steps):
+    max_steps = _typed(settings.get("max_steps"), int)
+    steps = max((r["step"] for r in records), default=0)
+    if done >= (_typed(settings.get("epochs"), int) or math.inf) or (
+        max_steps and steps >= max_steps
+    ):
         return "finished", None
     return "stopped", None
 
@@ -250,10 +353,10 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def compare(run_dirs: list[Path]) -> tuple[list[RunSummary], list[str]]:
-    """A summary per run, each keeping only the config keys whose values differ between runs
-    (a key one run lacks differs too); returns the summaries and those keys."""
-    summaries = [summarize(run_dir) for run_dir in run_dirs]
+def compare(runs: dict[str, Path]) -> tuple[list[RunSummary], list[str]]:
+    """A summary per run (by name), each keeping only the config keys whose values differ
+    between runs (a key one run lacks differs too); returns the summaries and those keys."""
+    summaries = [summarize(run_dir, name=name) for name, run_dir in runs.items()]
     keys = list(dict.fromkeys(k for s in summaries for k in s.config))
     missing = object()
     differing = [
@@ -274,7 +377,8 @@ def runs_json(summaries: list[RunSummary], differing: list[str]) -> dict[str, An
 
 
 def runs_table(summaries: list[RunSummary], differing: list[str]) -> Any:
-    """The rich table `trainer runs` prints: one row per run, a column per differing key."""
+    """The rich table `trainer runs` prints: one row per run, a column per differing key, a
+    rule above each directory of runs (a sweep's trials)."""
     from rich.table import Table
 
     from trainer.report import number
@@ -282,7 +386,9 @@ def runs_table(summaries: list[RunSummary], differing: list[str]) -> Any:
     table = Table(title="runs", title_justify="left")
     for column in ("run", "status", "epoch", "step", "best", "last", "time", *differing):
         table.add_column(column, justify="right" if column in ("epoch", "step") else "left")
-    for run in summaries:
+    for index, run in enumerate(summaries):
+        if index and run.group != summaries[index - 1].group:
+            table.add_section()
         best = run.best
         table.add_row(
             run.name,
