@@ -50,3 +50,12 @@ def nan_at(model: nn.Module, forward: int) -> nn.Module:
 def tiny_nan_at(forward: int, num_classes: int = 4, image_size: int = 8) -> nn.Module:
     """`tiny` whose `forward`-th training forward gives NaN outputs (so a NaN loss), once."""
     return nan_at(tiny(num_classes, image_size), forward)
+
+
+def tiny_terminated_while_building(num_classes: int = 4, image_size: int = 8) -> nn.Sequential:
+    """`tiny`, whose building sends its own process SIGTERM (a stop during start-up)."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    return tiny(num_classes, image_size)

@@ -115,7 +115,8 @@ def test_ranks_share_each_epoch_and_a_resume_point_between_them(world_size: int)
 
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
 def test_a_signal_to_the_launcher_saves_and_exits_130(tmp_path: Path, signal_name: str) -> None:
-    model = f'{{name: "ddp_helpers:tanh_mlp_signalling_launcher", signal_name: {signal_name}, at: 3}}'
+    name = "ddp_helpers:tanh_mlp_signalling_launcher"
+    model = f'{{name: "{name}", signal_name: {signal_name}, at: 3}}'
     config = textwrap.dedent(CONFIG).replace('{name: "ddp_helpers:tanh_mlp"}', model)
     (tmp_path / "c.yaml").write_text(config)
     result = trainer(tmp_path, "fit", "c.yaml", "trainer.out_dir=stopped", "--nproc", "2")

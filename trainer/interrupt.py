@@ -9,7 +9,6 @@ even by SIGKILL.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import sys
@@ -19,8 +18,7 @@ from types import FrameType, TracebackType
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PARENT_ENV = "TRAINER_STOP_WITH_PARENT"  # set by a parent: its pid
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-WATCH_PARENT_S = 0.5  # where there is no parent-death signal (macOS): how often to look
+WATCH_PARENT_S = 0.5  # how often a child started by a sweep or --nproc looks at its parent
 
 
 class StopRequests:
@@ -71,29 +69,20 @@ def terminate_as_interrupt() -> None:
 
 
 def stop_with_parent() -> None:
-    """If a parent set PARENT_ENV to its pid: SIGTERM this process when that parent dies
-    (Linux: the kernel's parent-death signal; elsewhere a thread that watches the parent).
-    The variable is removed, so this process's own children do not inherit it."""
+    """If a parent set PARENT_ENV to its pid: SIGTERM this process once that parent is gone,
+    however it died (a thread watches for this process being handed to another parent).
+
+    Not Linux's parent-death signal: it fires each time the thread that started this
+    process exits, once per thread of a dying parent, and a second SIGTERM exits at once.
+    The variable is removed, so this process's own children do not inherit it.
+    """
     parent = os.environ.pop(PARENT_ENV, "")
     if not parent.isdigit():
         return
-    signalled = _parent_death_signal(signal.SIGTERM)
-    if os.getppid() != int(parent):  # it died before the signal was set up
+    if os.getppid() != int(parent):  # it died before this process got this far
         sys.stderr.write("the process that started this one is gone: not starting\n")
         sys.exit(130)
-    if not signalled:
-        threading.Thread(target=_watch_parent, args=(int(parent),), daemon=True).start()
-
-
-def _parent_death_signal(signum: int) -> bool:
-    """prctl(PR_SET_PDEATHSIG, signum) on Linux; False where there is none."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
+    threading.Thread(target=_watch_parent, args=(int(parent),), daemon=True).start()
 
 
 def _watch_parent(parent: int) -> None:

@@ -475,7 +475,8 @@ def watch_trial(sweep: Sweep, study: Any, trial: Any, command: list[str], run_di
         best = (min if sweep.mode == "min" else max)(finite, key=finite.__getitem__)
         reason = f"{sweep.monitor} {finite[best]:.4g} (epoch {best})"
         return Outcome("complete", finite[best], reason)
-    if sweep.stop.is_set() and not finished:  # stopped by the sweep: back to the queue
+    stopped = code == INTERRUPTED or code < 0  # by its signal handler, or by the signal
+    if stopped and sweep.stop.is_set() and not finished:  # the sweep's stop: back to the queue
         last = run_dir / "checkpoints" / "last.pt"
         saved = f"saved {last}" if last.is_file() else "no checkpoint yet: it starts again"
         return Outcome("interrupted", reason=f"exit {code}; {saved}")
