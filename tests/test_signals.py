@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from trainer.interrupt import StopRequests
 
 TESTS = Path(__file__).resolve().parent
 CONFIG = """\
@@ -69,3 +72,17 @@ def test_a_signal_after_training_lets_the_run_finish(tmp_path: Path) -> None:
     assert "done: step 2" in result.stdout
     status = json.loads((tmp_path / "runs" / "s" / "status.json").read_text())
     assert status["status"] == "finished"
+
+
+def test_a_stop_requested_before_training_reaches_the_loop() -> None:
+    """The run's outer StopRequests (from the run directory's claim on) hands a request to
+    the loop's own, and gets the loop's back when the loop ends."""
+    with StopRequests() as run:
+        os.kill(os.getpid(), signal.SIGINT)
+        with StopRequests() as loop:
+            assert loop.requested
+    assert run.requested
+    with StopRequests() as run:
+        with StopRequests():
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert run.requested
