@@ -390,7 +390,8 @@ def list_names(kind: Annotated[Kind | None, typer.Argument(help="What to list.")
 
 
 def main() -> None:
-    """The console script: like `python -m trainer`, modules in the current directory import."""
+    """The console script: like `python -m trainer`, modules in the current directory import;
+    SIGTERM stops a command as Ctrl-C does, and a sweep's trial stops with its sweep."""
     from trainer import interrupt
 
     interrupt.terminate_as_interrupt()
