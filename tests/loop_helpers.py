@@ -109,3 +109,12 @@ def bn_net(num_classes: int = 4, image_size: int = 8) -> nn.Sequential:
         nn.Flatten(),
         nn.Linear(4 * image_size * image_size, num_classes),
     )
+
+
+def tiny_terminated_while_building(num_classes: int = 4, image_size: int = 8) -> nn.Sequential:
+    """`tiny`, whose building sends its own process SIGTERM (a stop during start-up)."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    return tiny(num_classes, image_size)

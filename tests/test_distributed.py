@@ -111,3 +111,22 @@ def test_ranks_share_each_epoch_and_a_resume_point_between_them(world_size: int)
     # Skipping 2 samples per rank of the whole job leaves each rank's tail of its own shard.
     for rank in range(world_size):
         assert shard(rank, start=2 * world_size) == shard(rank)[2:]
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_launcher_saves_and_exits_130(tmp_path: Path, signal_name: str) -> None:
+    name = "ddp_helpers:tanh_mlp_signalling_launcher"
+    model = f'{{name: "{name}", signal_name: {signal_name}, at: 3}}'
+    config = textwrap.dedent(CONFIG).replace('{name: "ddp_helpers:tanh_mlp"}', model)
+    (tmp_path / "c.yaml").write_text(config)
+    result = trainer(tmp_path, "fit", "c.yaml", "trainer.out_dir=stopped", "--nproc", "2")
+    output = result.stdout + result.stderr
+    assert result.returncode == 130, output
+    assert "Traceback" not in output and "SignalException" not in output
+    last = Path("stopped", "checkpoints", "last.pt")
+    assert result.stderr.count("resume with:") == 1  # rank 0 alone prints
+    assert f"resume with: trainer fit c.yaml trainer.out_dir=stopped --nproc 2 --resume {last}" in (
+        result.stderr
+    )
+    # Stopped at the first step the ranks agree on (log_every 4), before the end of epoch 1.
+    assert torch.load(tmp_path / last, weights_only=True)["step"] == 4

@@ -3,6 +3,7 @@ stale trials, and whole sweeps of tiny runs (each trial a real `trainer fit` pro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ import pytest
 
 from trainer.config import load_config
 from trainer.search_space import Dimension, Space, load_space
-from trainer.sweep import Outcome, Sweep, recover_stale_trials, run_trial
+from trainer.sweep import Outcome, Sweep, _runs, recover_stale_trials, run_trial
 
 STUDY = "tiny-sweep"  # the default study name of the tiny config (`tiny`)
 
@@ -177,6 +178,50 @@ def test_a_missing_space_or_optuna_is_exit_2(
     )
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "a NUL byte on line 3: a binary file or UTF-16 text"),
+        (b"optimizer.lr: {choice: [0.1]}  # caf\xe9\n", "not UTF-8 text (byte 0xe9 on line 1)"),
+    ],
+    ids=["binary", "latin-1"],
+)
+def test_a_space_file_that_is_not_utf8_text_is_exit_2(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    tiny_yaml: str,
+    user_error: Callable,
+    content: bytes,
+    problem: str,
+) -> None:
+    (tmp_path / "space.yaml").write_bytes(content)
+    config = write_config(tiny_yaml)
+    user_error("sweep", config, "--space", "space.yaml", expect=[f"--space space.yaml: {problem}"])
+
+
+def test_a_storage_directory_and_unbounded_counts_are_exit_2(
+    tmp_path: Path, write_config: Callable[..., Path], tiny_yaml: str, user_error: Callable
+) -> None:
+    config = write_config(tiny_yaml)
+    space = write_config("optimizer.lr: {uniform: [0.01, 0.1]}\n", "space.yaml")
+    (tmp_path / "studies").mkdir()
+    user_error(
+        "sweep",
+        config,
+        "--space",
+        space,
+        "--storage",
+        "studies",
+        expect=[
+            "--storage: studies is a directory; give a journal file (e.g. "
+            f"{Path('studies', 'study.journal')}, made if new) or an RDB URL"
+        ],
+    )
+    user_error("sweep", config, "--space", space, "--trials", "1000000000", expect=["'--trials'"])
+    user_error("sweep", config, "--space", space, "--jobs", "65", expect=["'--jobs'"])
+    assert not (tmp_path / "runs").exists()
+
+
 def test_space_values_become_overrides_the_config_reads(
     write_config: Callable[..., Path], tiny_yaml: str
 ) -> None:
@@ -205,10 +250,12 @@ def test_space_values_become_overrides_the_config_reads(
 
 # ---------------------------------------------------------------- one trial
 
-# Stands in for `trainer fit` (given fake.value, fake.epochs, fake.code and trainer.out_dir
-# as KEY=VALUE): an epoch record per epoch, val/loss = value / epoch; SIGTERM -> exit 130.
+# Stands in for `trainer fit` (given fake.value, fake.epochs, fake.code, fake.status and
+# trainer.out_dir as KEY=VALUE): an epoch record per epoch, val/loss = value / epoch; SIGTERM
+# -> exit 130; then status.json says fake.status (if not "none"), and the exit code is
+# fake.code (-N: killed by signal N).
 FAKE_FIT = """
-import json, signal, sys, time
+import json, os, signal, sys, time
 from pathlib import Path
 
 args = dict(arg.split("=", 1) for arg in sys.argv[1:])
@@ -227,6 +274,11 @@ with open(run_dir / "metrics.jsonl", "a") as metrics:
         metrics.write(json.dumps({"epoch": epoch, "val/loss": value / epoch}) + "\\n")
         metrics.flush()
         time.sleep(0.05)
+if args["fake.status"] != "none":
+    (run_dir / "status.json").write_text(json.dumps({"status": args["fake.status"]}))
+if code < 0:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), -code)
 if code:
     print("error: train/loss is nan by step 3: training stopped" if code == 1 else "boom")
 sys.exit(code)
@@ -235,19 +287,29 @@ sys.exit(code)
 
 @pytest.fixture
 def one_trial(tmp_path: Path) -> Callable[..., tuple[Outcome, optuna.trial.FrozenTrial, list]]:
-    """`one_trial(value, epochs, code)`: run_trial with the stand-in for `trainer fit`, after
-    a finished trial whose val/loss was 1.0 at every epoch (the median pruner's reference);
-    returns the outcome, the trial as Optuna keeps it, and what the sweep said."""
+    """`one_trial(value, epochs, code, status=..., stop=...)`: run_trial with the stand-in for
+    `trainer fit`, after a finished trial whose val/loss was 1.0 at every epoch (the median
+    pruner's reference); `stop`: the sweep is stopped (Ctrl-C) once the trial reported its
+    first epoch. Returns the outcome, the trial as Optuna keeps it, and what the sweep said."""
     script = tmp_path / "fake_fit.py"
     script.write_text(textwrap.dedent(FAKE_FIT), encoding="utf-8")
     study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
     steps = {epoch: 1.0 for epoch in range(1, 101)}
     study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values=steps))
 
-    def run(value: float, epochs: int, code: int = 0) -> tuple[Outcome, object, list[str]]:
+    def run(
+        value: float, epochs: int, code: int = 0, *, status: str = "none", stop: bool = False
+    ) -> tuple[Outcome, object, list[str]]:
         said: list[str] = []
         fit = [sys.executable, str(script), f"fake.epochs={epochs}", f"fake.code={code}"]
-        sweep = Sweep(fit, tmp_path, "val/loss", "min", None, said.append)  # no requeue here
+        fit.append(f"fake.status={status}")
+
+        def say(line: str) -> None:
+            said.append(line)
+            if stop and " epoch " in line:
+                sweep.stop.set()
+
+        sweep = Sweep(fit, tmp_path, "val/loss", "min", study._storage, say)
         fixed = Dimension("fake.value", "choice", choices=(value,))
         space = Space("space.yaml", (fixed,), sampler=None, pruner=None)
         outcome = run_trial(sweep, study, space)
@@ -302,6 +364,29 @@ def test_a_failed_run_is_pruned_when_training_diverged(
     _, trial, _ = one_trial(0.5, 1, code)
     assert trial.state.name == state
     assert trial.user_attrs["reason"].startswith(reason)
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "state"),
+    [
+        (-15, "finished", "COMPLETE"),  # the signal came as the finished run closed its files
+        (0, "none", "COMPLETE"),
+        (-15, "none", "WAITING"),  # stopped for real, before or after saving: requeued
+        (130, "stopped", "WAITING"),
+        (-9, "running", "WAITING"),
+    ],
+)
+def test_a_sweep_stopped_as_a_trial_ends_keeps_its_value_or_requeues_it(
+    one_trial: Callable, code: int, status: str, state: str
+) -> None:
+    outcome, trial, said = one_trial(0.9, 2, code, status=status, stop=True)
+    assert trial.state.name == state
+    if state == "COMPLETE":
+        assert trial.value == outcome.value == pytest.approx(0.45)
+        assert said[-1] == "trial 1 complete: val/loss 0.45 (epoch 2)"
+    else:
+        assert outcome.state == "interrupted"
+        assert said[-1] == f"trial 1 interrupted: exit {code}; no checkpoint yet: it starts again"
 
 
 def test_trials_of_a_killed_sweep_go_back_to_the_queue(tmp_path: Path) -> None:
@@ -446,6 +531,34 @@ def test_an_interrupted_sweep_resumes_its_trial_from_last_pt(
         "trial-0000.log",
         "best.yaml",
     }
+
+
+def test_the_trial_of_a_sweep_killed_outright_stops_with_it(
+    tmp_path: Path, write_config: Callable[..., Path], tiny_yaml: str
+) -> None:
+    config = write_config(tiny_yaml)
+    space = write_config("optimizer.lr: {log_uniform: [1.0e-2, 0.3]}\npruner: none\n", "s.yaml")
+    process = sweep_process(tmp_path, config, "trainer.epochs=1000", "--space", space)
+    run_dir = Path("runs", STUDY, "trial-0000")
+    deadline = time.monotonic() + 600
+    while not (tmp_path / run_dir / "metrics.jsonl").is_file():  # the trial trains
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    pid = load_study(tmp_path).trials[0].user_attrs["pid"]
+    assert _runs(pid, str(run_dir))
+    process.kill()  # SIGKILL: the sweep cannot pass anything on
+    process.communicate()
+    try:
+        deadline = time.monotonic() + 15
+        while _runs(pid, str(run_dir)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _runs(pid, str(run_dir))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    # It got SIGTERM (the parent-death signal), so it saved last.pt to be resumed.
+    log = (tmp_path / run_dir.with_name("trial-0000.log")).read_text()
+    assert f"interrupted: saved {run_dir / 'checkpoints' / 'last.pt'}" in log
 
 
 def test_plots_draw_the_history_and_the_importances(tmp_path: Path) -> None:

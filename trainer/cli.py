@@ -100,13 +100,13 @@ def fit(
     from trainer.config import load_config
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        load_config(config, overrides or [])  # bad input: exit 2 here, not in N processes
+        checked = load_config(config, overrides or [])  # bad input: exit 2 here, not in N
         from trainer.distributed import launch
 
         argv = ["fit", config, *(overrides or [])]
         argv += [f"--resume={resume}"] if resume else []
         argv += ["--reset-optimizer"] if reset_optimizer else []
-        raise typer.Exit(launch(nproc, argv))
+        raise typer.Exit(launch(nproc, argv, shutdown_timeout_s=checked.trainer.dist_timeout))
     from trainer.loop import fit as run_fit
 
     try:
@@ -114,12 +114,16 @@ def fit(
             load_config(config, overrides or []), resume=resume, reset_optimizer=reset_optimizer
         )
     except Interrupted as stopped:
-        command = shlex.join(["trainer", "fit", config, *(overrides or [])])
-        Console(stderr=True, highlight=False, soft_wrap=True).print(
-            f"interrupted: saved {stopped.checkpoint}\nresume with: {command} "
-            f"--resume {shlex.quote(stopped.checkpoint)}",
-            markup=False,
-        )
+        world = os.environ.get("WORLD_SIZE", "1")
+        same_machine = world != "1" and world == os.environ.get("LOCAL_WORLD_SIZE")
+        again = ["--nproc", world] if same_machine else []  # as launched: torchrun or --nproc
+        command = shlex.join(["trainer", "fit", config, *(overrides or []), *again])
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone prints
+            Console(stderr=True, highlight=False, soft_wrap=True).print(
+                f"interrupted: saved {stopped.checkpoint}\nresume with: {command} "
+                f"--resume {shlex.quote(stopped.checkpoint)}",
+                markup=False,
+            )
         raise typer.Exit(130) from None
 
 
@@ -332,8 +336,12 @@ def sweep(
     space: Annotated[
         str | None, typer.Option(help="SPACE.yaml: dotted config keys -> distributions.")
     ] = None,
-    trials: Annotated[int, typer.Option(help="Trials this command runs.", min=1)] = 20,
-    jobs: Annotated[int, typer.Option(help="Trials at once, each its own process.", min=1)] = 1,
+    trials: Annotated[
+        int, typer.Option(help="Trials this command runs (at most 10000).", min=1, max=10_000)
+    ] = 20,
+    jobs: Annotated[
+        int, typer.Option(help="Trials at once, each its own process (at most 64).", min=1, max=64)
+    ] = 1,
     storage: Annotated[
         str | None,
         typer.Option(help="An Optuna RDB URL or a journal file; default runs/<study>/."),
@@ -400,7 +408,12 @@ def list_names(kind: Annotated[Kind | None, typer.Argument(help="What to list.")
 
 
 def main() -> None:
-    """The console script: like `python -m trainer`, modules in the current directory import."""
+    """The console script: like `python -m trainer`, modules in the current directory import;
+    SIGTERM stops a command as Ctrl-C does, and a sweep's trial stops with its sweep."""
+    from trainer import interrupt
+
+    interrupt.terminate_as_interrupt()
+    interrupt.stop_with_parent()
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     app()

@@ -700,7 +700,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "no such file"
         raise UserError(f"config {path}: {what}")
-    raw = parse_yaml(_config_text(path), source=str(path))
+    raw = parse_yaml(yaml_file_text(path), source=str(path))
     if raw is None:
         raise UserError(f"config {path}: the file is empty; expected a mapping with model and data")
     if not isinstance(raw, dict):
@@ -719,16 +719,17 @@ _BYTE_ORDER_MARKS = (  # UTF-32's marks first: UTF-16's are their prefixes
 )
 
 
-def _config_text(path: Path) -> str:
-    """A config file's text: UTF-8 (a byte-order mark allowed), anything else refused by name."""
+def yaml_file_text(path: Path, *, label: str = "config") -> str:
+    """A YAML file's text: UTF-8 (a byte-order mark allowed), anything else refused as
+    `<label> <path>: ...`."""
     data = path.read_bytes()
     marked = next((name for name, mark in _BYTE_ORDER_MARKS if data.startswith(mark)), None)
     if marked:
-        raise UserError(f"config {path}: {marked} text (a byte-order mark); save it as UTF-8")
+        raise UserError(f"{label} {path}: {marked} text (a byte-order mark); save it as UTF-8")
     if b"\0" in data:
         line = data[: data.index(b"\0")].count(b"\n") + 1
         raise UserError(
-            f"config {path}: a NUL byte on line {line}: a binary file or UTF-16 text, "
+            f"{label} {path}: a NUL byte on line {line}: a binary file or UTF-16 text, "
             "not a YAML file in UTF-8"
         )
     try:
@@ -736,7 +737,7 @@ def _config_text(path: Path) -> str:
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise UserError(
-            f"config {path}: not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); "
+            f"{label} {path}: not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); "
             "save it as UTF-8"
         ) from None
 

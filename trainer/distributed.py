@@ -112,13 +112,33 @@ def stop() -> None:
     dist.destroy_process_group()
 
 
-def launch(nproc: int, argv: list[str]) -> int:
-    """`trainer fit ... --nproc N`: torchrun's elastic launcher on this machine."""
+def launch(nproc: int, argv: list[str], *, shutdown_timeout_s: int) -> int:
+    """`trainer fit ... --nproc N`: torchrun's elastic launcher on this machine.
+
+    A SIGINT/SIGTERM reaches the launcher, which passes it on to the workers once (each in a
+    session of its own) and waits up to `shutdown_timeout_s` for them to save; then 130. The
+    workers stop too if this process dies (interrupt.stop_with_parent).
+    """
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
+    from trainer.interrupt import PARENT_ENV
+
+    os.environ[PARENT_ENV] = str(os.getpid())
     try:
-        torchrun(["--standalone", f"--nproc_per_node={nproc}", "-m", "trainer", *argv])
+        torchrun(
+            [
+                "--standalone",
+                f"--nproc_per_node={nproc}",
+                f"--shutdown-timeout={shutdown_timeout_s}",
+                "-m",
+                "trainer",
+                *argv,
+            ]
+        )
+    except SignalException:  # the workers have saved (or were given up on): no traceback
+        return 130
     except ChildFailedError as err:
         failures = err.failures
         codes = {failure.exitcode for failure in failures.values()}

@@ -119,6 +119,9 @@ def train(
             ]
         # The lrs training goes on with (a resumed run's, not the config's).
         report.groups(run.reports, lrs={name: h.lrs for name, h in run.optimizers.items()})
+        # From the run directory's claim to the end of the run's files, a signal is a stop
+        # request (acted on at the first step; after training, the run finishes its files).
+        owned.enter_context(StopRequests())
         run_dir = open_run_dir(
             config, job, checkpoint_path, notes, run_base, step=position.step
         )

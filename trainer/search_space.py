@@ -117,12 +117,12 @@ class Space:
 
 def load_space(path: str | Path) -> Space:
     """Read and check a SPACE.yaml; every problem is reported at once, naming the key."""
-    from trainer.config import parse_yaml
+    from trainer.config import parse_yaml, yaml_file_text
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--space {path}: {'is a directory' if path.is_dir() else 'no such file'}")
-    raw = parse_yaml(path.read_text(encoding="utf-8"), source=str(path))
+    raw = parse_yaml(yaml_file_text(path, label="--space"), source=str(path))
     if not isinstance(raw, dict) or not raw:
         raise UserError(
             f"{path}: expected a mapping of dotted config keys to distributions, e.g. "

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import UserError
+from trainer.interrupt import PARENT_ENV
+from trainer.runs import read_status
 from trainer.search_space import (
     Space,
     build_component,
@@ -179,6 +181,12 @@ def open_storage(url: str | None, study_dir: Path) -> tuple[Any, str]:
     optuna = import_optuna()
     if url is None or "://" not in url:
         path = Path(url) if url else study_dir / JOURNAL
+        if path.is_dir():
+            raise UserError(
+                f"--storage: {path} is a directory; give a journal file (e.g. "
+                f"{path / JOURNAL}, made if new) or an RDB URL (sqlite:///study.db, "
+                "postgresql://...)"
+            )
         if not path.parent.is_dir():
             raise UserError(f"--storage: {path.parent} is not a directory")
         backend = optuna.storages.journal.JournalFileBackend(str(path))
@@ -411,7 +419,8 @@ def _unused(base: Path) -> Path:
 def watch_trial(sweep: Sweep, study: Any, trial: Any, command: list[str], run_dir: Path) -> Outcome:
     """Run the trial's process, report its epochs as they come, prune when Optuna says so;
     its output goes to `<run_dir>.log`."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # The trial stops (SIGTERM: it saves last.pt) if the sweep dies, even by SIGKILL.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{PARENT_ENV: str(os.getpid())})
     if sweep.jobs > 1:  # J trials share the cores instead of each taking them all
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // sweep.jobs)))
     log_path = run_dir.with_name(run_dir.name + ".log")
@@ -459,13 +468,18 @@ def watch_trial(sweep: Sweep, study: Any, trial: Any, command: list[str], run_di
         return Outcome("pruned", reason=pruned)
     code = process.returncode
     finite = {epoch: value for epoch, value in values.items() if value == value}
-    if code == 0 and finite:
+    # A run that finished is complete, even if a signal came as it was ending.
+    finished = code == 0 or read_status(run_dir).get("status") == "finished"
+    if finished and finite:
         # The trial's value is its best epoch's: the one its checkpoints/best.pt holds.
         best = (min if sweep.mode == "min" else max)(finite, key=finite.__getitem__)
         reason = f"{sweep.monitor} {finite[best]:.4g} (epoch {best})"
         return Outcome("complete", finite[best], reason)
-    if code == INTERRUPTED and sweep.stop.is_set():
-        return Outcome("interrupted", reason=f"saved {run_dir / 'checkpoints' / 'last.pt'}")
+    stopped = code == INTERRUPTED or code < 0  # by its signal handler, or by the signal
+    if stopped and sweep.stop.is_set() and not finished:  # the sweep's stop: back to the queue
+        last = run_dir / "checkpoints" / "last.pt"
+        saved = f"saved {last}" if last.is_file() else "no checkpoint yet: it starts again"
+        return Outcome("interrupted", reason=f"exit {code}; {saved}")
     if code == 1 and errors:  # training failed (a NaN loss): the lr diverged, a bad region
         return Outcome("pruned", reason=f"training failed: {errors[-1]}")
     return Outcome("failed", reason=f"exit {code}: {'; '.join(errors) or f'see {log_path}'}")
