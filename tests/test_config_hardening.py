@@ -318,6 +318,30 @@ def test_schema_and_component_problems_in_one_message(tiny_yaml, write_config, u
     assert stderr.count("error: ") == 2
 
 
+def test_schema_and_component_problems_of_several_optimizers_in_one_message(
+    tiny_yaml, write_config, user_error
+) -> None:
+    text = tiny_yaml.replace("optimizer: {name: SGD, lr: 0.1, momentum: 0.9}\n", "") + (
+        "optimizers:\n"
+        "  d_a: {params: conv, optimizer: {name: SGD, lr: 0.1}}\n"
+        "  g: {params: fc, optimizer: {name: Adam, lr: 0.1}, scheduler: {name: StepLRR}}\n"
+    )
+    stderr = user_error(
+        "config",
+        write_config(text),
+        "trainer.epoch=3",
+        "optimizers.d_a.optimizer.name=adamm",
+        "model.hiden=3",
+        expect=[
+            "trainer.epoch: unknown key",
+            "model.hiden: not an argument of small_cnn",
+            "optimizers.d_a.optimizer.name: unknown 'adamm'",
+            "optimizers.g.scheduler.name: unknown 'StepLRR'",
+        ],
+    )
+    assert stderr.count("error: ") == 4
+
+
 def test_a_section_that_fails_the_schema_is_not_checked_again(
     tiny_yaml, write_config, user_error
 ) -> None:

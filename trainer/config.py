@@ -868,16 +868,34 @@ def _component_problems(raw: dict[str, Any]) -> list[str]:
     """Names and keyword arguments of the components in valid sections of a raw mapping."""
     from trainer import checks
 
+    valid = _valid_sections(raw, Config.model_fields, checks.SECTION_KINDS)
+    several = raw.get("optimizers")
+    if isinstance(several, dict):  # each optimizer's own optimizer and scheduler
+        own = ("optimizer", "scheduler")
+        valid["optimizers"] = {
+            name: types.SimpleNamespace(
+                **{**dict.fromkeys(own), **_valid_sections(entry, OptimizerEntry.model_fields, own)}
+            )
+            for name, entry in several.items()
+            if isinstance(entry, dict)
+        }
+        valid.update(optimizer=None, scheduler=None)  # the kinds are checked per optimizer
+    sections = [key for key in checks.SECTION_KINDS if key in valid]
+    return checks.check_components(types.SimpleNamespace(**valid), sections=sections)
+
+
+def _valid_sections(raw: dict[str, Any], fields: dict[str, Any], keys: Any) -> dict[str, Any]:
+    """The sections among `keys` of a raw mapping that pass the schema on their own."""
     valid = {}
-    for key in checks.SECTION_KINDS:
-        field = Config.model_fields.get(key)
+    for key in keys:
+        field = fields.get(key)
         model = _model_in(field.annotation) if field else None
         if model is not None and isinstance(raw.get(key), dict):
             try:
                 valid[key] = model.model_validate(raw[key])
             except ValidationError:
                 continue
-    return checks.check_components(types.SimpleNamespace(**valid), sections=tuple(valid))
+    return valid
 
 
 def validate_config(raw: dict[str, Any]) -> Config:
