@@ -480,3 +480,63 @@ def test_console_script_imports_modules_from_the_current_directory(tmp_path) -> 
     )
     assert done.returncode == 0, done.stderr
     assert '"numel": 8' in done.stdout
+
+
+@pytest.mark.parametrize(
+    "command", [["trainer"], [sys.executable, "-m", "trainer"]], ids=["script", "python-m"]
+)
+def test_files_named_like_the_stdlib_or_a_package_shadow_nothing(command, tmp_path) -> None:
+    """A project's own json.py, shlex.py or numpy.py: the runner imports the real ones, and
+    the user's modules still import from the current directory."""
+    for shadow in ("json", "shlex", "numpy", "typing_extensions"):
+        (tmp_path / f"{shadow}.py").write_text(f"raise RuntimeError('my own {shadow}.py')\n")
+    (tmp_path / "mymods.py").write_text(USER_MODELS, encoding="utf-8")
+    (tmp_path / "cfg.yaml").write_text(
+        'model: {name: "mymods:net"}\ndata: {name: shapes}\n', encoding="utf-8"
+    )
+    if command == ["trainer"]:
+        command = [str(Path(sys.executable).parent / "trainer")]  # the installed console script
+    done = subprocess.run(
+        [*command, "groups", "cfg.yaml", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"numel": 8' in done.stdout
+
+
+def test_a_module_named_like_an_installed_package_is_named_to_rename(
+    tmp_path, write_config, user_error
+) -> None:
+    (tmp_path / "numpy.py").write_text("def net():\n    pass\n")
+    config = write_config('model: {name: "numpy:net"}\ndata: {name: shapes}\n')
+    user_error(
+        "groups",
+        config,
+        expect=[
+            f"model.name: 'numpy:net' imports the installed package 'numpy', not your "
+            f"{tmp_path / 'numpy.py'}",
+            "rename your file",
+        ],
+    )
+
+
+def test_a_deleted_current_directory_is_one_line_and_exit_2(tmp_path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    script = Path(sys.executable).parent / "trainer"
+    for command in (str(script), f"{sys.executable} -m trainer"):
+        done = subprocess.run(
+            ["sh", "-c", f"cd {gone} && rmdir {gone} && exec {command} config cfg.yaml"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr == (
+            "error: the current directory no longer exists (it was deleted or moved); "
+            "cd to a directory that exists and run the command again\n"
+        )
+        gone.mkdir()

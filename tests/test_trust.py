@@ -314,7 +314,7 @@ def test_own_module_in_the_current_directory(
     module, write_config, run_cli, tmp_path, monkeypatch
 ) -> None:
     module("own_in_cwd", "import torch\n\ndef net():\n    return torch.nn.Linear(3, 2)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))  # what main() does for the console script
+    monkeypatch.setattr(sys, "path", [*sys.path, str(tmp_path)])  # what main() does
     config = model_config(write_config, "own_in_cwd:net")
     moved = tmp_path / "configs" / "cfg.yaml"
     moved.parent.mkdir()

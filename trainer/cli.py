@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -13,6 +12,7 @@ import typer
 from rich.console import Console
 
 from trainer.errors import Interrupted, TrainingError, UserError
+from trainer.user_path import current_directory_last
 
 app = typer.Typer(
     add_completion=False,
@@ -382,7 +382,7 @@ def list_names(kind: Annotated[Kind | None, typer.Argument(help="What to list.")
 
 
 def main() -> None:
-    """The console script: like `python -m trainer`, modules in the current directory import."""
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    """The console script: like `python -m trainer`, modules in the current directory import
+    (after the standard library and installed packages, which they never shadow)."""
+    current_directory_last()
     app()

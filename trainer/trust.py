@@ -155,6 +155,13 @@ def check_path(module: str, attr: str, *, key: str) -> None:
             raise UserError(f"{key}: {path!r} is refused: {_LOADER}")
     if _spec(dotted[0]) is None:
         return  # nothing to import: the import fails and says so
+    mine = _own_file_named(dotted[0])
+    if mine is not None and not _is_own(dotted[0]):
+        raise UserError(
+            f"{key}: {path!r} imports the installed package {dotted[0]!r}, not your {mine}: "
+            "your own modules come after installed packages on the import path; rename your "
+            "file (and the path in the config)"
+        )
     if not (_is_own(dotted[0]) or _within(".".join(dotted), _trusted())):
         raise UserError(
             f"{key}: {path!r} is not trusted: {dotted[0]!r} is neither your own module (a .py "
@@ -311,6 +318,15 @@ def _is_own(top: str) -> bool:
         return False
     homes = _directories()
     return bool(places) and all(place in homes for place in places)
+
+
+def _own_file_named(top: str) -> Path | None:
+    """A module or package of the user's named `top` (in their directories), if there is one."""
+    for directory in _directories():
+        for candidate in (directory / f"{top}.py", directory / top / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 def _spec(top: str) -> Any:
