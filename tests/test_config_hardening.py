@@ -4,6 +4,7 @@ the user's own code ends as exit 1 with their traceback."""
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -121,9 +122,33 @@ trainer: {epochs: [*e, *e]}
 
 def test_alias_bomb_is_refused_in_a_short_message(user_error, write_config) -> None:
     stderr = user_error(
-        "config", write_config(BOMB), expect=["aliases expand the value here to more than"]
+        "config", write_config(BOMB), expect=["too many values: the value here holds more than"]
     )
     assert len(stderr) < 500
+
+
+def test_a_long_plain_list_says_which_limit_it_hit() -> None:
+    text = "xs: [" + ", ".join(["1"] * 100_001) + "]\n"
+    with pytest.raises(UserError) as info:
+        parse_yaml(text, source="t")
+    assert info.value.problems == [
+        "t (line 1, column 5): too many values: the value here holds more than 100,000 "
+        "(aliases counted as often as they are used), far more than any config"
+    ]
+
+
+def test_an_unhashable_mapping_key_is_named_as_such() -> None:
+    with pytest.raises(UserError) as info:
+        parse_yaml("a: 1\n? [a, b]\n: 1\n", source="t")
+    assert info.value.problems == [
+        "t (line 2, column 3): a mapping key is a list or a mapping; keys are plain values "
+        "(a name, a number)"
+    ]
+
+
+def test_a_config_path_that_is_a_fifo_is_not_a_regular_file(user_error, tmp_path) -> None:
+    os.mkfifo(tmp_path / "cfg.yaml")
+    user_error("config", tmp_path / "cfg.yaml", expect=["cfg.yaml: not a regular file"])
 
 
 def test_aliases_that_nest_beyond_the_cap_are_refused() -> None:
@@ -156,6 +181,14 @@ def test_no_error_line_is_longer_than_the_cap() -> None:
     (problem,) = UserError("k: " + "y" * 10 * MAX_PROBLEM_LENGTH).problems
     assert len(problem) <= MAX_PROBLEM_LENGTH
     assert problem.startswith("k: yyy") and " ... " in problem
+
+
+def test_a_long_out_dir_gives_lines_within_the_cap(tiny_yaml, write_config, user_error) -> None:
+    out_dir = "d" * 5_000
+    stderr = user_error(
+        "fit", write_config(tiny_yaml), f"trainer.out_dir={out_dir}", expect=["trainer.out_dir"]
+    )
+    assert max(len(line) for line in stderr.splitlines()) == MAX_PROBLEM_LENGTH
 
 
 # ---------------------------------------------------------------- types and numbers

@@ -379,6 +379,12 @@ def test_pyproject_trust_in_the_current_directory(
         ("a b", None, "TRAINER_TRUST: 'a b' is not a module name"),
         ("", "[tool.trainer]\ntrust = 'installed_pkg'\n", "trust: expected a list of module"),
         ("", "[tool.trainer\n", "pyproject.toml: not valid TOML"),
+        ("", "tool = 1\n", "pyproject.toml: tool: expected a table, got 1"),
+        (
+            "",
+            "[tool]\ntrainer = 'x'\n",
+            "pyproject.toml: [tool] trainer: expected a table, got 'x'",
+        ),
     ],
 )
 def test_bad_trust_settings_are_named(

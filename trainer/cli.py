@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from trainer.errors import Interrupted, TrainingError, UserError
+from trainer.errors import ERROR_PREFIX, Interrupted, TrainingError, UserError
 from trainer.user_path import current_directory_last
 
 app = typer.Typer(
@@ -49,7 +49,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as err:
             stderr = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
             for problem in err.problems:
-                stderr.print(f"error: {problem}")
+                stderr.print(f"{ERROR_PREFIX}{problem}")
             raise typer.Exit(2) from None
         except TrainingError as err:
             Console(stderr=True, markup=False, highlight=False, soft_wrap=True).print(

@@ -682,7 +682,10 @@ def _check_expansion(root: yaml.Node) -> None:
             size[id(node)] = 1 + sum(size[id(child)] for child in children)
             depth[id(node)] = 1 + max((depth[id(child)] for child in children), default=0)
             if size[id(node)] > MAX_VALUES:
-                message = f"aliases expand the value here to more than {MAX_VALUES:,} values"
+                message = (
+                    f"too many values: the value here holds more than {MAX_VALUES:,} (aliases "
+                    "counted as often as they are used), far more than any config"
+                )
                 raise _Refused([(node.start_mark, message)])
             if depth[id(node)] > MAX_DEPTH:
                 message = f"aliases nest the value here more than {MAX_DEPTH} levels deep"
@@ -743,6 +746,11 @@ def parse_yaml(text: str, *, source: str) -> Any:
         raise UserError(problems) from None
     except yaml.constructor.ConstructorError as err:
         where = _mark(err.problem_mark)
+        if "unhashable" in str(err.problem):
+            raise UserError(
+                f"{source}{where}: a mapping key is a list or a mapping; keys are plain "
+                "values (a name, a number)"
+            ) from None
         raise UserError(
             f"{source}{where}: {err.problem}; configs are read with yaml.safe_load, "
             "so python tags are not allowed"
@@ -761,7 +769,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """The raw mapping of a config file, with `name` defaulting to the file's stem."""
     path = Path(path)
     if not path.is_file():
-        what = "is a directory" if path.is_dir() else "no such file"
+        if path.is_dir():
+            what = "is a directory"
+        elif path.exists():  # a FIFO, a socket, a device: reading it could block or never end
+            what = "not a regular file"
+        else:
+            what = "no such file"
         raise UserError(f"config {path}: {what}")
     raw = parse_yaml(_config_text(path), source=str(path))
     if raw is None:
