@@ -730,11 +730,16 @@ def _duplicate_keys(root: yaml.Node) -> list[tuple[yaml.Mark, str]]:
     return sorted(found, key=lambda problem: problem[0].index)
 
 
-_SafeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
+class _SafeDumper(yaml.SafeDumper):
+    """yaml.SafeDumper that quotes the strings _SafeLoader reads as floats (`'1e5'`)."""
+
+
+for _yaml_class in (_SafeLoader, _SafeDumper):
+    _yaml_class.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+        list("-+0123456789."),
+    )
 
 
 def parse_yaml(text: str, *, source: str) -> Any:
@@ -933,8 +938,8 @@ def validate_config(raw: dict[str, Any]) -> Config:
 
 
 def config_to_yaml(config: Config) -> str:
-    """The resolved config as YAML, sections in schema order."""
-    return yaml.safe_dump(config.to_dict(), sort_keys=False, width=100)
+    """The resolved config as YAML, sections in schema order; it loads back as it is."""
+    return yaml.dump(config.to_dict(), Dumper=_SafeDumper, sort_keys=False, width=100)
 
 
 def _non_finite(node: Any, loc: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], float]]:

@@ -156,7 +156,7 @@ def check_path(module: str, attr: str, *, key: str) -> None:
     if _spec(dotted[0]) is None:
         return  # nothing to import: the import fails and says so
     mine = _own_file_named(dotted[0])
-    if mine is not None and not _is_own(dotted[0]):
+    if mine is not None and _installed(_spec(dotted[0]).origin or ""):
         raise UserError(
             f"{key}: {path!r} imports the installed package {dotted[0]!r}, not your {mine}: "
             "your own modules come after installed packages on the import path; rename your "
@@ -207,10 +207,16 @@ def is_users_file(filename: str) -> bool:
     if not path.is_file():  # "<string>", "<frozen importlib._bootstrap>"
         return False
     runner = Path(__file__).resolve().parent
-    installed = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    if path.is_relative_to(runner) or any(path.is_relative_to(p) for p in installed):
+    if path.is_relative_to(runner) or _installed(filename):
         return False
     return any(path.is_relative_to(directory) for directory in _directories())
+
+
+def _installed(filename: str) -> bool:
+    """Whether a file is part of the Python installation (its standard library, site-packages)."""
+    path = Path(filename).resolve()
+    prefixes = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    return bool(filename) and any(path.is_relative_to(prefix) for prefix in prefixes)
 
 
 _LOADER = (
