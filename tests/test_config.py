@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -247,3 +250,20 @@ def test_resolved_yaml_round_trips(tmp_path) -> None:
     dumped = config_to_yaml(config)
     assert Config.model_validate(yaml.safe_load(dumped)) == config
     assert list(yaml.safe_load(dumped)) == list(Config.model_fields)
+
+
+def test_strings_that_look_like_other_values_round_trip() -> None:
+    """A quoted `'1e5'` (a float to this loader) comes back from a run's config.yaml a string."""
+    looks_like = ["1e5", "-1E+5", "true", "null", "0x10", "1_000", "~", "on", ".inf", "1:30"]
+    raw = {**MINIMAL, "model": {"name": "small_cnn", "tags": looks_like, "label": "1e-3"}}
+    config = validate_config(raw)
+    loaded = parse_yaml(config_to_yaml(config), source="config.yaml")
+    assert (loaded["model"]["tags"], loaded["model"]["label"]) == (looks_like, "1e-3")
+    assert validate_config(loaded) == config
+
+
+def test_config_comments_cite_only_files_in_the_repository() -> None:
+    root = Path(__file__).resolve().parent.parent
+    for config in sorted((root / "configs").glob("*.yaml")):
+        for cited in re.findall(r"[\w./-]+\.md\b", config.read_text(encoding="utf-8")):
+            assert (root / cited).is_file(), f"{config.name} cites {cited}, which is not there"

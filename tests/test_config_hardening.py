@@ -4,6 +4,7 @@ the user's own code ends as exit 1 with their traceback."""
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -121,9 +122,33 @@ trainer: {epochs: [*e, *e]}
 
 def test_alias_bomb_is_refused_in_a_short_message(user_error, write_config) -> None:
     stderr = user_error(
-        "config", write_config(BOMB), expect=["aliases expand the value here to more than"]
+        "config", write_config(BOMB), expect=["too many values: the value here holds more than"]
     )
     assert len(stderr) < 500
+
+
+def test_a_long_plain_list_says_which_limit_it_hit() -> None:
+    text = "xs: [" + ", ".join(["1"] * 100_001) + "]\n"
+    with pytest.raises(UserError) as info:
+        parse_yaml(text, source="t")
+    assert info.value.problems == [
+        "t (line 1, column 5): too many values: the value here holds more than 100,000 "
+        "(aliases counted as often as they are used), far more than any config"
+    ]
+
+
+def test_an_unhashable_mapping_key_is_named_as_such() -> None:
+    with pytest.raises(UserError) as info:
+        parse_yaml("a: 1\n? [a, b]\n: 1\n", source="t")
+    assert info.value.problems == [
+        "t (line 2, column 3): a mapping key is a list or a mapping; keys are plain values "
+        "(a name, a number)"
+    ]
+
+
+def test_a_config_path_that_is_a_fifo_is_not_a_regular_file(user_error, tmp_path) -> None:
+    os.mkfifo(tmp_path / "cfg.yaml")
+    user_error("config", tmp_path / "cfg.yaml", expect=["cfg.yaml: not a regular file"])
 
 
 def test_aliases_that_nest_beyond_the_cap_are_refused() -> None:
@@ -156,6 +181,14 @@ def test_no_error_line_is_longer_than_the_cap() -> None:
     (problem,) = UserError("k: " + "y" * 10 * MAX_PROBLEM_LENGTH).problems
     assert len(problem) <= MAX_PROBLEM_LENGTH
     assert problem.startswith("k: yyy") and " ... " in problem
+
+
+def test_a_long_out_dir_gives_lines_within_the_cap(tiny_yaml, write_config, user_error) -> None:
+    out_dir = "d" * 5_000
+    stderr = user_error(
+        "fit", write_config(tiny_yaml), f"trainer.out_dir={out_dir}", expect=["trainer.out_dir"]
+    )
+    assert max(len(line) for line in stderr.splitlines()) == MAX_PROBLEM_LENGTH
 
 
 # ---------------------------------------------------------------- types and numbers
@@ -238,10 +271,44 @@ def test_catastrophic_freeze_regex_is_refused(tiny_yaml, write_config, user_erro
     user_error("groups", write_config(text), expect=["param_groups.freeze.0: the regex repeats"])
 
 
+POLYNOMIAL = ".*" * 24 + "!"  # no nested repeat, and still C(n+24, 24) tries per name
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        (f"param_groups:\n  freeze: ['{POLYNOMIAL}']\n", "param_groups.freeze.0"),
+        (
+            f"param_groups:\n  rules:\n    - {{name: slow, match: '{POLYNOMIAL}'}}\n",
+            "param_groups.rules.0.match",
+        ),
+        (
+            "optimizers:\n  a:\n    params: '" + r"\w*\w*[a-z]*.*x" + "'\n"
+            "    optimizer: {name: SGD, lr: 0.1}\n",
+            "optimizers.a.params",
+        ),
+    ],
+)
+def test_regexes_of_many_repeats_in_a_row_are_refused(
+    section, key, tiny_yaml, write_config, user_error
+) -> None:
+    text = tiny_yaml.replace("optimizer: {name: SGD, lr: 0.1, momentum: 0.9}\n", "") + section
+    degree = 24 if POLYNOMIAL in section else 4
+    user_error(
+        "config",
+        write_config(text),
+        expect=[f"{key}: the regex has {degree} repeats in a row", "at most 3"],
+    )
+
+
 @pytest.mark.parametrize(
     "pattern",
     [
         r"^layer[2-4]\.",
+        r".*a.*b.*c",
+        r"layer[0-9]+\.[0-9]+\.conv[0-9]?\.weight",
+        r"^[a-z]+\.[a-z]+\.[a-z]+\.[a-z]+\.[a-z]+\.weight$",
+        r"(a|b).*.*.*",
         r"^fc\.",
         r"bias$",
         r"^(conv\d)+",
@@ -282,6 +349,30 @@ def test_schema_and_component_problems_in_one_message(tiny_yaml, write_config, u
         expect=["trainer.epoch: unknown key", "optimizer.name: unknown 'adamm'"],
     )
     assert stderr.count("error: ") == 2
+
+
+def test_schema_and_component_problems_of_several_optimizers_in_one_message(
+    tiny_yaml, write_config, user_error
+) -> None:
+    text = tiny_yaml.replace("optimizer: {name: SGD, lr: 0.1, momentum: 0.9}\n", "") + (
+        "optimizers:\n"
+        "  d_a: {params: conv, optimizer: {name: SGD, lr: 0.1}}\n"
+        "  g: {params: fc, optimizer: {name: Adam, lr: 0.1}, scheduler: {name: StepLRR}}\n"
+    )
+    stderr = user_error(
+        "config",
+        write_config(text),
+        "trainer.epoch=3",
+        "optimizers.d_a.optimizer.name=adamm",
+        "model.hiden=3",
+        expect=[
+            "trainer.epoch: unknown key",
+            "model.hiden: not an argument of small_cnn",
+            "optimizers.d_a.optimizer.name: unknown 'adamm'",
+            "optimizers.g.scheduler.name: unknown 'StepLRR'",
+        ],
+    )
+    assert stderr.count("error: ") == 4
 
 
 def test_a_section_that_fails_the_schema_is_not_checked_again(
@@ -422,3 +513,63 @@ def test_console_script_imports_modules_from_the_current_directory(tmp_path) -> 
     )
     assert done.returncode == 0, done.stderr
     assert '"numel": 8' in done.stdout
+
+
+@pytest.mark.parametrize(
+    "command", [["trainer"], [sys.executable, "-m", "trainer"]], ids=["script", "python-m"]
+)
+def test_files_named_like_the_stdlib_or_a_package_shadow_nothing(command, tmp_path) -> None:
+    """A project's own json.py, shlex.py or numpy.py: the runner imports the real ones, and
+    the user's modules still import from the current directory."""
+    for shadow in ("json", "shlex", "numpy", "typing_extensions"):
+        (tmp_path / f"{shadow}.py").write_text(f"raise RuntimeError('my own {shadow}.py')\n")
+    (tmp_path / "mymods.py").write_text(USER_MODELS, encoding="utf-8")
+    (tmp_path / "cfg.yaml").write_text(
+        'model: {name: "mymods:net"}\ndata: {name: shapes}\n', encoding="utf-8"
+    )
+    if command == ["trainer"]:
+        command = [str(Path(sys.executable).parent / "trainer")]  # the installed console script
+    done = subprocess.run(
+        [*command, "groups", "cfg.yaml", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"numel": 8' in done.stdout
+
+
+def test_a_module_named_like_an_installed_package_is_named_to_rename(
+    tmp_path, write_config, user_error
+) -> None:
+    (tmp_path / "numpy.py").write_text("def net():\n    pass\n")
+    config = write_config('model: {name: "numpy:net"}\ndata: {name: shapes}\n')
+    user_error(
+        "groups",
+        config,
+        expect=[
+            f"model.name: 'numpy:net' imports the installed package 'numpy', not your "
+            f"{tmp_path / 'numpy.py'}",
+            "rename your file",
+        ],
+    )
+
+
+def test_a_deleted_current_directory_is_one_line_and_exit_2(tmp_path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    script = Path(sys.executable).parent / "trainer"
+    for command in (str(script), f"{sys.executable} -m trainer"):
+        done = subprocess.run(
+            ["sh", "-c", f"cd {gone} && rmdir {gone} && exec {command} config cfg.yaml"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr == (
+            "error: the current directory no longer exists (it was deleted or moved); "
+            "cd to a directory that exists and run the command again\n"
+        )
+        gone.mkdir()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 import urllib.error
 from collections.abc import Callable
 from pathlib import Path
@@ -84,6 +85,53 @@ def test_a_torchvision_model_trains_on_cpu(write_config, run_cli, tmp_path: Path
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert last["model"]["fc.weight"].shape == (4, 512)
     assert last["step"] == 2
+
+
+INTEGER_MODELS = """\
+import torch
+
+
+def int_tensor():
+    return torch.arange(3)
+
+
+def int_dict():
+    return {"x": torch.zeros(3), "steps": torch.zeros(2, dtype=torch.long)}
+
+
+class Counter(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.count = torch.nn.Parameter(torch.zeros(1, dtype=torch.int32), requires_grad=False)
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "parameter", "dtype"),
+    [
+        ("int_tensor", "tensor", "int64"),
+        ("int_dict", "steps", "int64"),
+        ("Counter", "count", "int32"),
+    ],
+)
+def test_a_parameter_must_be_floating_point(
+    name, parameter, dtype, write_config, user_error, tmp_path, monkeypatch
+) -> None:
+    (tmp_path / "int_models.py").write_text(INTEGER_MODELS, encoding="utf-8")
+    monkeypatch.delitem(sys.modules, "int_models", raising=False)
+    config = write_config(
+        f"model: {{name: 'int_models:{name}'}}\ndata: {{name: shapes}}\n"
+        "trainer: {device: cpu}\n"
+    )
+    user_error(
+        "groups",
+        config,
+        expect=[
+            f"model.name: 'int_models:{name}' built a parameter {parameter!r} of dtype {dtype}: "
+            "a parameter must be floating point"
+        ],
+    )
+    assert not (tmp_path / "runs").exists()
 
 
 def test_unknown_model_name_suggests_the_closest(write_config, user_error) -> None:

@@ -116,8 +116,9 @@ def test_resolve_unknown_name_suggests_and_lists_choices() -> None:
 
 def test_resolve_import_path() -> None:
     assert registry.resolve("models", "torch.nn:Linear", key="model.name") is nn.Linear
-    fn = registry.resolve("losses", "torch.nn.functional:cross_entropy", key="loss.name")
-    assert fn is torch.nn.functional.cross_entropy
+    assert registry.resolve("losses", "torch.nn:MSELoss", key="loss.name") is nn.MSELoss
+    with pytest.raises(UserError, match="which is not a loss"):  # called with the kwargs alone
+        registry.resolve("losses", "torch.nn.functional:cross_entropy", key="loss.name")
 
 
 @pytest.mark.parametrize(

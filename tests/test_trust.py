@@ -16,7 +16,7 @@ from trainer import registry, trust
 from trainer.errors import UserError
 
 STDLIB = "Python's standard library"
-LOADER = "a loader that can run code"
+LOADER = "a loader that can run code, or a tool that touches files or processes"
 
 
 class Bait:
@@ -178,10 +178,133 @@ def test_private_names_are_refused() -> None:
 
 
 def test_runner_scopes_are_trusted_by_what_they_resolve_to() -> None:
-    assert registry.import_path("torch.nn:Linear", key="model.name") is torch.nn.Linear
-    assert registry.import_path("torch:nn.Linear", key="model.name") is torch.nn.Linear
+    linear = registry.import_path("torch.nn:Linear", key="model.name", kind="models")
+    assert linear is torch.nn.Linear
+    assert registry.import_path("torch:nn.Linear", key="m", kind="models") is torch.nn.Linear
     with pytest.raises(UserError, match=r"'torch:relu' is not trusted.*TRAINER_TRUST=torch"):
-        registry.import_path("torch:relu", key="model.name")
+        registry.import_path("torch:relu", key="model.name", kind="models")
+
+
+@pytest.mark.parametrize(
+    ("kind", "path"),
+    [
+        ("models", "torchvision.models:resnet18"),
+        ("models", "torch.nn:Linear"),
+        ("losses", "torch.nn:MSELoss"),
+        ("datasets", "torchvision.datasets:MNIST"),
+        ("optimizers", "torch.optim:SGD"),
+        ("schedulers", "torch.optim.lr_scheduler:StepLR"),
+        ("transforms", "torchvision.transforms:ToTensor"),
+        ("transforms", "torchvision.transforms.v2:RandomCrop"),
+    ],
+)
+def test_runner_scopes_give_each_key_what_it_is_for(kind, path) -> None:
+    assert callable(registry.import_path(path, key="k.name", kind=kind))
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "what"),
+    [
+        ("models", "torch.optim:SGD", "which is not a model"),
+        ("models", "torch.nn.utils:clip_grad_norm_", "which is not a model"),
+        ("datasets", "torchvision.datasets:ImageFolder.find_classes", "not a dataset class"),
+        ("transforms", "torchvision.transforms.functional:to_tensor", "not a transform class"),
+        (None, "torch.nn.functional:relu", "not something this key names"),
+    ],
+)
+def test_runner_scopes_refuse_helpers_before_they_are_called(kind, path, what) -> None:
+    with pytest.raises(UserError, match=f"^k.name: '{path}' is refused: it resolves to .*{what}"):
+        registry.import_path(path, key="k.name", kind=kind)
+
+
+# ---------------------------------------------------------------- tools that touch files
+
+
+@pytest.fixture
+def payload(tmp_path: Path) -> dict[str, Path]:
+    """A tar that would plant a `.pth` file, and a .gz that would overwrite the file `victim`."""
+    import gzip
+    import tarfile
+
+    planted = tmp_path / "planted.pth"
+    planted.write_text(f"import os; open({str(tmp_path / 'ran')!r}, 'w')\n")
+    with tarfile.open(tmp_path / "payload.tar", "w") as tar:
+        tar.add(planted, arcname="planted.pth")
+    planted.unlink()
+    (tmp_path / "victim.gz").write_bytes(gzip.compress(b"overwritten"))
+    (tmp_path / "victim").write_text("precious")
+    (tmp_path / "site").mkdir()
+    return {"site": tmp_path / "site", "victim": tmp_path / "victim"}
+
+
+TOOLS = [  # (TRAINER_TRUST, path, keyword arguments): each would write, extract or run
+    ("", "torchvision.datasets.utils:extract_archive", "from_path: payload.tar, to_path: site"),
+    ("", "torchvision.datasets.utils:extract_archive", "from_path: victim.gz, to_path: ."),
+    ("", "torchvision.datasets.utils:download_url", "url: 'http://127.0.0.1:9/x', root: site"),
+    (
+        "torchvision",
+        "torchvision.datasets.utils:extract_archive",
+        "from_path: payload.tar, to_path: site",
+    ),
+    ("torchvision", "torchvision.utils:save_image", "tensor: [1.0], fp: victim"),
+    ("torch", "torch.utils.collect_env:run", "command: 'touch {marker}'"),
+    ("torch", "torch:save", "obj: 1, f: victim"),
+    ("torch", "torch.hub:download_url_to_file", "url: 'http://127.0.0.1:9/x', dst: victim"),
+    ("torch", "torch.utils.tensorboard:SummaryWriter", "log_dir: site/tb"),
+]
+
+
+@pytest.mark.parametrize(
+    ("trusted", "path", "kwargs"), TOOLS, ids=[f"{t[0]}-{t[1]}" for t in TOOLS]
+)
+def test_tools_that_write_extract_or_run_are_refused_before_the_call(
+    trusted, path, kwargs, payload, marker, write_config, user_error, monkeypatch, tmp_path
+) -> None:
+    monkeypatch.setenv("TRAINER_TRUST", trusted)
+    config = model_config(write_config, path, kwargs.format(marker=marker))
+    user_error("groups", config, expect=[f"model.name: {path!r} is refused"])
+    assert not marker.exists()
+    assert payload["victim"].read_text() == "precious"
+    assert list(payload["site"].iterdir()) == []
+    assert not (tmp_path / "planted.pth").exists()
+
+
+def test_the_payload_does_what_the_refusals_prevent(payload, tmp_path) -> None:
+    """Called directly, the tools above plant the file and overwrite the victim."""
+    from torchvision.datasets.utils import extract_archive
+
+    extract_archive(str(tmp_path / "payload.tar"), str(payload["site"]))
+    extract_archive(str(tmp_path / "victim.gz"), str(tmp_path))
+    assert (payload["site"] / "planted.pth").exists()
+    assert payload["victim"].read_text() == "overwritten"
+
+
+def test_own_module_re_exporting_a_runner_helper_is_refused(
+    module, payload, write_config, user_error
+) -> None:
+    module("unpacks", "from torchvision.datasets.utils import extract_archive\n")
+    config = model_config(
+        write_config, "unpacks:extract_archive", "from_path: victim.gz, to_path: ."
+    )
+    user_error("groups", config, expect=["resolves to torchvision.datasets.utils.extract_archive"])
+    assert payload["victim"].read_text() == "precious"
+
+
+def test_trusting_all_of_torch_warns_that_it_is_broad(write_config, run_cli, monkeypatch) -> None:
+    monkeypatch.setattr(trust, "_warned_broad", set())
+    monkeypatch.setenv("TRAINER_TRUST", "torch")
+    result = run_cli(
+        "groups", model_config(write_config, "torch.nn:Linear", "in_features: 3, out_features: 2")
+    )
+    assert result.exit_code == 0, result.output
+    assert "warning: trusting 'torch' trusts all of it, which is broad" in result.stderr
+    monkeypatch.setattr(trust, "_warned_broad", set())
+    monkeypatch.setenv("TRAINER_TRUST", "torch.nn")
+    result = run_cli(
+        "groups", model_config(write_config, "torch.nn:Linear", "in_features: 3, out_features: 2")
+    )
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.stderr
 
 
 # ---------------------------------------------------------------- what is trusted
@@ -191,7 +314,7 @@ def test_own_module_in_the_current_directory(
     module, write_config, run_cli, tmp_path, monkeypatch
 ) -> None:
     module("own_in_cwd", "import torch\n\ndef net():\n    return torch.nn.Linear(3, 2)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))  # what main() does for the console script
+    monkeypatch.setattr(sys, "path", [*sys.path, str(tmp_path)])  # what main() does
     config = model_config(write_config, "own_in_cwd:net")
     moved = tmp_path / "configs" / "cfg.yaml"
     moved.parent.mkdir()
@@ -256,6 +379,12 @@ def test_pyproject_trust_in_the_current_directory(
         ("a b", None, "TRAINER_TRUST: 'a b' is not a module name"),
         ("", "[tool.trainer]\ntrust = 'installed_pkg'\n", "trust: expected a list of module"),
         ("", "[tool.trainer\n", "pyproject.toml: not valid TOML"),
+        ("", "tool = 1\n", "pyproject.toml: tool: expected a table, got 1"),
+        (
+            "",
+            "[tool]\ntrainer = 'x'\n",
+            "pyproject.toml: [tool] trainer: expected a table, got 'x'",
+        ),
     ],
 )
 def test_bad_trust_settings_are_named(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -12,7 +11,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from trainer.errors import Interrupted, TrainingError, UserError
+from trainer.errors import ERROR_PREFIX, Interrupted, TrainingError, UserError
+from trainer.user_path import current_directory_last
 
 app = typer.Typer(
     add_completion=False,
@@ -49,7 +49,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as err:
             stderr = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
             for problem in err.problems:
-                stderr.print(f"error: {problem}")
+                stderr.print(f"{ERROR_PREFIX}{problem}")
             raise typer.Exit(2) from None
         except TrainingError as err:
             Console(stderr=True, markup=False, highlight=False, soft_wrap=True).print(
@@ -408,12 +408,12 @@ def list_names(kind: Annotated[Kind | None, typer.Argument(help="What to list.")
 
 
 def main() -> None:
-    """The console script: like `python -m trainer`, modules in the current directory import;
-    SIGTERM stops a command as Ctrl-C does, and a sweep's trial stops with its sweep."""
+    """The console script: like `python -m trainer`, modules in the current directory import
+    (after the standard library and installed packages, which they never shadow); SIGTERM
+    stops a command as Ctrl-C does, and a sweep's trial stops with its sweep."""
+    current_directory_last()
     from trainer import interrupt
 
     interrupt.terminate_as_interrupt()
     interrupt.stop_with_parent()
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
     app()

@@ -35,11 +35,13 @@ from trainer import trust
 from trainer.errors import UserError, did_you_mean, echo
 
 if sys.version_info >= (3, 11):
+    from re import _compiler as sre_compile
     from re import _constants as sre_constants
     from re import _parser as sre_parse
 
     _POSSESSIVE, _ATOMIC = (sre_constants.POSSESSIVE_REPEAT,), sre_constants.ATOMIC_GROUP
 else:  # Python 3.10: the same parser under its old names, without possessive repeats
+    import sre_compile
     import sre_constants
     import sre_parse
 
@@ -163,13 +165,81 @@ def _check_regex(pattern: str) -> str:
         re.compile(pattern)
     except re.error as err:
         raise ValueError(f"invalid regex {pattern!r}: {err.msg} at position {err.pos}") from None
-    if _repeats_a_varying_part(sre_parse.parse(pattern)):
+    parsed = sre_parse.parse(pattern)
+    if _repeats_a_varying_part(parsed):
         raise ValueError(
             "the regex repeats a part that itself varies in length (like '(a+)+', '(a?b)*' "
             "or '(a|ab)+'), which can take exponential time on a long name; give the repeated "
             r"part one length, e.g. '[a-z0-9_.]+' for '([a-z0-9_]+\.?)+'"
         )
+    degree = _degree(parsed, parsed.state)
+    if degree > MAX_REGEX_DEGREE:
+        raise ValueError(
+            f"the regex has {degree} repeats in a row that can match the same characters "
+            "(like '.*.*.*.*'), so matching it can take a name's length to the power "
+            f"{degree} steps; at most {MAX_REGEX_DEGREE}: write one '.*' where several follow "
+            "each other, or part them by a character they cannot match (like '\\.')"
+        )
     return pattern
+
+
+# Repeats in a row that can share characters: a name of length n can take ~n**degree steps
+# to match (200 characters: 0.07 s at 3, 2.6 s at 4, minutes at 5).
+MAX_REGEX_DEGREE = 3
+_ALPHABET = [chr(code) for code in range(128)]  # what parameter names are made of
+
+
+def _degree(items: Any, state: Any) -> int:
+    """The most repeats of varying length in a row that can match the same characters
+    (`.*a.*b` 2, `[0-9]+,[0-9]+` 1: a character only one side matches ends a run)."""
+    best = run = 0
+    run_chars: set[str] = set()
+    for op, arg in _inlined(items):
+        if op in (sre_constants.BRANCH, sre_constants.GROUPREF_EXISTS):
+            run += max((_degree(part, state) for part in _parts(op, arg)), default=0)
+            run_chars = set(_ALPHABET)
+        elif op in (sre_constants.ASSERT, sre_constants.ASSERT_NOT):
+            best = max(best, _degree(arg[1], state))
+        elif op == sre_constants.AT:
+            continue
+        else:
+            low, high, body = arg if op in _REPEATS else (1, 1, [(op, arg)])
+            chars = _chars(body, state)
+            if low >= 1 and not chars & run_chars:  # a required character ends the run
+                run, run_chars = 0, set()
+            if low != high:
+                run, run_chars = run + 1, run_chars | chars
+        best = max(best, run)
+    return best
+
+
+def _inlined(items: Any) -> list[Any]:
+    """Parsed regex items with groups replaced by their contents (they match alike)."""
+    found = []
+    for op, arg in items:
+        if op in (sre_constants.SUBPATTERN, _ATOMIC):
+            found += _inlined(_parts(op, arg)[0])
+        else:
+            found.append((op, arg))
+    return found
+
+
+def _chars(body: Any, state: Any) -> set[str]:
+    """The characters a parsed part can match (all of them for a part of several kinds)."""
+    singles = (
+        sre_constants.LITERAL,
+        sre_constants.NOT_LITERAL,
+        sre_constants.ANY,
+        sre_constants.IN,
+    )
+    found: set[str] = set()
+    for item in _inlined(body):
+        if item[0] not in singles:
+            return set(_ALPHABET)
+        for flags in (0, re.IGNORECASE):  # both: a group's own (?i) is not in `state`
+            matcher = sre_compile.compile(sre_parse.SubPattern(state, [item]), flags)
+            found.update(char for char in _ALPHABET if matcher.fullmatch(char))
+    return found
 
 
 _REPEATS = (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, *_POSSESSIVE)
@@ -619,7 +689,10 @@ def _check_expansion(root: yaml.Node) -> None:
             size[id(node)] = 1 + sum(size[id(child)] for child in children)
             depth[id(node)] = 1 + max((depth[id(child)] for child in children), default=0)
             if size[id(node)] > MAX_VALUES:
-                message = f"aliases expand the value here to more than {MAX_VALUES:,} values"
+                message = (
+                    f"too many values: the value here holds more than {MAX_VALUES:,} (aliases "
+                    "counted as often as they are used), far more than any config"
+                )
                 raise _Refused([(node.start_mark, message)])
             if depth[id(node)] > MAX_DEPTH:
                 message = f"aliases nest the value here more than {MAX_DEPTH} levels deep"
@@ -664,11 +737,16 @@ def _duplicate_keys(root: yaml.Node) -> list[tuple[yaml.Mark, str]]:
     return sorted(found, key=lambda problem: problem[0].index)
 
 
-_SafeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
+class _SafeDumper(yaml.SafeDumper):
+    """yaml.SafeDumper that quotes the strings _SafeLoader reads as floats (`'1e5'`)."""
+
+
+for _yaml_class in (_SafeLoader, _SafeDumper):
+    _yaml_class.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+        list("-+0123456789."),
+    )
 
 
 def parse_yaml(text: str, *, source: str) -> Any:
@@ -680,6 +758,11 @@ def parse_yaml(text: str, *, source: str) -> Any:
         raise UserError(problems) from None
     except yaml.constructor.ConstructorError as err:
         where = _mark(err.problem_mark)
+        if "unhashable" in str(err.problem):
+            raise UserError(
+                f"{source}{where}: a mapping key is a list or a mapping; keys are plain "
+                "values (a name, a number)"
+            ) from None
         raise UserError(
             f"{source}{where}: {err.problem}; configs are read with yaml.safe_load, "
             "so python tags are not allowed"
@@ -698,7 +781,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """The raw mapping of a config file, with `name` defaulting to the file's stem."""
     path = Path(path)
     if not path.is_file():
-        what = "is a directory" if path.is_dir() else "no such file"
+        if path.is_dir():
+            what = "is a directory"
+        elif path.exists():  # a FIFO, a socket, a device: reading it could block or never end
+            what = "not a regular file"
+        else:
+            what = "no such file"
         raise UserError(f"config {path}: {what}")
     raw = parse_yaml(yaml_file_text(path), source=str(path))
     if raw is None:
@@ -806,16 +894,34 @@ def _component_problems(raw: dict[str, Any]) -> list[str]:
     """Names and keyword arguments of the components in valid sections of a raw mapping."""
     from trainer import checks
 
+    valid = _valid_sections(raw, Config.model_fields, checks.SECTION_KINDS)
+    several = raw.get("optimizers")
+    if isinstance(several, dict):  # each optimizer's own optimizer and scheduler
+        own = ("optimizer", "scheduler")
+        valid["optimizers"] = {
+            name: types.SimpleNamespace(
+                **{**dict.fromkeys(own), **_valid_sections(entry, OptimizerEntry.model_fields, own)}
+            )
+            for name, entry in several.items()
+            if isinstance(entry, dict)
+        }
+        valid.update(optimizer=None, scheduler=None)  # the kinds are checked per optimizer
+    sections = [key for key in checks.SECTION_KINDS if key in valid]
+    return checks.check_components(types.SimpleNamespace(**valid), sections=sections)
+
+
+def _valid_sections(raw: dict[str, Any], fields: dict[str, Any], keys: Any) -> dict[str, Any]:
+    """The sections among `keys` of a raw mapping that pass the schema on their own."""
     valid = {}
-    for key in checks.SECTION_KINDS:
-        field = Config.model_fields.get(key)
+    for key in keys:
+        field = fields.get(key)
         model = _model_in(field.annotation) if field else None
         if model is not None and isinstance(raw.get(key), dict):
             try:
                 valid[key] = model.model_validate(raw[key])
             except ValidationError:
                 continue
-    return checks.check_components(types.SimpleNamespace(**valid), sections=tuple(valid))
+    return valid
 
 
 def validate_config(raw: dict[str, Any]) -> Config:
@@ -840,8 +946,8 @@ def validate_config(raw: dict[str, Any]) -> Config:
 
 
 def config_to_yaml(config: Config) -> str:
-    """The resolved config as YAML, sections in schema order."""
-    return yaml.safe_dump(config.to_dict(), sort_keys=False, width=100)
+    """The resolved config as YAML, sections in schema order; it loads back as it is."""
+    return yaml.dump(config.to_dict(), Dumper=_SafeDumper, sort_keys=False, width=100)
 
 
 def _non_finite(node: Any, loc: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], float]]:

@@ -9,6 +9,7 @@ from typing import Any
 
 # No error line is longer than this: a value from the config is echoed, never the whole of it.
 MAX_PROBLEM_LENGTH = 2_000
+ERROR_PREFIX = "error: "  # how the CLI prints each problem, within MAX_PROBLEM_LENGTH
 
 _ECHO = reprlib.Repr()
 _ECHO.maxlevel, _ECHO.maxlist, _ECHO.maxtuple, _ECHO.maxdict = 3, 6, 6, 4
@@ -33,7 +34,8 @@ class UserError(Exception):
 
     def __init__(self, problems: str | Iterable[str]) -> None:
         listed = [problems] if isinstance(problems, str) else list(problems)
-        self.problems = [clipped(problem, MAX_PROBLEM_LENGTH) for problem in listed]
+        limit = MAX_PROBLEM_LENGTH - len(ERROR_PREFIX)
+        self.problems = [clipped(problem, limit) for problem in listed]
         super().__init__("\n".join(self.problems))
 
 

@@ -81,7 +81,10 @@ class Tensors(nn.Module):
         super().__init__()
         self.single = single
         for name, tensor in tensors.items():
-            self.register_parameter(name, nn.Parameter(tensor.detach().clone().float()))
+            copy = tensor.detach().clone()
+            copy = copy.float() if copy.is_floating_point() else copy
+            trainable = copy.is_floating_point() or copy.is_complex()  # else: as_module refuses
+            self.register_parameter(name, nn.Parameter(copy, requires_grad=trainable))
 
     def forward(self) -> torch.Tensor | dict[str, torch.Tensor]:
         named = dict(self.named_parameters())
@@ -89,11 +92,14 @@ class Tensors(nn.Module):
 
 
 def as_module(built: object, name: str) -> nn.Module:
-    """The model a callable returned: a module as is; a tensor or a dict of them as Tensors."""
+    """The model a callable returned: a module as is; a tensor or a dict of them as Tensors.
+
+    Parameters must be floating point (an integer tensor has no gradient to train).
+    """
     if isinstance(built, nn.Module):
-        return built
+        return _floating(built, name)
     if isinstance(built, torch.Tensor):
-        return Tensors({"tensor": built}, single=True)
+        return _floating(Tensors({"tensor": built}, single=True), name)
     tensors = isinstance(built, dict) and all(isinstance(v, torch.Tensor) for v in built.values())
     if tensors and built:
         bad = [k for k in built if not (isinstance(k, str) and k.isidentifier())]
@@ -102,11 +108,23 @@ def as_module(built: object, name: str) -> nn.Module:
                 f"model.name: {name!r} returned tensors under {bad[0]!r}; their keys name "
                 "parameters, so they must be identifiers"
             )
-        return Tensors(built)
+        return _floating(Tensors(built), name)
     raise UserError(
         f"model.name: {name!r} returned a {type(built).__name__}; expected a torch.nn.Module, "
         "a tensor, or a dict of tensors"
     )
+
+
+def _floating(model: nn.Module, name: str) -> nn.Module:
+    """`model`, if every parameter is floating point (or complex); else a UserError."""
+    for key, param in model.named_parameters():
+        if not (param.is_floating_point() or param.is_complex()):
+            raise UserError(
+                f"model.name: {name!r} built a parameter {key!r} of dtype "
+                f"{str(param.dtype).removeprefix('torch.')}: a parameter must be floating "
+                "point (e.g. torch.zeros(3) or tensor.float())"
+            )
+    return model
 
 
 def build_model(config: ModelConfig) -> nn.Module:

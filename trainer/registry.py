@@ -163,7 +163,7 @@ def describe(kind: str) -> list[tuple[str, str]]:
 def resolve(kind: str, name: str, *, key: str) -> Callable[..., Any]:
     """The callable for a name or an import path; a UserError naming `key` if there is none."""
     if ":" in name:
-        return import_path(name, key=key)
+        return import_path(name, key=key, kind=kind)
     if name in BUILT_IN.get(kind, {}):
         return _built_in(kind, name)
     table = entries(kind)  # models: torchvision's are imported here, only when asked for
@@ -175,10 +175,11 @@ def resolve(kind: str, name: str, *, key: str) -> Callable[..., Any]:
 IMPORT_PATH = re.compile(r"(?P<module>\w+(\.\w+)*):(?P<attr>\w+(\.\w+)*)", re.ASCII)
 
 
-def import_path(path: str, *, key: str) -> Callable[..., Any]:
+def import_path(path: str, *, key: str, kind: str | None = None) -> Callable[..., Any]:
     """The callable `package.module:name` names, if the trust policy allows it (trainer.trust).
 
-    The path is checked before its module is imported, and what it resolves to after.
+    The path is checked before its module is imported, and what it resolves to after, before
+    anything calls it; from torch and torchvision only what a key of `kind` is for.
     """
     parts = IMPORT_PATH.fullmatch(path)
     if parts is None or parts["module"][0].isdigit():
@@ -195,7 +196,7 @@ def import_path(path: str, *, key: str) -> Callable[..., Any]:
         obj = getattr(obj, part)
     if not callable(obj):
         raise UserError(f"{key}: {path!r} is not callable")
-    trust.check_resolved(obj, path, key=key)
+    trust.check_resolved(obj, path, key=key, kind=kind)
     return obj
 
 

@@ -1,10 +1,12 @@
 """Which import paths a config may name: a config is data people share, so only trusted code.
 
 Trusted: the user's own modules (a `.py` file or package directly in the current directory or
-in the config file's directory), the public torch scopes in `RUNNER_TRUST`, and packages the
-user trusts from outside any config (`TRAINER_TRUST=pkg1,pkg2`, or `trust = [...]` under
-`[tool.trainer]` in ./pyproject.toml). Never, even when trusted: the standard library, the
-loaders in `REFUSED` (they unpickle, import, compile or launch code), and private names.
+in the config file's directory), the public torch scopes in `RUNNER_TRUST` for the objects a
+key is for (`RUNNER_KINDS`: a model, a dataset class, ...; never their helper functions), and
+packages the user trusts from outside any config (`TRAINER_TRUST=pkg1,pkg2`, or `trust = [...]`
+under `[tool.trainer]` in ./pyproject.toml). Never, even when trusted: the standard library,
+what `REFUSED` lists (it unpickles, imports, compiles or launches code, runs processes, or
+writes or extracts files), and private names.
 
 A path is checked before anything is imported, and the object it resolves to is checked again
 by the module and qualified name it really has: modules re-export what they import, so
@@ -34,10 +36,26 @@ RUNNER_TRUST = (
     "torchvision.transforms",
 )
 
+# What a key may name from RUNNER_TRUST (checked on the object, before it is called); keys of
+# other kinds (steps, metrics, `scheduler.lr_lambda`) name nothing there.
+RUNNER_KINDS = {
+    "models": "a model (a torch.nn.Module class or a torchvision model builder)",
+    "datasets": "a dataset class",
+    "losses": "a loss (a torch.nn.Module class)",
+    "optimizers": "an optimizer class",
+    "schedulers": "a scheduler class",
+    "transforms": "a transform class",
+}
+
+# Trusting one of these top-level packages trusts far more than a config needs: a warning.
+BROAD = ("torch", "torchvision")
+
 # Module scopes (and `module:qualname` callables) that load files which can run code, import
-# or compile code, or start processes. Trusting their package does not make them importable.
+# or compile code, start processes, or write or extract files. Trusting their package does
+# not make them importable.
 REFUSED = (
     "torch:load",
+    "torch:compile",
     "torch:import_ir_module",
     "torch:import_ir_module_from_buffer",
     "torch._ops:_Ops.load_library",
@@ -55,21 +73,37 @@ REFUSED = (
     "torch.utils.model_zoo",
     "torch.utils.benchmark",
     "torch.multiprocessing",
-    "torch.distributed.rpc",
-    "torch.distributed.run",
-    "torch.distributed.launch",
-    "torch.distributed.launcher",
-    "torch.distributed.elastic",
-    "torch.distributed.checkpoint",
+    "torch.utils.collect_env",
+    "torch.utils.hipify",
+    "torch.utils.bottleneck",
+    "torch.utils.file_baton",
+    "torch.utils.show_pickle",
+    "torch.utils.model_dump",
+    "torch.utils.tensorboard",
+    "torch.utils.data.datapipes",
+    "torch.backends.xeon",
+    "torch.distributed",
+    "torch.library",
+    "torch.fx",
+    "torch.onnx",
+    "torch.profiler",
+    "torch.autograd.profiler",
+    "torchvision.datasets.utils",
+    "torchvision.io",
+    "torchvision.utils:save_image",
     "numpy:load",
     "numpy.lib.npyio",
     "numpy.lib._npyio_impl",
     "numpy.f2py",
     "numpy.ctypeslib",
+    "numpy.distutils",
+    "numpy:memmap",
     "pandas:read_pickle",
     "pandas:eval",
     "pandas.io.pickle",
     "pandas.core.computation",
+    "pandas.io.clipboard",
+    "pandas.io.clipboards",
     "yaml",
     "dill",
     "cloudpickle",
@@ -121,6 +155,13 @@ def check_path(module: str, attr: str, *, key: str) -> None:
             raise UserError(f"{key}: {path!r} is refused: {_LOADER}")
     if _spec(dotted[0]) is None:
         return  # nothing to import: the import fails and says so
+    mine = _own_file_named(dotted[0])
+    if mine is not None and _installed(_spec(dotted[0]).origin or ""):
+        raise UserError(
+            f"{key}: {path!r} imports the installed package {dotted[0]!r}, not your {mine}: "
+            "your own modules come after installed packages on the import path; rename your "
+            "file (and the path in the config)"
+        )
     if not (_is_own(dotted[0]) or _within(".".join(dotted), _trusted())):
         raise UserError(
             f"{key}: {path!r} is not trusted: {dotted[0]!r} is neither your own module (a .py "
@@ -129,14 +170,27 @@ def check_path(module: str, attr: str, *, key: str) -> None:
         )
 
 
-def check_resolved(obj: Any, path: str, *, key: str) -> None:
-    """Refuse what an import path resolved to, by the module and name it really has."""
-    for module, qualname in _homes(obj):
+def check_resolved(obj: Any, path: str, *, key: str, kind: str | None = None) -> None:
+    """Refuse what an import path resolved to, by the module and name it really has, before
+    it is called; from the runner's scopes only what a key of `kind` is for (RUNNER_KINDS)."""
+    homes = _homes(obj)
+    for module, qualname in homes:
         problem = _home_problem(module, qualname)
         if problem:
             raise UserError(
                 f"{key}: {path!r} is refused: it resolves to {module}.{qualname}, {problem}"
             )
+    module, qualname = homes[0]
+    top = str(module).split(".")[0]
+    runner_only = not (_is_own(top) or _within(str(module), _users_trust()))
+    if runner_only and not _fits(kind, obj):
+        what = RUNNER_KINDS.get(kind or "", "something this key names from torch or torchvision")
+        raise UserError(
+            f"{key}: {path!r} is refused: it resolves to {module}.{qualname}, which is not "
+            f"{what}; untrusted, torch and torchvision give a config their models, datasets, "
+            "losses, optimizers, schedulers and transforms, not the helpers beside them; "
+            + HOW_TO_TRUST.format(top)
+        )
 
 
 def raised_in_users_code(err: BaseException) -> bool:
@@ -153,15 +207,22 @@ def is_users_file(filename: str) -> bool:
     if not path.is_file():  # "<string>", "<frozen importlib._bootstrap>"
         return False
     runner = Path(__file__).resolve().parent
-    installed = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    if path.is_relative_to(runner) or any(path.is_relative_to(p) for p in installed):
+    if path.is_relative_to(runner) or _installed(filename):
         return False
     return any(path.is_relative_to(directory) for directory in _directories())
 
 
+def _installed(filename: str) -> bool:
+    """Whether a file is part of the Python installation (its standard library, site-packages)."""
+    path = Path(filename).resolve()
+    prefixes = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    return bool(filename) and any(path.is_relative_to(prefix) for prefix in prefixes)
+
+
 _LOADER = (
-    "it is a loader that can run code (it unpickles, imports, compiles or starts code), "
-    "which a config may never name, even from a trusted package"
+    "it is a loader that can run code, or a tool that touches files or processes (it "
+    "unpickles, imports, compiles or starts code, runs commands, or writes or extracts "
+    "files), which a config may never name, even from a trusted package"
 )
 
 
@@ -215,6 +276,33 @@ def _homes(obj: Any) -> list[tuple[str | None, str]]:
     return _homes(owner if isinstance(owner, type) else type(obj))
 
 
+def _fits(kind: str | None, obj: Any) -> bool:
+    """Whether `obj`, from the runner's scopes, is what a key of `kind` is for."""
+    import torch
+    from torch.optim import lr_scheduler
+
+    if kind == "models" and not isinstance(obj, type):
+        return obj in _model_builders()
+    if kind == "transforms":  # torchvision's first transforms are plain classes
+        return isinstance(obj, type) and _within(obj.__module__, ("torchvision.transforms",))
+    bases: dict[str, tuple[type, ...]] = {
+        "models": (torch.nn.Module,),
+        "losses": (torch.nn.Module,),
+        "datasets": (torch.utils.data.Dataset,),
+        "optimizers": (torch.optim.Optimizer,),
+        "schedulers": (lr_scheduler.LRScheduler, lr_scheduler.ReduceLROnPlateau),
+    }
+    return isinstance(obj, type) and issubclass(obj, bases.get(kind or "", ()))
+
+
+@functools.cache
+def _model_builders() -> set[Any]:
+    """Every model builder torchvision registers (resnet18, vit_b_16, ...)."""
+    import torchvision.models
+
+    return {torchvision.models.get_model_builder(n) for n in torchvision.models.list_models()}
+
+
 def _directories() -> list[Path]:
     """The user's own directories: the current one and the loaded config's."""
     found = [Path.cwd().resolve()]
@@ -238,6 +326,15 @@ def _is_own(top: str) -> bool:
     return bool(places) and all(place in homes for place in places)
 
 
+def _own_file_named(top: str) -> Path | None:
+    """A module or package of the user's named `top` (in their directories), if there is one."""
+    for directory in _directories():
+        for candidate in (directory / f"{top}.py", directory / top / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
 def _spec(top: str) -> Any:
     """The import system's spec of a top-level module (without importing it), or None."""
     try:
@@ -248,7 +345,16 @@ def _spec(top: str) -> Any:
 
 def _trusted() -> list[str]:
     """The runner's scopes and the packages the user trusts, from outside any config."""
-    names, problems = list(RUNNER_TRUST), []
+    return [*RUNNER_TRUST, *_users_trust()]
+
+
+_warned_broad: set[str] = set()
+
+
+def _users_trust() -> list[str]:
+    """The packages the user trusts, from outside any config (a warning for a broad one)."""
+    names: list[str] = []
+    problems = []
     for name in os.environ.get("TRAINER_TRUST", "").split(","):
         name = name.strip()
         if name and not MODULE_NAME.fullmatch(name):
@@ -269,6 +375,14 @@ def _trusted() -> list[str]:
             names += listed
     if problems:
         raise UserError(problems)
+    for name in sorted(set(names) & set(BROAD) - _warned_broad):
+        _warned_broad.add(name)
+        print(
+            f"warning: trusting {name!r} trusts all of it, which is broad: a config can then "
+            f"call any public function of {name} (what trainer.trust.REFUSED lists stays "
+            f"refused); trust only the modules you need instead ({name}.<module>)",
+            file=sys.stderr,
+        )
     return names
 
 
@@ -285,4 +399,13 @@ def _pyproject_trust(pyproject: Path) -> Any:
         data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{pyproject.resolve()}: not valid TOML: {err}") from None
-    return data.get("tool", {}).get("trainer", {}).get("trust", [])
+    table: Any = data
+    for key in ("tool", "trainer"):
+        table = table.get(key, {})
+        if not isinstance(table, dict):
+            where = "tool" if key == "tool" else "[tool] trainer"
+            raise UserError(
+                f"{pyproject.resolve()}: {where}: expected a table, got {echo(table)} "
+                "(trust goes under [tool.trainer])"
+            )
+    return table.get("trust", [])
