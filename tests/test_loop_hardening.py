@@ -70,7 +70,8 @@ def test_a_diverged_run_with_skip_nonfinite_logs_skips_and_stops(
     [
         (
             "param_groups.rules=[{name: head, match: '^3', betas: [1.5, 0.9]}]",
-            "param_groups.rules.0: Adam rejects group 'head': Invalid beta parameter at index 0",
+            "param_groups.rules.0.betas: [1.5, 0.9] is out of range (allowed: two numbers in "
+            "[0, 1))",
         ),
         ("optimizer.nesterov=true", "optimizer: SGD rejected its arguments"),
         (
