@@ -303,8 +303,9 @@ def lr_find(
     )
     for line in lines[:2]:
         console.print(line, markup=False)
-    span = f"x: optimizer.lr {test.lrs[0]:.3g} .. {test.lrs[-1]:.3g} (log scale)"
-    chart = {"smoothed loss": test.smoothed}
+    lrs, smoothed = test.charted()
+    span = f"x: optimizer.lr {lrs[0]:.3g} .. {lrs[-1]:.3g} (log scale)"
+    chart = {"smoothed loss": smoothed}
     console.print(report.schedule_chart(chart, "step", x_axis=span), markup=False)
     for line in lines[2:] + ([f"wrote {plot}"] if plot else []):
         console.print(line, markup=False)
