@@ -8,6 +8,7 @@ kind, what the runner fills in itself, and which values make no sense.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -94,10 +95,11 @@ class Bound:
     def problems(self, value: Any, *, key: str) -> list[str]:
         """One line per value out of bounds; values that are not numbers are left to torch."""
         if self.count is not None:
+            numbers = isinstance(value, (list, tuple)) and all(map(_number, value))
             fits = (
                 isinstance(value, (list, tuple))
                 and len(value) == self.count
-                and all(_number(v) and self.test(v) for v in value)
+                and (not numbers or all(map(self.test, value)))
             )
             return [] if fits else [f"{key}: {value!r} is out of range (allowed: {self.allowed})"]
         if isinstance(value, (list, tuple)):
@@ -108,7 +110,8 @@ class Bound:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (a non-finite one is the schema's to refuse, once)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 LEARNING_RATE = Bound(">= 0; a negative lr climbs the loss", lambda v: v >= 0)
