@@ -27,7 +27,8 @@ SECTION_KINDS = {
 
 
 def check_components(config: Any, sections: Iterable[str] = tuple(SECTION_KINDS)) -> list[str]:
-    """Names and keyword arguments of the config's components, checked without building.
+    """Names, keyword arguments and option values (BOUNDS, param-group rules' too) of the
+    config's components, checked without building.
 
     With several optimizers, `optimizer` and `scheduler` mean every optimizer's own.
     """
