@@ -165,7 +165,7 @@ COMPONENT_CASES = [
     (
         "bad-optimizer-value",
         lambda base: edited(base, "lr: 0.1", "lr: -0.1"),
-        ["optimizer: SGD rejected its arguments", "-0.1"],
+        ["optimizer.lr: -0.1 is out of range (allowed: >= 0"],
     ),
     pytest.param(
         "cuda-without-cuda",

@@ -179,6 +179,39 @@ def test_changed_param_groups_are_an_error_until_reset_optimizer(copied: Path) -
     assert record["lr/head"] == step_lrs(1, 3, lr=0.2)[2]
 
 
+
+def test_an_optimizer_state_for_fewer_tensors_is_an_error_naming_the_file(copied: Path) -> None:
+    checkpoint = load(copied / "checkpoints/last.pt")
+    head = checkpoint["optimizer"]["param_groups"][0]
+    head["params"] = head["params"][:1]  # 1 of head's 2 tensors: 3 of the 4
+    torch.save(checkpoint, "short.pt")
+    metrics = (copied / "metrics.jsonl").read_text()
+
+    result = cli("fit", "cfg.yaml", "trainer.epochs=3", "--resume", "short.pt")
+    assert_user_error(
+        result,
+        "error: optimizer: short.pt holds an optimizer state for 3 tensors in groups of 1, 2; "
+        "the configured param groups have 4 (head: 2, default: 2); resume with "
+        "--reset-optimizer to load the weights only",
+    )
+    assert (copied / "metrics.jsonl").read_text() == metrics
+
+
+def test_another_optimizer_is_an_error_until_reset_optimizer(copied: Path) -> None:
+    metrics = (copied / "metrics.jsonl").read_text()
+    adam = ("optimizer={name: Adam, lr: 0.01}", "trainer.epochs=3", "--resume", LAST)
+    assert_user_error(
+        cli("fit", "cfg.yaml", *adam),
+        f"error: optimizer.name: {LAST} holds SGD's state, the config names Adam; resume with "
+        "--reset-optimizer to load the weights only (a fresh Adam state), or set "
+        "optimizer.name: SGD",
+    )
+    assert (copied / "metrics.jsonl").read_text() == metrics
+
+    result = cli("fit", "cfg.yaml", *adam, "--reset-optimizer")
+    assert result.exit_code == 0, result.output
+    assert load(copied / "checkpoints/last.pt")["epoch"] == 3
+
 # ---------------------------------------------------------------- a signalled `trainer fit`
 
 

@@ -1,6 +1,7 @@
 """Loop-side hardening: diverged runs with skip_nonfinite, option values torch checks only
 on its defaults, the lr a resumed run shows, metrics.jsonl after a mid-epoch resume, and
-regression targets (no val/acc, and a val/acc monitor refused)."""
+regression targets (no val/acc, and a val/acc monitor refused), monitor typos found before
+training where the steps say what they log."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 import pytest
 
 from trainer.rundir import read_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TINY = """
     name: tiny
@@ -70,7 +73,8 @@ def test_a_diverged_run_with_skip_nonfinite_logs_skips_and_stops(
     [
         (
             "param_groups.rules=[{name: head, match: '^3', betas: [1.5, 0.9]}]",
-            "param_groups.rules.0: Adam rejects group 'head': Invalid beta parameter at index 0",
+            "param_groups.rules.0.betas: [1.5, 0.9] is out of range (allowed: two numbers in "
+            "[0, 1))",
         ),
         ("optimizer.nesterov=true", "optimizer: SGD rejected its arguments"),
         (
@@ -160,3 +164,43 @@ def test_regression_targets_log_no_accuracy_and_refuse_an_accuracy_monitor(
     refused = run_cli("fit", path, "checkpoint.monitor=val/acc")
     assert refused.exit_code == 2
     assert "checkpoint.monitor: 'val/acc' is not logged by this run" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "expect"),
+    [
+        (
+            "tiny",
+            ["checkpoint.monitor=train/lss"],
+            [
+                "checkpoint.monitor: 'train/lss' is not logged by this run; did you mean "
+                "'train/loss'? (its epoch metrics: train/loss, train/samples_per_s, val/loss, "
+                "val/acc)"
+            ],
+        ),
+        (
+            "gan",
+            ["checkpoint.monitor=val/modes_covred", "trainer.early_stopping.monitor=train/g_los"],
+            [
+                "checkpoint.monitor: 'val/modes_covred' is not logged by this run; did you mean "
+                "'val/modes_covered'? (its epoch metrics: train/d_loss, train/g_loss, "
+                "train/samples_per_s, val/modes_covered, val/mode_distance, val/close)",
+                "trainer.early_stopping.monitor: 'train/g_los' is not logged by this run; did "
+                "you mean 'train/g_loss'?",
+            ],
+        ),
+    ],
+    ids=["supervised", "gan-and-its-val-step"],
+)
+def test_a_monitor_typo_is_found_before_training_where_the_steps_say_what_they_log(
+    write_config: Callable[..., Path],
+    user_error: Callable[..., str],
+    tmp_path: Path,
+    config: str,
+    overrides: list[str],
+    expect: list[str],
+) -> None:
+    path = write_config(TINY) if config == "tiny" else ROOT / "configs" / "gan.yaml"
+    stderr = user_error("fit", path, *overrides, "trainer.out_dir=runs/x", expect=expect)
+    assert stderr.count("error: ") == len(expect)
+    assert not (tmp_path / "runs").exists()

@@ -166,8 +166,12 @@ def test_a_loss_that_is_not_finite_ends_the_test(
         (["optimizer.lr=abc"], ["optimizer.lr: lr-find scales the optimizer's lr", "'abc'"]),
         (["optimizer.name=Adamm"], ["optimizer.name: unknown 'Adamm'; did you mean 'Adam'?"]),
         (["step={name: gan}"], ["step.name: lr-find runs the supervised step", "not 'gan'"]),
+        (
+            ["--steps", "1000000000000"],
+            ["--steps: 1,000,000,000,000 is more than a range test takes (at most 10,000)"],
+        ),
     ],
-    ids=["range", "lr-not-a-number", "unknown-optimizer", "not-supervised"],
+    ids=["range", "lr-not-a-number", "unknown-optimizer", "not-supervised", "steps-too-many"],
 )
 def test_bad_input_is_exit_2(
     tmp_path: Path,
@@ -194,4 +198,49 @@ def test_several_optimizers_are_exit_2(user_error: Callable) -> None:
         "lr-find",
         ROOT / "configs" / "gan.yaml",
         expect=["optimizers: lr-find needs one optimizer", "generator, discriminator"],
+    )
+
+
+
+def turns_nan_at(forward: int, tiny_yaml: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The tiny config with a model whose `forward`-th forward gives NaN outputs."""
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    model = "model: {name: small_cnn, num_classes: 4, in_channels: 3, width: 4}"
+    nan_model = f'model: {{name: "loop_helpers:tiny_nan_at", forward: {forward}, image_size: 16}}'
+    return tiny_yaml.replace(model, nan_model)
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["chart", "json"])
+def test_a_model_that_turns_nan_stops_the_test_and_reports_what_it_has(
+    write_config: Callable[..., Path],
+    tiny_yaml: str,
+    run_cli: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+    as_json: bool,
+) -> None:
+    config = write_config(turns_nan_at(6, tiny_yaml, monkeypatch))
+    result = run_cli("lr-find", config, "--steps", "20", *(["--json"] if as_json else []))
+    assert result.exit_code == 0, result.output
+    stopped = "stopped at step 6 (lr 1.27e-05): the loss is nan"
+    if as_json:
+        found = json.loads(result.stdout)
+        assert found["stopped"] == stopped
+        assert found["smoothed_loss"][5] is None and None not in found["smoothed_loss"][:5]
+    else:
+        assert stopped in result.stdout
+        assert "x: optimizer.lr 1e-07 .. 4.83e-06 (log scale)" in result.stdout  # 5 finite
+
+
+def test_a_loss_that_is_nan_from_the_start_is_one_line_and_exit_1(
+    write_config: Callable[..., Path],
+    tiny_yaml: str,
+    run_cli: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    result = run_cli("lr-find", write_config(turns_nan_at(1, tiny_yaml, monkeypatch)))
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert result.stderr == (
+        "error: the loss is nan at the first step (lr 1e-07), before the lr could matter: the "
+        "model or the data gives a non-finite loss; nothing to test\n"
     )

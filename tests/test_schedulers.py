@@ -96,6 +96,35 @@ def test_steps_lists_every_optimizer_step(
         assert lr == per_epoch[index // steps]
 
 
+
+@pytest.mark.parametrize(
+    ("scheduler", "args", "shown", "total"),
+    [
+        ("{name: StepLR, step_size: 3, gamma: 0.1}", [], 7, 10**9),  # epoch-interval: 7 epochs
+        ("{name: StepLR, step_size: 3, gamma: 0.1}", ["--steps"], 7, 6 * 10**9),
+        # A step interval per epoch: whole epochs of 6 steps within the limit, 7 // 6.
+        ("{name: StepLR, step_size: 3, gamma: 0.1, interval: step}", [], 1, 10**9),
+    ],
+    ids=["epochs", "steps", "step-interval-by-epoch"],
+)
+def test_a_preview_is_cut_at_its_limit_and_says_so(
+    scheduler, args, shown, total, write_config, schedule_json, run_cli
+) -> None:
+    path = write_config(with_scheduler(scheduler))
+    long_run = ("trainer.epochs=1000000000", "--limit", "7")
+    printed = schedule_json(path, *long_run, *args)
+    assert (len(printed["lr"]["default"]), printed["total"], printed["cut"]) == (shown, total, True)
+    whole = schedule_json(path, *args)  # 10 epochs: the same lrs, not cut
+    assert printed["lr"]["default"] == whole["lr"]["default"][:shown]
+    assert (whole["total"], whole["cut"]) == (len(whole["lr"]["default"]), False)
+    result = run_cli("schedule", path, *long_run, *args)
+    assert result.exit_code == 0, result.output
+    unit = "step" if args else "epoch"
+    assert (
+        f"preview cut: the first {shown} of {total:,} {unit}s (at most --limit 7 optimizer steps "
+        "are computed; raise --limit to see more)"
+    ) in result.stdout
+
 def test_rules_give_each_group_its_lrs(write_config, schedule_json) -> None:
     text = CONFIG + TWO_GROUPS + "        - {name: body, match: '^1\\.weight', lr: 0.5}\n"
     lrs = schedule_json(write_config(text))["lr"]

@@ -14,11 +14,11 @@ import torch
 from trainer import registry
 from trainer.checkpoint import seed_everything
 from trainer.checks import check_components
-from trainer.config import Config, OptimizerSpec, StepConfig
+from trainer.config import Config, OptimizerSpec, StepConfig, monitors
 from trainer.data import batches_per_epoch, build_loaders
 from trainer.device import check_precision, grad_scaler
 from trainer.distributed import SINGLE, Distributed
-from trainer.errors import UserError
+from trainer.errors import UserError, did_you_mean
 from trainer.handles import Clipping, OptimizerHandle, Optimizers, Window
 from trainer.models import build_model, load_initial_weights
 from trainer.optim import (
@@ -99,7 +99,7 @@ def run_base_of(config: Config) -> Path:
 
 
 def check_steps(config: Config) -> list[str]:
-    """The step and val_step resolve and take their options; a custom step's monitors."""
+    """The step and val_step resolve and take their options; then the monitors."""
     problems = []
     for key in ("step", "val_step"):
         section = getattr(config, key)
@@ -115,18 +115,47 @@ def check_steps(config: Config) -> list[str]:
                 f"optimizers: step {config.step.name!r} needs optimizers named "
                 f"{', '.join(needs)}; this config has {', '.join(names)}"
             )
-    if config.step.name != "supervised" and config.val_step is None:
-        monitors = {"checkpoint.monitor": config.checkpoint.monitor}
-        if config.trainer.early_stopping:
-            monitors["trainer.early_stopping.monitor"] = config.trainer.early_stopping.monitor
-        problems += [
-            f"{key}: {monitor!r} is not logged: step {config.step.name!r} has no val_step, so "
-            "the run logs no val/ metrics (set val_step, or monitor a train/<key> the step "
-            "returns)"
-            for key, monitor in monitors.items()
-            if monitor.startswith("val/")
-        ]
+    return problems + ([] if problems else unlogged_monitors(config))
+
+
+def unlogged_monitors(config: Config) -> list[str]:
+    """Monitors of metrics the run will not log: known before training where its steps
+    declare what they log; otherwise found after the first epoch."""
+    known = epoch_metrics(config)
+    no_validation = config.step.name != "supervised" and config.val_step is None
+    problems = []
+    for key, (monitor, _) in monitors(config).items():
+        if no_validation and monitor.startswith("val/"):
+            problems.append(
+                f"{key}: {monitor!r} is not logged: step {config.step.name!r} has no val_step, "
+                "so the run logs no val/ metrics (set val_step, or monitor a train/<key> the "
+                "step returns)"
+            )
+        elif known is not None and monitor not in known:
+            problems.append(
+                f"{key}: {monitor!r} is not logged by this run{did_you_mean(monitor, known)} "
+                f"(its epoch metrics: {', '.join(known)})"
+            )
     return problems
+
+
+def epoch_metrics(config: Config) -> list[str] | None:
+    """The metrics an epoch record will hold (val/acc where targets are class indices), or
+    None where a step or val_step does not declare what it returns (`logs`)."""
+    steps = [registry.resolve("steps", section.name, key=f"{key}.name")
+             for key, section in (("step", config.step), ("val_step", config.val_step))
+             if section is not None]  # fmt: skip
+    declared = [getattr(step, "logs", None) for step in steps]
+    if None in declared:
+        return None
+    trained = [f"train/{name}" for name in declared[0]] + ["train/samples_per_s"]
+    if config.trainer.skip_nonfinite:
+        trained.append("train/skipped")
+    if config.val_step is not None:
+        return [*trained, *(f"val/{name}" for name in declared[1])]
+    if config.step.name == "supervised":
+        return [*trained, "val/loss", "val/acc", *(m.logged_as for m in config.metrics)]
+    return trained
 
 
 def _closure_problems(config: Config, spec: OptimizerSpec, job: Distributed) -> list[str]:

@@ -266,6 +266,9 @@ def schedule(
     steps: Annotated[bool, typer.Option("--steps", help="Per optimizer step.")] = False,
     plot: Annotated[str | None, typer.Option(help="Write a picture (needs matplotlib).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    limit: Annotated[
+        int, typer.Option(help="Optimizer steps computed at most; a longer run is cut.", min=1)
+    ] = 100_000,
 ) -> None:
     """Print the lr of every group per epoch (or step) without loading data or training."""
     import json
@@ -274,17 +277,18 @@ def schedule(
     from trainer.config import load_config
     from trainer.schedulers import plan_schedule
 
-    table, notes = plan_schedule(load_config(config, overrides or []), per_step=steps)
-    unit = "step" if steps else "epoch"
+    preview = plan_schedule(load_config(config, overrides or []), per_step=steps, limit=limit)
+    table, unit = preview.table, "step" if steps else "epoch"
     if plot:
         report.plot_schedule(table, unit, plot)
     if as_json:
-        sys.stdout.write(json.dumps({"interval": unit, "lr": table}) + "\n")
+        document = {"interval": unit, "lr": table, "total": preview.total, "cut": preview.cut}
+        sys.stdout.write(json.dumps(document) + "\n")
         return
     console = report.make_console()
     console.print(report.schedule_table(table, unit))
     console.print(report.schedule_chart(table, unit), markup=False)
-    for note in notes + ([f"wrote {plot}"] if plot else []):
+    for note in preview.notes + ([f"wrote {plot}"] if plot else []):
         console.print(note, markup=False)
 
 
@@ -321,8 +325,9 @@ def lr_find(
     )
     for line in lines[:2]:
         console.print(line, markup=False)
-    span = f"x: optimizer.lr {test.lrs[0]:.3g} .. {test.lrs[-1]:.3g} (log scale)"
-    chart = {"smoothed loss": test.smoothed}
+    lrs, smoothed = test.charted()
+    span = f"x: optimizer.lr {lrs[0]:.3g} .. {lrs[-1]:.3g} (log scale)"
+    chart = {"smoothed loss": smoothed}
     console.print(report.schedule_chart(chart, "step", x_axis=span), markup=False)
     for line in lines[2:] + ([f"wrote {plot}"] if plot else []):
         console.print(line, markup=False)

@@ -110,7 +110,7 @@ def train(
         if checkpoint is not None:
             position, restored = restore(
                 checkpoint, run, reset_optimizer=reset_optimizer, rank=job.rank,
-                world_size=job.world_size,
+                world_size=job.world_size, path=checkpoint_path,
             )  # fmt: skip
             notes += [
                 f"resumed from {checkpoint_path}: epoch {position.epoch}, step "

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from trainer.errors import UserError
+from trainer.errors import TrainingError, UserError
 from trainer.report import save_figure
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from trainer.config import Config
 
 DIVERGENCE = 4.0  # stop once the smoothed loss exceeds this many times its minimum
+MAX_STEPS = 10_000  # a range test is 100 to 1,000 steps; far more is a typo, not a test
 
 
 @dataclass
@@ -51,6 +52,11 @@ class RangeTest:
             "overrides": self.overrides,
         }
 
+    def charted(self) -> tuple[list[float], list[float]]:
+        """(lrs, smoothed losses) without a last non-finite loss, which a chart cannot draw."""
+        count = len(self.smoothed) - (not math.isfinite(self.smoothed[-1]))
+        return self.lrs[:count], self.smoothed[:count]
+
 
 def lr_range(start: float, end: float, steps: int) -> list[float]:
     """`steps` lrs from `start` to `end`, evenly spaced on a log scale."""
@@ -67,6 +73,10 @@ def check_range(start: float, end: float, steps: int) -> None:
         problems.append(f"--end: {end} must be above --start {start}")
     if steps < 2:
         problems.append(f"--steps: {steps}; the test needs at least 2 steps")
+    if steps > MAX_STEPS:
+        problems.append(
+            f"--steps: {steps:,} is more than a range test takes (at most {MAX_STEPS:,})"
+        )
     if problems:
         raise UserError(problems)
 
@@ -141,6 +151,11 @@ def lr_find(config: Config, *, start: float, end: float, steps: int) -> RangeTes
         loss = _step(model, optimizer, scaler, loss_fn, window, config=config, device=device)
         average = smoothing * average + (1 - smoothing) * loss
         smooth = average / (1 - smoothing ** (index + 1))
+        if index == 0 and not math.isfinite(loss):
+            raise TrainingError(
+                f"the loss is {loss} at the first step (lr {lr:.3g}), before the lr could "
+                "matter: the model or the data gives a non-finite loss; nothing to test"
+            )
         losses.append(loss)
         smoothed.append(smooth)
         if not math.isfinite(smooth):

@@ -214,11 +214,14 @@ def restore(
     reset_optimizer: bool,
     rank: int = 0,
     world_size: int = 1,
+    path: Path | None = None,
 ) -> tuple[Position, list[str]]:
     """Load the checkpoint's states into the built run; returns (position, notes).
 
     Each optimizer's scheduler is loaded when its config section is unchanged, else rebuilt
-    from the config and fast-forwarded to where the run stopped.
+    from the config and fast-forwarded to where the run stopped. An optimizer state that does
+    not fit (another optimizer, other group sizes) is refused, naming `path`, before any
+    state is loaded.
     """
     config = run.config
     problems = model_changes(checkpoint["model"], run.module)
@@ -242,6 +245,15 @@ def restore(
                 "use --reset-optimizer to load the weights only",
             ]
         )
+    if not reset_optimizer:
+        where = path or "the checkpoint"
+        misfits = [
+            problem
+            for name, handle in run.optimizers.items()
+            for problem in _state_misfits(saved[name], handle.optimizer, name, where, len(saved))
+        ]
+        if misfits:
+            raise UserError(misfits)
     run.module.load_state_dict(checkpoint["model"])
     position = Position(
         epoch=checkpoint["epoch"],
@@ -269,7 +281,8 @@ def restore(
             handle.optimizer.load_state_dict(state["optimizer"])
             if state["scaler"]:
                 handle.scaler.load_state_dict(state["scaler"])
-        same_scheduler = state["scheduler_config"] == _scheduler_config(resolved, name)
+        scheduler_config = _optimizer_section(resolved, name, "scheduler")
+        same_scheduler = state["scheduler_config"] == scheduler_config
         if same_scheduler and not reset_optimizer:
             handle.schedule.load_state_dict(state["scheduler"])
             continue
@@ -296,7 +309,8 @@ def restore(
 
 
 def optimizer_states(checkpoint: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each optimizer's saved optimizer, scheduler and scaler state, and its scheduler config."""
+    """Each optimizer's saved optimizer, scheduler and scaler state, its scheduler config and
+    the optimizer's name in the checkpoint's config."""
     config = checkpoint["config"]
     if checkpoint.get("optimizers"):
         return {
@@ -304,7 +318,8 @@ def optimizer_states(checkpoint: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 "optimizer": state,
                 "scheduler": checkpoint["schedulers"][name],
                 "scaler": checkpoint["scalers"][name],
-                "scheduler_config": _scheduler_config(config, name),
+                "scheduler_config": _optimizer_section(config, name, "scheduler"),
+                "optimizer_name": (_optimizer_section(config, name, "optimizer") or {}).get("name"),
             }
             for name, state in checkpoint["optimizers"].items()
         }
@@ -314,15 +329,41 @@ def optimizer_states(checkpoint: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "scheduler": checkpoint["scheduler"],
             "scaler": checkpoint["scaler"],
             "scheduler_config": config.get("scheduler"),
+            "optimizer_name": (config.get("optimizer") or {}).get("name"),
         }
     }
 
 
-def _scheduler_config(config: dict[str, Any], name: str) -> Any:
-    """An optimizer's scheduler section in a config dict, in either form."""
+def _optimizer_section(config: dict[str, Any], name: str, section: str) -> Any:
+    """Optimizer `name`'s `optimizer` or `scheduler` section in a config dict, either form."""
     if config.get("optimizers"):
-        return (config["optimizers"].get(name) or {}).get("scheduler")
-    return config.get("scheduler")
+        return (config["optimizers"].get(name) or {}).get(section)
+    return config.get(section)
+
+
+def _state_misfits(
+    saved: dict[str, Any], optimizer: torch.optim.Optimizer, name: str, where: Any, count: int
+) -> list[str]:
+    """Why optimizer `name`'s saved state cannot be loaded into the built `optimizer`: it is
+    another optimizer's, or its groups hold other numbers of tensors (what torch refuses)."""
+    key = "optimizer" if count == 1 else f"optimizers.{name}.optimizer"
+    configured, saved_name = type(optimizer).__name__, saved["optimizer_name"]
+    if saved_name is not None and re.split(r"[:.]", saved_name)[-1] != configured:
+        return [
+            f"{key}.name: {where} holds {saved_name}'s state, the config names {configured}; "
+            f"resume with --reset-optimizer to load the weights only (a fresh {configured} "
+            f"state), or set {key}.name: {saved_name}"
+        ]
+    saved_sizes = [len(group["params"]) for group in saved["optimizer"]["param_groups"]]
+    sizes = {group["name"]: len(group["params"]) for group in optimizer.param_groups}
+    if saved_sizes == list(sizes.values()):
+        return []
+    return [
+        f"{key}: {where} holds an optimizer state for {sum(saved_sizes)} tensors in groups of "
+        f"{', '.join(map(str, saved_sizes))}; the configured param groups have "
+        f"{sum(sizes.values())} ({', '.join(f'{group}: {n}' for group, n in sizes.items())}); "
+        "resume with --reset-optimizer to load the weights only"
+    ]
 
 
 def _moved_tensors(old: dict[str, Any], new: dict[str, Any], *, several: bool) -> list[str]:

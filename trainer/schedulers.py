@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -154,14 +155,14 @@ def warnings_for(config: SchedulerConfig | None) -> list[str]:
 def lr_table(
     drivers: dict[str, tuple[torch.optim.Optimizer, ScheduleDriver]],
     *,
-    epochs: int,
     steps: int,
     per_step: bool,
+    rows: int,
 ) -> dict[str, list[float]]:
-    """The lr of every group for every epoch (or optimizer step) of the run, by stepping each
-    optimizer's scheduler through its driver as `trainer fit` does, without training. Per
-    epoch, a step scheduler shows the lr of the epoch's first step. Columns are group names
-    (one optimizer) or `<optimizer>/<group>` (several)."""
+    """The lr of every group for the first `rows` epochs (or optimizer steps) of the run, by
+    stepping each optimizer's scheduler through its driver as `trainer fit` does, without
+    training. Per epoch, a step scheduler shows the lr of the epoch's first step. Columns are
+    group names (one optimizer) or `<optimizer>/<group>` (several)."""
 
     def lrs() -> dict[str, float]:
         several = len(drivers) > 1
@@ -174,20 +175,36 @@ def lr_table(
     table: dict[str, list[float]] = {column: [] for column in lrs()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # stepping a scheduler without optimizer.step()
-        for _ in range(epochs):
-            for index in range(steps):
-                if per_step or index == 0:
-                    for column, lr in lrs().items():
-                        table[column].append(lr)
-                for _, driver in drivers.values():
-                    driver.after_optimizer_step()
+        for position in range(rows if per_step else rows * steps):
+            index = position % steps  # the optimizer step's index in its epoch
+            if per_step or index == 0:
+                for column, lr in lrs().items():
+                    table[column].append(lr)
             for _, driver in drivers.values():
-                driver.after_epoch(None)
+                driver.after_optimizer_step()
+            if index == steps - 1:
+                for _, driver in drivers.values():
+                    driver.after_epoch(None)
     return table
 
 
-def plan_schedule(config: Any, *, per_step: bool) -> tuple[dict[str, list[float]], list[str]]:
-    """The lr table of a config without training (`trainer schedule`), and notes on it.
+@dataclass
+class SchedulePreview:
+    """What `trainer schedule` shows: the lr table, the run's length in the table's unit
+    (more than the table's when the preview is cut at its limit), and notes."""
+
+    table: dict[str, list[float]]
+    total: int
+    notes: list[str]
+
+    @property
+    def cut(self) -> bool:
+        return len(next(iter(self.table.values()), [])) < self.total
+
+
+def plan_schedule(config: Any, *, per_step: bool, limit: int) -> SchedulePreview:
+    """The lr table of a config without training (`trainer schedule`), and notes on it; at
+    most `limit` optimizer steps are stepped through (whole epochs per epoch, at least one).
 
     The model and optimizers are built on the meta device; the training set is built only
     when the number of steps per epoch matters (a step interval, or `per_step`).
@@ -221,7 +238,18 @@ def plan_schedule(config: Any, *, per_step: bool) -> tuple[dict[str, list[float]
             notes.append(
                 "ReduceLROnPlateau lowers the lr on validation metrics; shown without any reduction"
             )
-    table = lr_table(drivers, epochs=settings.epochs, steps=steps, per_step=per_step)
-    if per_step and settings.max_steps:
-        table = {name: lrs[: settings.max_steps] for name, lrs in table.items()}
-    return table, notes
+    if per_step:
+        total = settings.epochs * steps
+        total = min(total, settings.max_steps) if settings.max_steps else total
+        rows = min(total, limit)
+    else:
+        total = settings.epochs
+        rows = min(total, max(limit // steps, 1))
+    unit = "step" if per_step else "epoch"
+    if rows < total:
+        notes.append(
+            f"preview cut: the first {rows:,} of {total:,} {unit}s (at most --limit {limit:,} "
+            "optimizer steps are computed; raise --limit to see more)"
+        )
+    table = lr_table(drivers, steps=steps, per_step=per_step, rows=rows)
+    return SchedulePreview(table, total, notes)

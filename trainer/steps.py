@@ -15,6 +15,8 @@ A step is `step(batch, model, optimizers, ctx, **options) -> dict[str, Tensor]`:
 It returns the metrics to log as `train/<key>`: tensors (or numbers), averaged on the device
 over each log window and epoch, read back only when logged. A `val_step(batch, model, ctx,
 **options)` returns metrics the same way, averaged over the validation set into `val/<key>`.
+A step that declares its keys (`step.logs = ("loss",)`) has its monitors checked before
+training, with a "did you mean"; others after the first epoch.
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ def supervised(batch: Any, model: Any, optimizers: Any, ctx: StepContext) -> dic
     return {"loss": optimizers.update(loss)}
 
 
+supervised.logs = ("loss",)
+
+
 def gan(batch: Any, model: Any, optimizers: Any, ctx: StepContext) -> dict[str, Any]:
     """The non-saturating GAN step: the discriminator on real and detached fake samples, then
     the generator on fresh scores of its samples. Needs `model.generator`,
@@ -92,6 +97,7 @@ def gan(batch: Any, model: Any, optimizers: Any, ctx: StepContext) -> dict[str, 
 
 
 gan.needs_optimizers = ("generator", "discriminator")  # checked before anything is built
+gan.logs = ("d_loss", "g_loss")
 
 
 def distill(
@@ -122,6 +128,9 @@ def distill(
     return {"loss": loss, "hard_loss": hard, "soft_loss": soft}
 
 
+distill.logs = ("loss", "hard_loss", "soft_loss")
+
+
 @torch.no_grad()
 def ring_quality(batch: Any, model: Any, ctx: StepContext) -> dict[str, Any]:
     """A val_step for a GAN on `ring`: as many generated points as real ones, scored against
@@ -144,3 +153,6 @@ def ring_quality(batch: Any, model: Any, ctx: StepContext) -> dict[str, Any]:
         "mode_distance": distance.mean(),
         "close": close.float().mean(),
     }
+
+
+ring_quality.logs = ("modes_covered", "mode_distance", "close")
