@@ -611,9 +611,10 @@ def monitors(config: Config) -> dict[str, tuple[str, str]]:
 def monitor_problems(config: Config) -> list[str]:
     """Monitors of `val/<key>` that nothing logs: not the runner, not a configured metric.
 
-    A custom `val_step` logs metrics of its own, known after the first epoch only.
+    A custom `val_step` logs metrics of its own, known after the first epoch only; a step
+    other than `supervised` without one logs no `val/` metric (checked where steps are).
     """
-    if config.val_step is not None:
+    if config.val_step is not None or config.step.name != "supervised":
         return []
     logged = [*EPOCH_METRICS, *(m.logged_as for m in config.metrics)]
     return [

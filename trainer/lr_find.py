@@ -89,7 +89,7 @@ def lr_find(config: Config, *, start: float, end: float, steps: int) -> RangeTes
     from trainer.device import check_precision, grad_scaler, pick_device
     from trainer.models import build_model, load_initial_weights
     from trainer.optim import build_loss, build_optimizer, optimizer_defaults
-    from trainer.param_groups import build_param_groups
+    from trainer.param_groups import build_param_groups, held_norms
 
     check_range(start, end, steps)
     several = getattr(config, "optimizers", None)
@@ -126,6 +126,9 @@ def lr_find(config: Config, *, start: float, end: float, steps: int) -> RangeTes
         model, options, config.param_groups, optimizer=config.optimizer.name
     )
     model.to(device).train()
+    if config.param_groups.freeze_norm_stats:
+        for layer in held_norms(model).values():  # as fit holds them
+            layer.eval()
     optimizer = build_optimizer(config.optimizer, groups)
     ratios = [group["lr"] / base_lr for group in optimizer.param_groups]
     loss_fn = build_loss(config.loss).to(device)
