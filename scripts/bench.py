@@ -48,14 +48,14 @@ def tensors(train: bool = True) -> TensorDataset:
 
 def small_cnn() -> nn.Module:
     """The runner's built-in small_cnn, as the quickstart trains it (4 classes)."""
-    from trainer.models import small_cnn as build
+    from trainer.components.models import small_cnn as build
 
     return build(num_classes=4)
 
 
 def shapes(train: bool = True) -> TensorDataset:
     """The built-in shapes at 32x32, as plain tensors."""
-    from trainer.datasets import shapes as build
+    from trainer.components.datasets import shapes as build
 
     data = build(train, size=2048 if train else 512)
     return TensorDataset(data.images, data.targets)
@@ -128,8 +128,8 @@ def floor(epochs: int) -> list[float]:
 def runner(epochs: int, out_dir: str) -> list[float]:
     """The same job through `trainer fit`; returns its train/samples_per_s per epoch."""
     from trainer.config import validate_config
-    from trainer.loop import fit
-    from trainer.rundir import read_metrics
+    from trainer.engine.loop import fit
+    from trainer.runs.rundir import read_metrics
 
     os.environ["TRAINER_TRUST"] = "bench"  # this script's own callables, trusted from outside
 

@@ -159,8 +159,8 @@ def worker_loader(job: Job) -> Callable[[], Iterable[tuple[torch.Tensor, torch.T
 def trainer_fit(job: Job, data: str, compiled: bool) -> float:
     """The job through `trainer fit`; its train/samples_per_s of epoch 2."""
     from trainer.config import validate_config
-    from trainer.loop import fit
-    from trainer.rundir import read_metrics
+    from trainer.engine.loop import fit
+    from trainer.runs.rundir import read_metrics
 
     on_gpu = data == "gpu"
     with tempfile.TemporaryDirectory() as out_dir:

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from trainer.checkpoint import rng_state
+from trainer.state.checkpoint import rng_state
 
 
 def valid_checkpoint() -> dict[str, Any]:

@@ -16,11 +16,11 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from trainer.components.datasets import Shapes, shapes
 from trainer.config import load_config
-from trainer.datasets import Shapes, shapes
+from trainer.engine.loop import FitResult, fit
 from trainer.errors import Interrupted
-from trainer.loop import FitResult, fit
-from trainer.rundir import read_metrics
+from trainer.runs.rundir import read_metrics
 
 # 300 samples in batches of 32: 10 batches (9 full, one of 12) per epoch; dropout in the model
 # and shuffled batches, so an exact resume needs the RNG state and the epoch's order back.

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.steps import gan
+from trainer.engine.steps import gan
 
 
 def gan_stopped_at(batch: Any, model: Any, optimizers: Any, ctx: Any, *, at: int) -> dict:

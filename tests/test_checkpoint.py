@@ -1,4 +1,4 @@
-"""trainer.checkpoint: plain-dict checkpoints, atomic writes, RNG state, retention."""
+"""trainer.state.checkpoint: plain-dict checkpoints, atomic writes, RNG state, retention."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ import pytest
 import torch
 from checkpoint_helpers import several_optimizers, valid_checkpoint
 
-from trainer.checkpoint import (
+from trainer.config import CheckpointConfig
+from trainer.errors import TrainingError, UserError
+from trainer.state.checkpoint import (
     load_checkpoint,
     rng_state,
     save_checkpoint,
     save_checkpoints,
     set_rng_state,
 )
-from trainer.config import CheckpointConfig
-from trainer.errors import TrainingError, UserError
 
 
 def draw() -> tuple:

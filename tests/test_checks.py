@@ -1,6 +1,6 @@
-"""The checking stage's option values (trainer.checks.BOUNDS): every bound refuses what it
-should and lets the rest through, and `trainer fit` reports them with the other config
-problems, by key, before anything is built or written."""
+"""The checking stage's option values (trainer.components.checks.BOUNDS): every bound
+refuses what it should and lets the rest through, and `trainer fit` reports them with the
+other config problems, by key, before anything is built or written."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from trainer.checks import BOUNDS, check_values
+from trainer.components.checks import BOUNDS, check_values
 
 ROOT = Path(__file__).resolve().parent.parent
 

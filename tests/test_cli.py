@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-from trainer.checkpoint import KEYS
+from trainer.components.models import small_cnn
 from trainer.config import load_config
-from trainer.models import small_cnn
+from trainer.state.checkpoint import KEYS
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 

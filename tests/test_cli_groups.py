@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from trainer.cli import app
+from trainer.components.models import small_cnn
+from trainer.components.optim import plan_param_groups
 from trainer.config import load_config
-from trainer.models import small_cnn
-from trainer.optim import plan_param_groups
 
 SMALL_CNN = """\
     name: cli-groups

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer import registry
+from trainer.components import registry
 from trainer.config import MAX_DEPTH, parse_yaml, validate_config
 from trainer.errors import MAX_PROBLEM_LENGTH, UserError
 

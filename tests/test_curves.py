@@ -15,7 +15,7 @@ from damage_helpers import DAMAGES, damage
 from rich.console import Console
 from typer.testing import Result
 
-from trainer.curves import PANEL_HEIGHT, PNG_DPI, PNG_WIDTH, chart, curve
+from trainer.runs.curves import PANEL_HEIGHT, PNG_DPI, PNG_WIDTH, chart, curve
 
 
 def records(scale: float) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""trainer.data: the offline `shapes` dataset and the epoch-ordered sampler."""
+"""trainer.components.data: the offline `shapes` dataset and the epoch-ordered sampler."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from trainer.components.data import EpochSampler, build_datasets, start_epoch
+from trainer.components.datasets import SHAPES, Shapes, shapes
 from trainer.config import DataConfig
-from trainer.data import EpochSampler, build_datasets, start_epoch
-from trainer.datasets import SHAPES, Shapes, shapes
 
 
 def small(train: bool = True, **kwargs) -> Shapes:
@@ -150,7 +150,7 @@ def augmented_epoch(
     """The training batches of `epoch` from `skip_samples` on, from loaders built fresh (as a
     resumed run builds them; `epochs_before` epochs are loaded first), with a random flip and
     a padded random crop."""
-    from trainer.data import build_loaders
+    from trainer.components.data import build_loaders
 
     config = DataConfig(
         name="shapes", size=48, image_size=8, batch_size=8, num_workers=workers,

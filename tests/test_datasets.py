@@ -21,10 +21,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from typer.testing import Result
 
+from trainer.components.data import build_datasets, build_loaders
+from trainer.components.datasets import BUILT_IN, STATS
 from trainer.config import DataConfig
-from trainer.data import build_datasets, build_loaders
-from trainer.datasets import BUILT_IN, STATS
-from trainer.rundir import read_metrics
+from trainer.runs.rundir import read_metrics
 
 CPU = torch.device("cpu")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.data import EpochSampler
+from trainer.components.data import EpochSampler
 
 TESTS = Path(__file__).resolve().parent
 CONFIG = """\

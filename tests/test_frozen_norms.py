@@ -14,9 +14,9 @@ from loop_helpers import bn_net
 from rich.console import Console
 from torch import nn
 
+from trainer.components.param_groups import held_norms
 from trainer.config import load_config
-from trainer.loop import fit
-from trainer.param_groups import held_norms
+from trainer.engine.loop import fit
 
 TESTS = Path(__file__).parent
 

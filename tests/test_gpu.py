@@ -29,8 +29,8 @@ from typer.testing import CliRunner
 
 from trainer.cli import app
 from trainer.config import load_config
-from trainer.loop import fit
-from trainer.rundir import read_metrics
+from trainer.engine.loop import fit
+from trainer.runs.rundir import read_metrics
 
 # cuBLAS reads this once, at its first use in the process: set before any test runs.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

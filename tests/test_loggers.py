@@ -13,8 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from typer.testing import Result
 
 from trainer.config import Config, validate_config
-from trainer.loggers import check_loggers, open_loggers, scalars
-from trainer.rundir import read_metrics
+from trainer.runs.loggers import check_loggers, open_loggers, scalars
+from trainer.runs.rundir import read_metrics
 
 GROUPS = {
     "groups": [

@@ -28,12 +28,12 @@ from torch import nn
 from torch.optim import lr_scheduler
 from torch.utils.data import DataLoader
 
-from trainer import registry
-from trainer.build import check_before_building
+from trainer.components import registry
 from trainer.config import load_config
+from trainer.engine.build import check_before_building
+from trainer.engine.loop import FitResult, fit
 from trainer.errors import TrainingError, UserError
-from trainer.loop import FitResult, fit
-from trainer.rundir import read_metrics
+from trainer.runs.rundir import read_metrics
 
 TESTS = Path(__file__).parent
 EPOCHS, BATCHES, BATCH_SIZE = 3, 6, 16

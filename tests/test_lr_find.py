@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from trainer.components.models import small_cnn
 from trainer.config import load_config
-from trainer.lr_find import RangeTest, loss_axis, plot_range_test, suggest
-from trainer.models import small_cnn
+from trainer.tools.lr_find import RangeTest, loss_axis, plot_range_test, suggest
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD_RULE = """\
@@ -126,11 +126,11 @@ def test_the_plot_cuts_the_divergence_off_its_log_y_axis(
     assert loss_axis(negative) == ("linear", -1.0 - 0.1, 1.0 + 0.1)
     assert loss_axis(range_test([math.nan], [math.nan])) is None
 
-    import trainer.lr_find
+    import trainer.tools.lr_find
 
     drawn = []
     monkeypatch.setattr(
-        trainer.lr_find,
+        trainer.tools.lr_find,
         "save_figure",
         lambda figure, path, **_: drawn.append(
             (figure.axes[0].get_yscale(), figure.axes[0].get_ylim())

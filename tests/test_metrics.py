@@ -15,12 +15,12 @@ import torchmetrics.functional as tmf
 from torch.utils.data import DataLoader, TensorDataset
 from typer.testing import Result
 
-from trainer import registry
+from trainer.components import registry
+from trainer.components.data import build_loaders
+from trainer.components.metrics import build_metrics, check_metrics
 from trainer.config import validate_config
-from trainer.data import build_loaders
-from trainer.distributed import Distributed
-from trainer.evaluate import evaluate
-from trainer.metrics import build_metrics, check_metrics
+from trainer.engine.distributed import Distributed
+from trainer.engine.evaluate import evaluate
 
 TESTS = Path(__file__).resolve().parent
 CLASSES = 6

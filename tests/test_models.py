@@ -14,11 +14,11 @@ import torch
 import torchvision.models
 from torch import nn
 
-from trainer import registry
-from trainer.build import build_run
+from trainer.components import registry
+from trainer.components.models import build_model, load_initial_weights, small_cnn
 from trainer.config import InitFrom, ModelConfig, load_config
+from trainer.engine.build import build_run
 from trainer.errors import UserError
-from trainer.models import build_model, load_initial_weights, small_cnn
 
 CPU = torch.device("cpu")
 TORCHVISION_MODELS = torchvision.models.list_models(module=torchvision.models)

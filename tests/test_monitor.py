@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from trainer.monitor import EarlyStopping, better, improved_best
+from trainer.runs.monitor import EarlyStopping, better, improved_best
 
 NON_FINITE = [math.nan, math.inf, -math.inf]
 

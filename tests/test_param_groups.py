@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from trainer.components.optim import build_optimizer, optimizer_defaults
+from trainer.components.param_groups import build_param_groups, clean_name
 from trainer.config import OptimizerConfig, ParamGroupsConfig, validate_config
 from trainer.errors import UserError
-from trainer.optim import build_optimizer, optimizer_defaults
-from trainer.param_groups import build_param_groups, clean_name
 
 # ---------------------------------------------------------------- helpers
 

@@ -1,4 +1,4 @@
-"""trainer.registry: names and import paths → callables, signature checks, building."""
+"""trainer.components.registry: names and import paths → callables, signature checks, building."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainer import registry
-from trainer.checks import check_components
+from trainer.components import registry
+from trainer.components.checks import check_components
 from trainer.config import validate_config
 from trainer.errors import UserError, did_you_mean
 

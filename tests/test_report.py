@@ -1,4 +1,4 @@
-"""trainer.report: pictures written where the user asked, or exit 2 saying why not."""
+"""trainer.runs.report: pictures written where the user asked, or exit 2 saying why not."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def test_progress_lines_show_every_optimizers_lr_and_a_range_where_groups_differ
 
     from rich.console import Console
 
-    from trainer.report import Reporter
+    from trainer.runs.report import Reporter
 
     out = io.StringIO()
     reporter = Reporter(Console(file=out, width=200))

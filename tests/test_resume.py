@@ -25,10 +25,10 @@ from resume_helpers import (
     write_config,
 )
 
-from trainer.checkpoint import KEYS
 from trainer.config import load_config
+from trainer.engine.loop import FitResult
 from trainer.errors import Interrupted
-from trainer.loop import FitResult
+from trainer.state.checkpoint import KEYS
 
 LAST = "runs/r/checkpoints/last.pt"
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from checkpoint_helpers import valid_checkpoint
 
+from trainer.engine.resume import find_checkpoint
 from trainer.errors import UserError
-from trainer.resume import find_checkpoint
-from trainer.rundir import lock_run_dir
+from trainer.runs.rundir import lock_run_dir
 
 
 def checkpoints(run_dir: Path, **files: dict | bytes) -> None:

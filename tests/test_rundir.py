@@ -1,4 +1,5 @@
-"""trainer.rundir: fresh run directories, the one-writer lock, out_dir checks, metrics.jsonl."""
+"""trainer.runs.rundir: fresh run directories, the one-writer lock, out_dir checks,
+metrics.jsonl."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import resume_helpers
 from damage_helpers import DAMAGES, damage
 
 from trainer.errors import TrainingError, UserError
-from trainer.rundir import (
+from trainer.runs.rundir import (
     LOCK_FILE,
     MetricsFile,
     check_out_dir,
@@ -50,7 +51,7 @@ def test_an_empty_directory_is_taken_and_a_file_is_stepped_over(tmp_path: Path) 
 CLAIM = """
 import sys, time
 from pathlib import Path
-from trainer.rundir import fresh_run_dir
+from trainer.runs.rundir import fresh_run_dir
 while not Path(sys.argv[1]).exists():
     time.sleep(0.001)
 print(fresh_run_dir(Path(sys.argv[2])))
@@ -100,7 +101,7 @@ def test_a_second_writer_is_told_who_holds_the_run(tmp_path: Path) -> None:
 HOLD = """
 import sys, time
 from pathlib import Path
-from trainer.rundir import lock_run_dir
+from trainer.runs.rundir import lock_run_dir
 with lock_run_dir(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(120)
@@ -243,12 +244,12 @@ def test_fit_on_a_run_another_process_holds_is_exit_2_naming_it(
 def test_an_impossible_out_dir_is_exit_2_before_anything_is_built(
     write_config, tiny_yaml: str, user_error, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import trainer.data
+    import trainer.components.data
 
     def not_now(*args: object, **kwargs: object) -> None:
         raise AssertionError("the data was built before the out_dir was checked")
 
-    monkeypatch.setattr(trainer.data, "build_loaders", not_now)
+    monkeypatch.setattr(trainer.components.data, "build_loaders", not_now)
     (tmp_path / "notes.txt").touch()
     user_error(
         "fit",

@@ -16,8 +16,8 @@ from damage_helpers import DAMAGES, damage
 from typer.testing import Result
 
 from trainer.errors import Interrupted, TrainingError
-from trainer.rundir import LOCK_FILE
-from trainer.runs import compare, read_status, status_recorded, summarize
+from trainer.runs.listing import compare, read_status, status_recorded, summarize
+from trainer.runs.rundir import LOCK_FILE
 
 CONFIG = """
     name: cmp

@@ -51,7 +51,7 @@ def test_sigterm_during_start_up_is_exit_130_and_writes_nothing(tmp_path: Path) 
 # `trainer fit`, with a SIGTERM sent to itself as it closes its files after training.
 SIGNAL_AFTER_TRAINING = """
 import os, signal
-from trainer import loop
+from trainer.engine import loop
 from trainer.cli import main
 
 close = loop.Output.close

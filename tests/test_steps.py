@@ -24,13 +24,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from trainer.components.data import epoch_seed
+from trainer.components.datasets import ring
+from trainer.components.models import gan_mlp
 from trainer.config import load_config
-from trainer.data import epoch_seed
-from trainer.datasets import ring
+from trainer.engine.loop import fit
 from trainer.errors import Interrupted
-from trainer.loop import fit
-from trainer.models import gan_mlp
-from trainer.rundir import read_metrics
+from trainer.runs.rundir import read_metrics
 
 TESTS = Path(__file__).parent
 EPOCHS, SAMPLES, BATCH, LATENT, HIDDEN = 2, 512, 64, 4, 16

@@ -18,8 +18,8 @@ import optuna
 import pytest
 
 from trainer.config import load_config
-from trainer.search_space import Dimension, Space, load_space
-from trainer.sweep import Outcome, Sweep, _runs, recover_stale_trials, run_trial
+from trainer.tools.search_space import Dimension, Space, load_space
+from trainer.tools.sweep import Outcome, Sweep, _runs, recover_stale_trials, run_trial
 
 STUDY = "tiny-sweep"  # the default study name of the tiny config (`tiny`)
 
@@ -36,7 +36,7 @@ def load_study(tmp_path: Path) -> optuna.Study:
 
 def epoch_records(run_dir: Path) -> list[int]:
     """The epochs of a run's metrics.jsonl epoch records, in file order."""
-    from trainer.rundir import read_metrics
+    from trainer.runs.rundir import read_metrics
 
     return [r["epoch"] for r in read_metrics(run_dir / "metrics.jsonl") if "val/loss" in r]
 
@@ -562,7 +562,7 @@ def test_the_trial_of_a_sweep_killed_outright_stops_with_it(
 
 
 def test_plots_draw_the_history_and_the_importances(tmp_path: Path) -> None:
-    from trainer.sweep import write_plots
+    from trainer.tools.sweep import write_plots
 
     study = optuna.create_study()
     space = {
@@ -590,7 +590,7 @@ def test_storage_urls_and_monitors_are_checked(
     write_config: Callable[..., Path], tiny_yaml: str, user_error: Callable
 ) -> None:
     from trainer.errors import UserError
-    from trainer.sweep import open_study
+    from trainer.tools.sweep import open_study
 
     config = write_config(tiny_yaml)
     space = write_config("optimizer.lr: {uniform: [0.01, 0.1]}\n", "space.yaml")

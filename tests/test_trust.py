@@ -1,4 +1,5 @@
-"""trainer.trust: a config's import paths reach only code the user trusts; nothing else runs."""
+"""trainer.components.trust: a config's import paths reach only code the user trusts;
+nothing else runs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer import registry, trust
+from trainer.components import registry, trust
 from trainer.errors import UserError
 
 STDLIB = "Python's standard library"

@@ -101,13 +101,13 @@ def fit(
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         checked = load_config(config, overrides or [])  # bad input: exit 2 here, not in N
-        from trainer.distributed import launch
+        from trainer.engine.distributed import launch
 
         argv = ["fit", config, *(overrides or [])]
         argv += [f"--resume={resume}"] if resume else []
         argv += ["--reset-optimizer"] if reset_optimizer else []
         raise typer.Exit(launch(nproc, argv, shutdown_timeout_s=checked.trainer.dist_timeout))
-    from trainer.loop import fit as run_fit
+    from trainer.engine.loop import fit as run_fit
 
     try:
         run_fit(
@@ -139,8 +139,8 @@ def evaluate(
     import json
 
     from trainer.config import load_config
-    from trainer.evaluate import evaluate_checkpoint
-    from trainer.report import number
+    from trainer.engine.evaluate import evaluate_checkpoint
+    from trainer.runs.report import number
 
     metrics = evaluate_checkpoint(load_config(config, overrides or []), checkpoint)
     if as_json:
@@ -155,8 +155,8 @@ def inspect(
     checkpoint: Annotated[str, typer.Argument(metavar="CHECKPOINT", help="A .pt checkpoint.")],
 ) -> None:
     """Epoch, step, lr per group, metrics, best and config of a checkpoint."""
-    from trainer.checkpoint import load_checkpoint
-    from trainer.report import checkpoint_summary
+    from trainer.runs.report import checkpoint_summary
+    from trainer.state.checkpoint import load_checkpoint
 
     sys.stdout.write(checkpoint_summary(load_checkpoint(checkpoint, option="CHECKPOINT")) + "\n")
 
@@ -174,8 +174,8 @@ def runs(
     import json
     from pathlib import Path
 
-    from trainer import runs as run_dirs
-    from trainer.report import make_console
+    from trainer.runs.listing import listing as run_dirs
+    from trainer.runs.report import make_console
 
     summaries, differing = run_dirs.compare(run_dirs.find_runs(Path(directory)))
     for summary in summaries:
@@ -213,8 +213,8 @@ def plot(
     out: Annotated[str | None, typer.Option(help="Write a PNG (needs matplotlib).")] = None,
 ) -> None:
     """Metric curves of one or several runs: a terminal chart, or a PNG with --out."""
-    from trainer import curves
-    from trainer.report import make_console
+    from trainer.runs.listing import curves
+    from trainer.runs.report import make_console
 
     records = curves.load_runs(run, warn=warn)
     panels = curves.collect(records, metric or curves.default_metrics(records), x=x.value)
@@ -238,9 +238,9 @@ def groups(
     """Print the resolved param groups without training (the model is built on `meta`)."""
     import json
 
-    from trainer import report
+    from trainer.components.optim import plan_param_groups
     from trainer.config import load_config
-    from trainer.optim import plan_param_groups
+    from trainer.runs.listing import report
 
     loaded = load_config(config, overrides or [])
     model, planned = plan_param_groups(loaded)
@@ -273,9 +273,9 @@ def schedule(
     """Print the lr of every group per epoch (or step) without loading data or training."""
     import json
 
-    from trainer import report
+    from trainer.components.schedulers import plan_schedule
     from trainer.config import load_config
-    from trainer.schedulers import plan_schedule
+    from trainer.runs.listing import report
 
     preview = plan_schedule(load_config(config, overrides or []), per_step=steps, limit=limit)
     table, unit = preview.table, "step" if steps else "epoch"
@@ -307,9 +307,9 @@ def lr_find(
     import json
     import shlex
 
-    from trainer import lr_find as range_test
-    from trainer import report
     from trainer.config import load_config
+    from trainer.runs.listing import report
+    from trainer.tools import lr_find as range_test
 
     test = range_test.lr_find(
         load_config(config, overrides or []), start=start, end=end, steps=steps
@@ -360,7 +360,7 @@ def sweep(
     ] = False,
 ) -> None:
     """Hyperparameter search on Optuna: each trial a `trainer fit` run, pruned per epoch."""
-    from trainer.sweep import sweep as run_sweep
+    from trainer.tools.sweep import sweep as run_sweep
 
     code = run_sweep(
         config,
@@ -392,8 +392,8 @@ def list_names(kind: Annotated[Kind | None, typer.Argument(help="What to list.")
     transforms, metrics, steps."""
     from rich.table import Table
 
-    from trainer import registry
-    from trainer.report import make_console
+    from trainer.components import registry
+    from trainer.runs.report import make_console
 
     console = make_console()
     for chosen in [kind] if kind else list(Kind):

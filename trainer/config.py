@@ -1,7 +1,7 @@
 """The config: YAML loading (safe only), dotted overrides, the pydantic schema, readable errors.
 
 Nothing here imports torch: `trainer config` validates the structure of a config without it.
-Names of components and their keyword arguments are checked by `trainer.registry`.
+Names of components and their keyword arguments are checked by `trainer.components.registry`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from trainer import trust
+from trainer.components import trust
 from trainer.errors import UserError, did_you_mean, echo
 
 if sys.version_info >= (3, 11):
@@ -893,7 +893,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 def _component_problems(raw: dict[str, Any]) -> list[str]:
     """Names and keyword arguments of the components in valid sections of a raw mapping."""
-    from trainer import checks
+    from trainer.components import checks
 
     valid = _valid_sections(raw, Config.model_fields, checks.SECTION_KINDS)
     several = raw.get("optimizers")

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from trainer.device import autocast
+from trainer.engine.device import autocast
 
 
 @dataclass

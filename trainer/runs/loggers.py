@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from trainer.errors import UserError
-from trainer.registry import needs_extra
-from trainer.runs import is_epoch_record
+from trainer.components.registry import needs_extra
+from trainer.runs.listing import is_epoch_record
 
 if TYPE_CHECKING:
     from trainer.config import Config

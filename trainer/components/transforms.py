@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from trainer import registry
-from trainer.datasets import STATS
+from trainer.components import registry
+from trainer.components.datasets import STATS
 from trainer.errors import UserError
 
 CONVERTERS = ("ToImage", "ToTensor", "PILToTensor", "ToDtype", "ToPureTensor")

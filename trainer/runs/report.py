@@ -16,7 +16,7 @@ from rich.progress import (
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from trainer.param_groups import GroupsReport
+    from trainer.components.param_groups import GroupsReport
 
 
 def make_console(**kwargs: Any) -> Console:
@@ -102,7 +102,7 @@ def groups_json(reports: dict[str, GroupsReport], *, several: bool) -> dict[str,
 
 def names_table(reports: dict[str, GroupsReport], model: Any) -> Table:
     """Every parameter with its shape and group (or why it is frozen)."""
-    from trainer.param_groups import clean_name
+    from trainer.components.param_groups import clean_name
 
     several = len(reports) > 1
     report = next(iter(reports.values()))

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler
 
-from trainer import registry
+from trainer.components import registry
 from trainer.config import SchedulerConfig
 from trainer.errors import UserError
 
@@ -209,9 +209,9 @@ def plan_schedule(config: Any, *, per_step: bool, limit: int) -> SchedulePreview
     The model and optimizers are built on the meta device; the training set is built only
     when the number of steps per epoch matters (a step interval, or `per_step`).
     """
-    from trainer.checks import check_components
-    from trainer.data import train_batches
-    from trainer.optim import build_optimizer, plan_param_groups
+    from trainer.components.checks import check_components
+    from trainer.components.data import train_batches
+    from trainer.components.optim import build_optimizer, plan_param_groups
 
     problems = check_components(config, sections=("optimizer", "scheduler"))
     if problems:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from trainer.errors import TrainingError, UserError
-from trainer.report import save_figure
+from trainer.runs.report import save_figure
 
 if TYPE_CHECKING:
     import torch
@@ -83,13 +83,13 @@ def check_range(start: float, end: float, steps: int) -> None:
 
 def lr_find(config: Config, *, start: float, end: float, steps: int) -> RangeTest:
     """Run the range test on the model, param groups, optimizer and data `config` names."""
-    from trainer.checkpoint import seed_everything
-    from trainer.checks import check_components
-    from trainer.data import build_loaders
-    from trainer.device import check_precision, grad_scaler, pick_device
-    from trainer.models import build_model, load_initial_weights
-    from trainer.optim import build_loss, build_optimizer, optimizer_defaults
-    from trainer.param_groups import build_param_groups, held_norms
+    from trainer.components.checks import check_components
+    from trainer.components.data import build_loaders
+    from trainer.components.models import build_model, load_initial_weights
+    from trainer.components.optim import build_loss, build_optimizer, optimizer_defaults
+    from trainer.components.param_groups import build_param_groups, held_norms
+    from trainer.engine.device import check_precision, grad_scaler, pick_device
+    from trainer.state.checkpoint import seed_everything
 
     check_range(start, end, steps)
     several = getattr(config, "optimizers", None)
@@ -179,7 +179,7 @@ def lr_find(config: Config, *, start: float, end: float, steps: int) -> RangeTes
 
 def _endless(loader: Any, *, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of the training set, epoch after epoch, each epoch in its own order."""
-    from trainer.data import start_epoch
+    from trainer.components.data import start_epoch
 
     epoch = 0
     while True:
@@ -202,7 +202,7 @@ def _step(
     the run's precision and clipping; returns the window's mean loss before the step."""
     import torch
 
-    from trainer.device import autocast
+    from trainer.engine.device import autocast
 
     settings = config.trainer
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -295,7 +295,7 @@ def loss_axis(test: RangeTest) -> tuple[str, float, float] | None:
 def plot_range_test(test: RangeTest, path: str) -> None:
     """Loss and smoothed loss against the lr (log scale), the suggestion marked; the y axis
     as `loss_axis` says."""
-    from trainer.report import pyplot
+    from trainer.runs.report import pyplot
 
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(8, 4))

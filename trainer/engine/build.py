@@ -11,17 +11,11 @@ from typing import Any
 
 import torch
 
-from trainer import registry
-from trainer.checkpoint import seed_everything
-from trainer.checks import check_components
-from trainer.config import Config, OptimizerSpec, StepConfig, monitors
-from trainer.data import batches_per_epoch, build_loaders
-from trainer.device import check_precision, grad_scaler
-from trainer.distributed import SINGLE, Distributed
-from trainer.errors import UserError, did_you_mean
-from trainer.handles import Clipping, OptimizerHandle, Optimizers, Window
-from trainer.models import build_model, load_initial_weights
-from trainer.optim import (
+from trainer.components import registry
+from trainer.components.checks import check_components
+from trainer.components.data import batches_per_epoch, build_loaders
+from trainer.components.models import build_model, load_initial_weights
+from trainer.components.optim import (
     PlannedOptimizer,
     build_loss,
     build_optimizer,
@@ -30,8 +24,14 @@ from trainer.optim import (
     needs_closure,
     plan_optimizers,
 )
-from trainer.param_groups import GroupsReport, held_norms
-from trainer.schedulers import ScheduleDriver, build_scheduler, steps_per_epoch
+from trainer.components.param_groups import GroupsReport, held_norms
+from trainer.components.schedulers import ScheduleDriver, build_scheduler, steps_per_epoch
+from trainer.config import Config, OptimizerSpec, StepConfig, monitors
+from trainer.engine.device import check_precision, grad_scaler
+from trainer.engine.distributed import SINGLE, Distributed
+from trainer.engine.handles import Clipping, OptimizerHandle, Optimizers, Window
+from trainer.errors import UserError, did_you_mean
+from trainer.state.checkpoint import seed_everything
 
 
 @dataclass
@@ -77,9 +77,9 @@ class Run:
 
 def check_before_building(config: Config, device: torch.device, job: Distributed = SINGLE) -> None:
     """Every problem the config can be found to have before anything is built."""
-    from trainer.loggers import check_loggers
-    from trainer.metrics import check_metrics
-    from trainer.rundir import check_out_dir
+    from trainer.components.metrics import check_metrics
+    from trainer.runs.loggers import check_loggers
+    from trainer.runs.rundir import check_out_dir
 
     check_precision(config.trainer.precision, device)
     problems = check_components(config)
@@ -233,7 +233,7 @@ def build_run(config: Config, device: torch.device, job: Distributed = SINGLE) -
     )
     if job.enabled:
         seed_everything(config.seed + job.rank)
-    from trainer.metrics import build_metrics
+    from trainer.components.metrics import build_metrics
 
     settings, window = config.trainer, Window()
     custom_step = config.step.name != "supervised"

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.registry import check_component
-from trainer.schedulers import LENGTH_ARGUMENTS
-from trainer.transforms import check_transforms
+from trainer.components.registry import check_component
+from trainer.components.schedulers import LENGTH_ARGUMENTS
+from trainer.components.transforms import check_transforms
 
 SECTION_KINDS = {
     "model": "models",

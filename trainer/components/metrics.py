@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from trainer import registry
+from trainer.components import registry
 from trainer.errors import UserError
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """Datasets by name: the built-in offline `shapes`, torchvision's, and ImageFolder.
 
 Each is called once per split with `train=True` / `train=False` (the torchvision convention),
-plus `transform` (built by trainer.transforms) and the config's keyword arguments.
+plus `transform` (built by trainer.components.transforms) and the config's keyword arguments.
 """
 
 from __future__ import annotations

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainer.checkpoint import load_checkpoint, set_rng_state
 from trainer.errors import UserError
-from trainer.rundir import in_use, lock_holder
+from trainer.runs.rundir import in_use, lock_holder
+from trainer.state.checkpoint import load_checkpoint, set_rng_state
 
 if TYPE_CHECKING:
-    from trainer.build import Run
+    from trainer.engine.build import Run
 
 
 @dataclass
@@ -188,7 +188,7 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def model_changes(saved: dict[str, torch.Tensor], model: torch.nn.Module) -> list[str]:
     """What does not fit between saved weights and the model: missing, extra, reshaped."""
-    from trainer.models import StateFit
+    from trainer.components.models import StateFit
 
     return StateFit(saved, model).problems("the checkpoint")
 

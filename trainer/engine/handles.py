@@ -16,9 +16,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from trainer.distributed import SINGLE, Distributed
+from trainer.components.schedulers import ScheduleDriver
+from trainer.engine.distributed import SINGLE, Distributed
 from trainer.errors import UserError
-from trainer.schedulers import ScheduleDriver
 
 Loss = torch.Tensor | Callable[[], torch.Tensor]
 

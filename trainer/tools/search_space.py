@@ -309,7 +309,7 @@ def build_component(space: Space, role: str) -> Any:
 def check_against_config(space: Space, raw_config: dict[str, Any]) -> None:
     """Every key, set to the ends of its range (or each choice), must make a valid config:
     schema and component keywords, as `trainer fit` checks them before building."""
-    from trainer.checks import check_components
+    from trainer.components.checks import check_components
     from trainer.config import apply_overrides, validate_config
 
     problems: list[str] = []

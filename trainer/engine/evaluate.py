@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from trainer.config import Config
-from trainer.device import autocast, batch_size, check_precision, pick_device, to_device
-from trainer.distributed import SINGLE, Distributed
+from trainer.engine.device import autocast, batch_size, check_precision, pick_device, to_device
+from trainer.engine.distributed import SINGLE, Distributed
+from trainer.engine.steps import StepContext
 from trainer.errors import UserError
-from trainer.steps import StepContext
 
 if TYPE_CHECKING:
-    from trainer.metrics import MetricSet
+    from trainer.components.metrics import MetricSet
 
 
 @torch.no_grad()
@@ -84,14 +84,14 @@ def validate(
 
 def evaluate_checkpoint(config: Config, path: str) -> dict[str, float]:
     """Validation metrics of a checkpoint's weights (`trainer eval`), as `fit` validates."""
-    from trainer.build import build_step, check_steps
-    from trainer.checkpoint import load_checkpoint
-    from trainer.checks import check_components
-    from trainer.data import build_loaders
-    from trainer.metrics import build_metrics, check_metrics
-    from trainer.models import build_model
-    from trainer.optim import build_loss
-    from trainer.resume import model_changes
+    from trainer.components.checks import check_components
+    from trainer.components.data import build_loaders
+    from trainer.components.metrics import build_metrics, check_metrics
+    from trainer.components.models import build_model
+    from trainer.components.optim import build_loss
+    from trainer.engine.build import build_step, check_steps
+    from trainer.engine.resume import model_changes
+    from trainer.state.checkpoint import load_checkpoint
 
     problems = check_components(config, sections=("model", "data", "loss"))
     problems += check_metrics(config) + check_steps(config)

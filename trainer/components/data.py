@@ -26,10 +26,10 @@ from torch.utils.data import (
     get_worker_info,
 )
 
-from trainer import registry
+from trainer.components import registry
+from trainer.components.transforms import build_transform, resolved_specs
 from trainer.errors import UserError
 from trainer.interrupt import ignore_in_workers
-from trainer.transforms import build_transform, resolved_specs
 
 if TYPE_CHECKING:
     from trainer.config import DataConfig
@@ -268,7 +268,7 @@ class IndexedBatches:
 
 def _indexable(dataset: Dataset) -> bool:
     """Tensors in memory that a list of indices turns into a batch directly."""
-    from trainer.datasets import Shapes
+    from trainer.components.datasets import Shapes
 
     item = type(dataset).__getitem__
     plain = item is TensorDataset.__getitem__ or item is Shapes.__getitem__

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from trainer.errors import Interrupted, UserError
-from trainer.rundir import LOCK_FILE, TORN, json_excerpt, json_kind, lock_holder, metrics_lines
+from trainer.runs.rundir import LOCK_FILE, TORN, json_excerpt, json_kind, lock_holder, metrics_lines
 
 STATUS_FILE = "status.json"
 NOT_COMPARED = ("name", "trainer.out_dir")  # differ between any two runs by construction
@@ -237,7 +237,7 @@ def summarize(run_dir: Path, *, name: str | None = None) -> RunSummary:
     """What a run's files say: status, progress, best and last metrics, wall time. Damaged
     files or lines are left out, each with a warning in the summary."""
     from trainer.config import default_mode
-    from trainer.monitor import improved_best
+    from trainer.runs.monitor import improved_best
 
     warnings: list[str] = []
     config = read_config(run_dir / "config.yaml", warn=warnings.append)
@@ -381,7 +381,7 @@ def runs_table(summaries: list[RunSummary], differing: list[str]) -> Any:
     rule above each directory of runs (a sweep's trials)."""
     from rich.table import Table
 
-    from trainer.report import number
+    from trainer.runs.report import number
 
     table = Table(title="runs", title_justify="left")
     for column in ("run", "status", "epoch", "step", "best", "last", "time", *differing):

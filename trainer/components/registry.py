@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from functools import cache
 from typing import Any
 
-from trainer import trust
+from trainer.components import trust
 from trainer.errors import UserError, did_you_mean, echo, unknown_name
 
 KINDS = (
@@ -31,17 +31,17 @@ KINDS = (
 
 # The runner's own models and steps, as import paths: resolving one imports its module alone
 # (no torchvision for the built-in model on the built-in dataset), and the registry imports
-# no module that imports it back. Built-in datasets are trainer.datasets.BUILT_IN.
+# no module that imports it back. Built-in datasets are trainer.components.datasets.BUILT_IN.
 BUILT_IN = {
     "models": {
-        "small_cnn": "trainer.models:small_cnn",
-        "gan_mlp": "trainer.models:gan_mlp",
+        "small_cnn": "trainer.components.models:small_cnn",
+        "gan_mlp": "trainer.components.models:gan_mlp",
     },
     "steps": {
-        "supervised": "trainer.steps:supervised",
-        "gan": "trainer.steps:gan",
-        "distill": "trainer.steps:distill",
-        "ring_quality": "trainer.steps:ring_quality",
+        "supervised": "trainer.engine.steps:supervised",
+        "gan": "trainer.engine.steps:gan",
+        "distill": "trainer.engine.steps:distill",
+        "ring_quality": "trainer.engine.steps:ring_quality",
     },
 }
 
@@ -90,7 +90,7 @@ def _subclasses_in(module: Any, base: tuple[type, ...], skip: Iterable[str] = ()
 def entries(kind: str) -> dict[str, Callable[..., Any]]:
     """Every name of a kind, mapped to its callable (torch is imported here, not before)."""
     if kind == "datasets":
-        from trainer.datasets import BUILT_IN as DATASETS
+        from trainer.components.datasets import BUILT_IN as DATASETS
 
         return dict(DATASETS)
     if kind == "steps":
@@ -176,7 +176,8 @@ IMPORT_PATH = re.compile(r"(?P<module>\w+(\.\w+)*):(?P<attr>\w+(\.\w+)*)", re.AS
 
 
 def import_path(path: str, *, key: str, kind: str | None = None) -> Callable[..., Any]:
-    """The callable `package.module:name` names, if the trust policy allows it (trainer.trust).
+    """The callable `package.module:name` names, if the trust policy allows it
+    (trainer.components.trust).
 
     The path is checked before its module is imported, and what it resolves to after, before
     anything calls it; from torch and torchvision only what a key of `kind` is for.

@@ -33,8 +33,8 @@ from typing import Any
 
 from trainer.errors import UserError
 from trainer.interrupt import PARENT_ENV
-from trainer.runs import read_status
-from trainer.search_space import (
+from trainer.runs.listing import read_status
+from trainer.tools.search_space import (
     Space,
     build_component,
     check_against_config,
@@ -89,7 +89,7 @@ def sweep(
 ) -> int:
     """`trainer sweep`: check everything, run the trials, print the summary; the exit code."""
     from trainer.config import apply_overrides, read_config_file, validate_config
-    from trainer.report import make_console
+    from trainer.runs.report import make_console
 
     raw_config = apply_overrides(read_config_file(config_path), overrides)
     config = validate_config(copy.deepcopy(raw_config))
@@ -526,7 +526,7 @@ def summary(study: Any, *, monitor: str, top: int = 10) -> tuple[Any, list[str]]
     trials by state and say why the last few failed trials failed."""
     from rich.table import Table
 
-    from trainer.report import number
+    from trainer.runs.report import number
 
     optuna = import_optuna()
     trials = study.get_trials(deepcopy=False)
@@ -583,7 +583,7 @@ def write_plots(study: Any, study_dir: Path, *, monitor: str) -> list[str]:
     (how much each key explains the values: Optuna's fANOVA) in the study directory."""
     import warnings
 
-    from trainer.report import pyplot
+    from trainer.runs.report import pyplot
 
     plt = pyplot("--plots")
     from optuna.visualization import matplotlib as views

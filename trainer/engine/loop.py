@@ -1,7 +1,7 @@
 """`trainer fit`: the training loop, readable top to bottom.
 
-Building, files and printing live in their own modules; the step (`trainer.steps`) and the
-optimizer handles (`trainer.handles`) own what happens to a batch. What stays here is the
+Building, files and printing live in their own modules; the step (`trainer.engine.steps`) and the
+optimizer handles (`trainer.engine.handles`) own what happens to a batch. What stays here is the
 order of things. Per batch: the step (forward, and `update(loss)` per optimizer: backward,
 and at the end of a window of `accumulate` batches clip → step → zero_grad → per-step
 scheduler). Per epoch: validation → epoch schedulers (plateau on its monitor) →
@@ -23,24 +23,24 @@ import torch.distributed as dist
 from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer import distributed
-from trainer.build import Run, build_run, check_before_building, run_base_of
-from trainer.checkpoint import make_checkpoint, rng_state, save_checkpoints
+from trainer.components.data import start_epoch
+from trainer.components.schedulers import warnings_for
 from trainer.config import Config, config_to_yaml
-from trainer.data import start_epoch
-from trainer.device import batch_size, pick_device, to_device
-from trainer.distributed import Distributed
+from trainer.engine import distributed
+from trainer.engine.build import Run, build_run, check_before_building, run_base_of
+from trainer.engine.device import batch_size, pick_device, to_device
+from trainer.engine.distributed import Distributed
+from trainer.engine.evaluate import validate
+from trainer.engine.resume import Position, find_checkpoint, restore
+from trainer.engine.steps import StepContext
 from trainer.errors import Interrupted, TrainingError, UserError
-from trainer.evaluate import validate
 from trainer.interrupt import StopRequests
-from trainer.loggers import open_loggers
-from trainer.monitor import EarlyStopping, improved_best
-from trainer.report import Reporter, groups_json
-from trainer.resume import Position, find_checkpoint, restore
-from trainer.rundir import MetricsFile, fresh_run_dir, lock_run_dir, replace_config, run_dir_of
-from trainer.runs import status_recorded
-from trainer.schedulers import warnings_for
-from trainer.steps import StepContext
+from trainer.runs.listing import status_recorded
+from trainer.runs.loggers import open_loggers
+from trainer.runs.monitor import EarlyStopping, improved_best
+from trainer.runs.report import Reporter, groups_json
+from trainer.runs.rundir import MetricsFile, fresh_run_dir, lock_run_dir, replace_config, run_dir_of
+from trainer.state.checkpoint import make_checkpoint, rng_state, save_checkpoints
 
 
 @dataclass

@@ -185,7 +185,7 @@ class MetricsFile:
         A damaged line is a UserError naming the file and line; the file is left as it is."""
         if self._file is None:
             return 0
-        from trainer.runs import is_epoch_record
+        from trainer.runs.listing import is_epoch_record
 
         kept, dropped = [], 0
         for number, line, record in metrics_lines(self.path):

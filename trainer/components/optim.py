@@ -7,11 +7,9 @@ import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from trainer import registry
-from trainer.config import OptimizerSpec
-from trainer.errors import UserError
-from trainer.models import build_model
-from trainer.param_groups import (
+from trainer.components import registry
+from trainer.components.models import build_model
+from trainer.components.param_groups import (
     GroupsReport,
     apply_freeze,
     build_param_groups,
@@ -19,6 +17,8 @@ from trainer.param_groups import (
     frozen_names,
     held_norms,
 )
+from trainer.config import OptimizerSpec
+from trainer.errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -107,7 +107,7 @@ def plan_param_groups(config: Config) -> tuple[torch.nn.Module, list[PlannedOpti
     """
     import torch
 
-    from trainer.checks import check_components
+    from trainer.components.checks import check_components
 
     problems = check_components(config, sections=("model", "optimizer"))
     if problems:

@@ -129,7 +129,7 @@ def _floating(model: nn.Module, name: str) -> nn.Module:
 
 def build_model(config: ModelConfig) -> nn.Module:
     """The configured model, as its callable builds it (weights from `init_from` come apart)."""
-    from trainer import registry
+    from trainer.components import registry
 
     try:
         model = registry.build("models", config.name, config.kwargs, key="model")

@@ -1,0 +1,1 @@
+"""Commands built on the engine: the lr range test and hyperparameter sweeps."""
