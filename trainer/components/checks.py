@@ -69,7 +69,10 @@ def _rule_options(config: Any) -> list[tuple[str, dict[str, Any]]]:
     """(config key, optimizer options) of every param-group rule, of every optimizer."""
     several = getattr(config, "optimizers", None)
     sections = (
-        [(f"optimizers.{name}.", entry.param_groups) for name, entry in several.items()]
+        [
+            (f"optimizers.{name}.", getattr(entry, "param_groups", None))
+            for name, entry in several.items()
+        ]
         if several
         else [("", getattr(config, "param_groups", None))]
     )
