@@ -13,7 +13,7 @@ import io, sys
 from rich.console import Console
 from trainer.config import load_config
 from trainer.engine.loop import fit
-from trainer.components.optim import plan_param_groups
+from trainer.components.previews import plan_param_groups
 
 overrides = ["trainer.epochs=1", "data.size=64", "trainer.out_dir=" + sys.argv[2]]
 config = load_config(sys.argv[1], overrides)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from trainer.cli import app
 from trainer.components.models import small_cnn
-from trainer.components.optim import plan_param_groups
+from trainer.components.previews import plan_param_groups
 from trainer.config import load_config
 
 SMALL_CNN = """\

@@ -238,7 +238,7 @@ def groups(
     """Print the resolved param groups without training (the model is built on `meta`)."""
     import json
 
-    from trainer.components.optim import plan_param_groups
+    from trainer.components.previews import plan_param_groups
     from trainer.config import load_config
     from trainer.runs import report
 
@@ -273,7 +273,7 @@ def schedule(
     """Print the lr of every group per epoch (or step) without loading data or training."""
     import json
 
-    from trainer.components.schedulers import plan_schedule
+    from trainer.components.previews import plan_schedule
     from trainer.config import load_config
     from trainer.runs import report
 

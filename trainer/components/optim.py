@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from trainer.components import registry
-from trainer.components.models import build_model
 from trainer.components.param_groups import (
     GroupsReport,
     apply_freeze,
@@ -98,34 +97,6 @@ def _report_held_norms(
     names = list(held_norms(model)) if config.param_groups.freeze_norm_stats else []
     for plan in planned:
         plan.report.held_norms = names
-
-
-def plan_param_groups(config: Config) -> tuple[torch.nn.Module, list[PlannedOptimizer]]:
-    """The model (on the meta device where it can be) and every optimizer's param groups.
-
-    No weights are loaded and no data is touched, so a large torchvision model resolves fast.
-    """
-    import torch
-
-    from trainer.components.checks import check_components
-
-    problems = check_components(config, sections=("model", "optimizer"))
-    if problems:
-        raise UserError(problems)
-    model_config = config.model
-    if model_config.kwargs.get("weights") is not None:  # names do not depend on the weights
-        model_config = type(model_config).model_validate(
-            {**model_config.model_dump(), "weights": None}
-        )
-    try:
-        with torch.device("meta"):
-            model = build_model(model_config)
-    except (NotImplementedError, RuntimeError):
-        model = build_model(model_config)
-    planned = plan_optimizers(model, config)
-    for plan in planned:
-        fill_options(plan)
-    return model, planned
 
 
 # Switches of torch's implementation, not of the math: left out of the groups table.
