@@ -134,29 +134,13 @@ def build_param_groups(
     if select is not None:
         tensors = [t for t in tensors if _matches(select, t)]
     names = [t.name for t in tensors]
-    problems: list[str] = []
-
     # Freeze: what the model froze itself is reported apart from what the config froze.
     frozen_by_model = [t.name for t in tensors if not t.param.requires_grad]
-    to_freeze: list[_Tensor] = []
-    for index, pattern in enumerate(config.freeze):
-        hits = [t for t in tensors if _matches(pattern, t)]
-        if not hits:
-            problems.append(_no_match(f"{key}.freeze.{index}", pattern, names))
-        to_freeze += [t for t in hits if t.param.requires_grad and t not in to_freeze]
+    to_freeze, problems = _to_freeze(tensors, config.freeze, key=key, names=names)
     trainable = [t for t in tensors if t.param.requires_grad and t not in to_freeze]
     if not trainable:
         problems.append(f"{key}.freeze: nothing left to train; every parameter is frozen")
-
-    # Rules: first match wins; the rest go to `default`.
-    members: dict[str | None, list[_Tensor]] = {rule.name: [] for rule in config.rules}
-    members[None] = []
-    owner_of: dict[int, RuleConfig] = {}
-    for tensor in trainable:
-        rule = next((r for r in config.rules if _matches(r.match, tensor)), None)
-        members[rule.name if rule else None].append(tensor)
-        if rule:
-            owner_of[id(tensor.param)] = rule
+    members, owner_of = _assign_to_rules(trainable, config.rules)
     for index, rule in enumerate(config.rules):
         if not members[rule.name]:
             problems.append(
@@ -169,7 +153,53 @@ def build_param_groups(
         raise UserError(problems)
     for tensor in to_freeze:
         tensor.param.requires_grad_(False)
+    groups, infos = _torch_groups(config, members, options)
+    report = GroupsReport(
+        groups=infos,
+        frozen_by_config=[t.name for t in to_freeze],
+        frozen_by_model=frozen_by_model,
+        rule_hits={rule.name: len(members[rule.name]) for rule in config.rules},
+    )
+    return groups, report
 
+
+def _to_freeze(
+    tensors: list[_Tensor], patterns: list[str], *, key: str, names: list[str]
+) -> tuple[list[_Tensor], list[str]]:
+    """The trainable tensors `freeze` hits, and a problem per pattern that hits nothing."""
+    to_freeze: list[_Tensor] = []
+    problems = []
+    for index, pattern in enumerate(patterns):
+        hits = [t for t in tensors if _matches(pattern, t)]
+        if not hits:
+            problems.append(_no_match(f"{key}.freeze.{index}", pattern, names))
+        to_freeze += [t for t in hits if t.param.requires_grad and t not in to_freeze]
+    return to_freeze, problems
+
+
+def _assign_to_rules(
+    trainable: list[_Tensor], rules: list[RuleConfig]
+) -> tuple[dict[str | None, list[_Tensor]], dict[int, RuleConfig]]:
+    """Each tensor to the first rule that matches it (None: the group `default`), and the
+    rule that took each tensor, by id of its parameter."""
+    members: dict[str | None, list[_Tensor]] = {rule.name: [] for rule in rules}
+    members[None] = []
+    owner_of: dict[int, RuleConfig] = {}
+    for tensor in trainable:
+        rule = next((r for r in rules if _matches(r.match, tensor)), None)
+        members[rule.name if rule else None].append(tensor)
+        if rule:
+            owner_of[id(tensor.param)] = rule
+    return members, owner_of
+
+
+def _torch_groups(
+    config: ParamGroupsConfig,
+    members: dict[str | None, list[_Tensor]],
+    options: dict[str, Any],
+) -> tuple[list[dict[str, Any]], list[GroupInfo]]:
+    """The torch param groups, rules first then `default`, each split by `no_decay`, and
+    what the report says of each."""
     groups, infos = [], []
     specs = [(rule, members[rule.name]) for rule in config.rules] + [(None, members[None])]
     for rule, group_tensors in specs:
@@ -191,13 +221,7 @@ def build_param_groups(
                     numel=sum(t.param.numel() for t in part),
                 )
             )
-    report = GroupsReport(
-        groups=infos,
-        frozen_by_config=[t.name for t in to_freeze],
-        frozen_by_model=frozen_by_model,
-        rule_hits={rule.name: len(members[rule.name]) for rule in config.rules},
-    )
-    return groups, report
+    return groups, infos
 
 
 def frozen_names(model: nn.Module) -> list[str]:
