@@ -175,27 +175,9 @@ def build_loaders(
     `batch_size` is per process.
     """
     train_set, val_set = build_datasets(config, seed=seed)
-    if not hasattr(train_set, "__getitem__") or not hasattr(train_set, "__len__"):
-        raise UserError(
-            f"data.name: {config.name!r} returned a {type(train_set).__name__}, "
-            "not a map-style dataset"
-        )
-    per_process = count_batches(
-        len(train_set), config.batch_size, drop_last=config.drop_last, world_size=world_size
-    )
-    if per_process == 0:
-        raise UserError(
-            f"data.batch_size: {config.batch_size} leaves no batch in an epoch of "
-            f"{len(train_set)} samples ({world_size} process(es), drop_last: "
-            f"{str(config.drop_last).lower()})"
-        )
+    _check_train_set(train_set, config, world_size=world_size)
     workers = config.num_workers
-    common = {
-        "num_workers": workers,
-        "pin_memory": device.type == "cuda" if config.pin_memory is None else config.pin_memory,
-        "persistent_workers": config.persistent_workers and workers > 0,
-        "worker_init_fn": ignore_in_workers if workers > 0 else None,
-    }
+    pin_memory = device.type == "cuda" if config.pin_memory is None else config.pin_memory
     # Samples loaded one by one (by workers, or through transforms) are seeded per sample;
     # whole batches cut from tensors have no randomness to seed.
     seeded = not (_indexable(train_set) and workers == 0)
@@ -215,22 +197,50 @@ def build_loaders(
         config.val_batch_size or config.batch_size,
         drop_last=False,
     )
-    loaders = []
-    for dataset, batch_sampler in ((train_set, batches), (val_set, val_batches)):
-        # Its own generator: making an iterator then draws no number from the global RNG.
-        common["generator"] = torch.Generator().manual_seed(seed)
-        if _indexable(dataset) and workers == 0:
-            # Whole batches by indexing the tensors: no per-sample collation.
-            loader = IndexedBatches(
-                dataset,
-                batch_sampler,
-                pin_memory=common["pin_memory"],
-                generator=common["generator"],
-            )
-        else:
-            loader = DataLoader(dataset, batch_sampler=batch_sampler, **common)
-        loaders.append(loader)
-    return loaders[0], loaders[1]
+    train = _loader(train_set, batches, config, seed=seed, pin_memory=pin_memory)
+    val = _loader(val_set, val_batches, config, seed=seed, pin_memory=pin_memory)
+    return train, val
+
+
+def _check_train_set(train_set: Any, config: DataConfig, *, world_size: int) -> None:
+    """A map-style dataset with at least one batch per process."""
+    if not hasattr(train_set, "__getitem__") or not hasattr(train_set, "__len__"):
+        raise UserError(
+            f"data.name: {config.name!r} returned a {type(train_set).__name__}, "
+            "not a map-style dataset"
+        )
+    per_process = count_batches(
+        len(train_set), config.batch_size, drop_last=config.drop_last, world_size=world_size
+    )
+    if per_process == 0:
+        raise UserError(
+            f"data.batch_size: {config.batch_size} leaves no batch in an epoch of "
+            f"{len(train_set)} samples ({world_size} process(es), drop_last: "
+            f"{str(config.drop_last).lower()})"
+        )
+
+
+def _loader(
+    dataset: Any, batch_sampler: BatchSampler, config: DataConfig, *, seed: int, pin_memory: bool
+) -> Any:
+    """Whole batches indexed from in-memory tensors, or a DataLoader (workers, collation)."""
+    # Its own generator: making an iterator then draws no number from the global RNG.
+    generator = torch.Generator().manual_seed(seed)
+    workers = config.num_workers
+    if _indexable(dataset) and workers == 0:
+        # Whole batches by indexing the tensors: no per-sample collation.
+        return IndexedBatches(
+            dataset, batch_sampler, pin_memory=pin_memory, generator=generator
+        )
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=config.persistent_workers and workers > 0,
+        worker_init_fn=ignore_in_workers if workers > 0 else None,
+        generator=generator,
+    )
 
 
 class IndexedBatches:
