@@ -11,6 +11,7 @@ checkpoints → early stopping.
 from __future__ import annotations
 
 import contextlib
+import enum
 import io
 import math
 import time
@@ -105,68 +106,62 @@ def train(
         # Build, and restore what the checkpoint holds.
         report.device(device, reason)
         run = build_run(config, device, job)
-        notes = run.notes + notes
-        position = Position()
+        position, restored = Position(), []
         if checkpoint is not None:
             position, restored = restore(
                 checkpoint, run, reset_optimizer=reset_optimizer, rank=job.rank,
                 world_size=job.world_size, path=checkpoint_path,
             )  # fmt: skip
-            notes += [
-                f"resumed from {checkpoint_path}: epoch {position.epoch}, step "
-                f"{position.step}, batch {position.batch_in_epoch} of the next epoch",
-                *restored,
-            ]
+            restored.insert(0, resumed_note(checkpoint_path, position))
         # The lrs training goes on with (a resumed run's, not the config's).
         report.groups(run.reports, lrs={name: h.lrs for name, h in run.optimizers.items()})
-        # From the run directory's claim to the end of the run's files, a signal is a stop
-        # request (acted on at the first step; after training, the run finishes its files).
+
+        # The run directory. From its claim to the end of the run's files, a signal is a
+        # stop request (acted on at the first step; after training, the run finishes).
         owned.enter_context(StopRequests())
-        run_dir = open_run_dir(
-            config, job, checkpoint_path, notes, run_base, step=position.step
-        )
+        notes = [*run.notes, *notes, *restored]
+        run_dir = open_run_dir(config, job, checkpoint_path, notes, run_base, step=position.step)
         if job.is_main and resumed_dir is None:  # a fresh directory, claimed atomically
             owned.enter_context(lock_run_dir(run_dir))
-        notes += distributed_notes(config, job)
-        for spec in config.optimizer_specs():
-            notes += warnings_for(spec.scheduler)
-        for note in [*notes, f"run directory: {run_dir}"]:
+        for note in [*notes, *run_notes(config, job), f"run directory: {run_dir}"]:
             report.note(note)
+
         wrap_model(run, job)
         out = Output(run, job, run_dir, position, report, checkpoint)  # checks metrics.jsonl
         owned.callback(out.close)
         owned.enter_context(
             status_recorded(run_dir, enabled=job.is_main, step=lambda: position.step)
         )
-        return train_epochs(run, job, out, report)
+        return train_epochs(out)
 
 
-def train_epochs(run: Run, job: Distributed, out: Output, report: Reporter) -> FitResult:
+def train_epochs(out: Output) -> FitResult:
     """Epochs: train, validate, step the epoch schedulers, save, decide whether to go on."""
-    config, position, device = run.config, out.position, run.device
+    run, position = out.run, out.position
+    config = run.config
     with StopRequests() as stop:
         for epoch in range(position.epoch + 1, config.trainer.epochs + 1):
             lrs = run.optimizers.lrs(several=config.several_optimizers)  # of its first step
-            trained = train_epoch(run, job, out, epoch, stop)
+            trained = train_epoch(out, epoch, stop)
             if trained.stopped_by_signal:
-                report.stop()
+                out.report.stop()
                 raise Interrupted(str(out.last_checkpoint))
-            record = epoch_record(run, job, out, epoch, trained, lrs)
+            record = epoch_record(out, epoch, trained, lrs)
             if trained.whole_epoch:
                 for handle in run.optimizers.values():
                     handle.schedule.after_epoch(record)
             out.end_epoch(record, batches_done=trained.batches, whole_epoch=trained.whole_epoch)
-            if should_stop(config, out, record, report):
+            if should_stop(out, record):
                 break
-            if job.any(stop.requested, device) and epoch < config.trainer.epochs:
+            if out.job.any(stop.requested, run.device) and epoch < config.trainer.epochs:
                 raise Interrupted(str(out.last_checkpoint))
 
     if position.epoch >= config.trainer.epochs:
-        report.note(
+        out.report.note(
             f"nothing to train: the checkpoint has {position.epoch} of "
             f"trainer.epochs={config.trainer.epochs} epochs; raise trainer.epochs to go on"
         )
-    report.note(f"done: step {position.step}; run directory {out.run_dir}")
+    out.report.note(f"done: step {position.step}; run directory {out.run_dir}")
     return FitResult(
         run_dir=out.run_dir,
         epoch=out.record.get("epoch", position.epoch),
@@ -188,24 +183,24 @@ class EpochResult:
         return self.batches == self.epoch_batches
 
 
-def train_epoch(
-    run: Run, job: Distributed, out: Output, epoch: int, stop: StopRequests
-) -> EpochResult:
+class EpochEnd(enum.Enum):
+    """Why an epoch ends before its last batch."""
+
+    SIGNAL = "a stop request: last.pt is written"
+    MAX_STEPS = "trainer.max_steps: fit validates, then writes the mid-epoch checkpoint"
+
+
+def train_epoch(out: Output, epoch: int, stop: StopRequests) -> EpochResult:
     """One epoch of steps from where the run stands; advances `out.position`."""
-    config, settings, position = run.config, run.config.trainer, out.position
-    skip_samples = position.samples_in_epoch if epoch == position.epoch + 1 else 0
-    skip = skip_samples // out.samples_per_batch
-    batches = skip + start_epoch(
-        run.train_loader, epoch, seed=config.seed, skip_samples=skip_samples
-    )
-    out.start_epoch(epoch, batches, resumed=skip > 0)
+    run, position, settings = out.run, out.position, out.run.config.trainer
+    skip, batches = out.start_epoch(epoch)
     accumulate, optimizers, device = settings.accumulate, run.optimizers, run.device
-    ctx = step_context(run, job, epoch)
+    several = run.config.several_optimizers
+    ctx = step_context(run, out.job, epoch)
     # Under DDP, gradients are all-reduced on a window's last backward only.
     no_sync = run.model.no_sync if isinstance(run.model, DistributedDataParallel) else None
     syncing = contextlib.nullcontext()  # reusable: no allocation per batch
-    every_steps, max_steps = config.checkpoint.every_steps, settings.max_steps
-    samples, batch_index = 0, skip - 1
+    samples, batch_index, ended = 0, skip - 1, None
     run.train_mode()
     started = time.perf_counter()
     for batch_index, batch in enumerate(run.train_loader, start=skip):
@@ -220,47 +215,61 @@ def train_epoch(
         logging = last and (position.step + 1) % settings.log_every == 0
         optimizers.start_batch(window, last, measure_norm=logging)
         ctx.batch, ctx.step = batch_index, position.step
-        lrs = optimizers.lrs(several=config.several_optimizers) if logging else None
+        lrs = optimizers.lrs(several=several) if logging else None
         with no_sync() if no_sync is not None and not last else syncing:
             metrics = run.step(batch, run.model, optimizers, ctx)
         out.sums.add(metrics, skipped=optimizers.skipped_batch)
         if not last:
             continue
         position.step += 1
-
-        # After an optimizer step: log, save, stop.
-        last_batch = batch_index + 1 == batches
-        reached_max = max_steps is not None and position.step >= max_steps
-        save_now = every_steps is not None and position.step % every_steps == 0
-        # A stop request is acted on by all ranks at once: checked every step alone, at
-        # the sync points (log_every, every_steps) under DDP.
-        stopping = not last_batch and (
-            job.any(stop.requested, device)
-            if logging or save_now
-            else stop.requested and not job.enabled
-        )
-        if logging or (not last_batch and (stopping or reached_max or save_now)):
-            window_means = out.sums.read(job, position.step)  # the hot path's host sync
-            if logging:
-                seconds = time.perf_counter() - started
-                out.log_step(epoch, window_means, lrs, batch_index + 1, samples / seconds)
-        if last_batch:
+        if logging:
+            window_means = out.sums.read(out.job, position.step)  # the hot path's host sync
+            speed = samples / (time.perf_counter() - started)
+            out.log_step(epoch, window_means, lrs, batch_index + 1, speed)
+        if batch_index + 1 == batches:
             break
-        if stopping:
-            out.save(epoch - 1, batch_index + 1)
-            return EpochResult(batch_index + 1, batches, samples, 0.0, stopped_by_signal=True)
-        if reached_max:
-            break  # fit validates, then writes the mid-epoch checkpoint
-        if save_now:
-            out.save(epoch - 1, batch_index + 1)
-    out.sums.read(job, position.step)
+        ended = after_step(out, epoch, stop, batch_index + 1, read=logging)
+        if ended is not None:
+            break
+    if ended is EpochEnd.SIGNAL:
+        return EpochResult(batch_index + 1, batches, samples, 0.0, stopped_by_signal=True)
+    out.sums.read(out.job, position.step)
     return EpochResult(batch_index + 1, batches, samples, time.perf_counter() - started)
 
 
+def after_step(
+    out: Output, epoch: int, stop: StopRequests, batches_done: int, *, read: bool
+) -> EpochEnd | None:
+    """After an optimizer step inside the epoch: save at checkpoint.every_steps, and end the
+    epoch on a stop request (saving) or at trainer.max_steps. `read`: the step's sums were
+    just read (a log step), so no second read is needed before a save."""
+    settings, position, job = out.run.config.trainer, out.position, out.job
+    every_steps, max_steps = out.run.config.checkpoint.every_steps, settings.max_steps
+    reached_max = max_steps is not None and position.step >= max_steps
+    save_now = every_steps is not None and position.step % every_steps == 0
+    # A stop request is acted on by all ranks at once: checked every step alone, at the
+    # sync points (log_every, every_steps) under DDP.
+    if read or save_now:
+        stopping = job.any(stop.requested, out.run.device)
+    else:
+        stopping = stop.requested and not job.enabled
+    if not read and (stopping or reached_max or save_now):
+        out.sums.read(job, position.step)  # the window's sums into the epoch's, first
+    if stopping:
+        out.save(epoch - 1, batches_done)
+        return EpochEnd.SIGNAL
+    if reached_max:
+        return EpochEnd.MAX_STEPS
+    if save_now:
+        out.save(epoch - 1, batches_done)
+    return None
+
+
 def epoch_record(
-    run: Run, job: Distributed, out: Output, epoch: int, trained: EpochResult, lrs: dict
+    out: Output, epoch: int, trained: EpochResult, lrs: dict[str, float]
 ) -> dict[str, Any]:
     """The epoch's metrics: training means, validation, the lrs of its first step, speed."""
+    run, job = out.run, out.job
     validation = validate(
         run.module if run.val_step is not None else run.model,
         run.val_loader,
@@ -302,14 +311,14 @@ def step_context(run: Run, job: Distributed, epoch: int) -> StepContext:
     )  # fmt: skip
 
 
-def should_stop(config: Config, out: Output, record: dict[str, Any], report: Reporter) -> bool:
+def should_stop(out: Output, record: dict[str, Any]) -> bool:
     """trainer.max_steps reached, or early stopping says so."""
-    settings = config.trainer
+    settings = out.run.config.trainer
     if settings.max_steps is not None and out.position.step >= settings.max_steps:
-        report.note(f"trainer.max_steps={settings.max_steps} reached")
+        out.report.note(f"trainer.max_steps={settings.max_steps} reached")
         return True
     if out.stopping is not None and out.stopping.update(record):
-        report.note(
+        out.report.note(
             f"early stopping: {out.stopping.monitor} did not improve by "
             f"{out.stopping.min_delta} for {out.stopping.patience} epochs"
         )
@@ -438,13 +447,21 @@ class Output:
     def last_checkpoint(self) -> Path:
         return self.run_dir / "checkpoints" / "last.pt"
 
-    def start_epoch(self, epoch: int, batches: int, *, resumed: bool) -> None:
+    def start_epoch(self, epoch: int) -> tuple[int, int]:
+        """(batches already trained, batches in the epoch): a resumed epoch skips the
+        batches its checkpoint trained; the sums and the progress bar start there."""
+        position, config = self.position, self.run.config
+        resumed = epoch == position.epoch + 1 and position.samples_in_epoch > 0
+        skip_samples = position.samples_in_epoch if resumed else 0
+        skip = skip_samples // self.samples_per_batch
+        batches = skip + start_epoch(
+            self.run.train_loader, epoch, seed=config.seed, skip_samples=skip_samples
+        )
         self.batches = batches
-        position = self.position
-        sums, counted = (position.epoch_sums, position.epoch_counted) if resumed else ({}, 0)
+        sums, counted = (position.epoch_sums, position.epoch_counted) if skip else ({}, 0)
         self.sums.start_epoch(sums, counted)
-        done = position.samples_in_epoch // self.samples_per_batch if resumed else 0
-        self.report.start_epoch(epoch, self.run.config.trainer.epochs, batches, done=done)
+        self.report.start_epoch(epoch, config.trainer.epochs, batches, done=skip)
+        return skip, batches
 
     def log_step(
         self, epoch: int, means: dict[str, float], lrs: dict, batch: int, samples_per_s: float
@@ -547,6 +564,21 @@ def open_run_dir(
         if kept is not None:
             notes.append(f"config.yaml: now the config in force; the earlier one is {kept.name}")
     return run_dir
+
+
+def resumed_note(path: Path | None, position: Position) -> str:
+    return (
+        f"resumed from {path}: epoch {position.epoch}, step {position.step}, batch "
+        f"{position.batch_in_epoch} of the next epoch"
+    )
+
+
+def run_notes(config: Config, job: Distributed) -> list[str]:
+    """What a run says before training: its processes, and its schedulers' warnings."""
+    notes = distributed_notes(config, job)
+    for spec in config.optimizer_specs():
+        notes += warnings_for(spec.scheduler)
+    return notes
 
 
 def distributed_notes(config: Config, job: Distributed) -> list[str]:
