@@ -174,7 +174,7 @@ def runs(
     import json
     from pathlib import Path
 
-    from trainer.runs.listing import listing as run_dirs
+    from trainer.runs import listing as run_dirs
     from trainer.runs.report import make_console
 
     summaries, differing = run_dirs.compare(run_dirs.find_runs(Path(directory)))
@@ -213,7 +213,7 @@ def plot(
     out: Annotated[str | None, typer.Option(help="Write a PNG (needs matplotlib).")] = None,
 ) -> None:
     """Metric curves of one or several runs: a terminal chart, or a PNG with --out."""
-    from trainer.runs.listing import curves
+    from trainer.runs import curves
     from trainer.runs.report import make_console
 
     records = curves.load_runs(run, warn=warn)
@@ -240,7 +240,7 @@ def groups(
 
     from trainer.components.optim import plan_param_groups
     from trainer.config import load_config
-    from trainer.runs.listing import report
+    from trainer.runs import report
 
     loaded = load_config(config, overrides or [])
     model, planned = plan_param_groups(loaded)
@@ -275,7 +275,7 @@ def schedule(
 
     from trainer.components.schedulers import plan_schedule
     from trainer.config import load_config
-    from trainer.runs.listing import report
+    from trainer.runs import report
 
     preview = plan_schedule(load_config(config, overrides or []), per_step=steps, limit=limit)
     table, unit = preview.table, "step" if steps else "epoch"
@@ -308,7 +308,7 @@ def lr_find(
     import shlex
 
     from trainer.config import load_config
-    from trainer.runs.listing import report
+    from trainer.runs import report
     from trainer.tools import lr_find as range_test
 
     test = range_test.lr_find(
