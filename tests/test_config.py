@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import yaml
 
 from trainer.config import (
     Config,
+    ConfigError,
     apply_overrides,
     config_to_yaml,
     load_config,
@@ -267,3 +269,92 @@ def test_config_comments_cite_only_files_in_the_repository() -> None:
     for config in sorted((root / "configs").glob("*.yaml")):
         for cited in re.findall(r"[\w./-]+\.md\b", config.read_text(encoding="utf-8")):
             assert (root / cited).is_file(), f"{config.name} cites {cited}, which is not there"
+
+
+# ---------------------------------------------------------------- its layer
+
+
+BELOW_CONFIG = ("trainer.config", "trainer.errors", "trainer.interrupt", "trainer.user_path")
+
+
+def test_config_imports_nothing_from_the_layers_above_it() -> None:
+    """Module-level and lazy imports alike: components, engine, runs, ... import config."""
+    import trainer.config
+
+    above = []
+    for source in sorted(Path(trainer.config.__path__[0]).glob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+                if node.module == "trainer":
+                    names = [f"trainer.{alias.name}" for alias in node.names]
+            else:
+                continue
+            above += [
+                f"{source.name}: {name}"
+                for name in names
+                if name.partition(".")[0] == "trainer" and not name.startswith(BELOW_CONFIG)
+            ]
+    assert above == []
+
+
+def test_a_refused_config_keeps_the_component_sections_that_pass_on_their_own() -> None:
+    """What the CLI checks the component names of, so one run lists both kinds of problem."""
+    raw = {
+        **MINIMAL,
+        "data": {"name": "shapes", "batch_size": 0},
+        "trainer": {"epoch": 3},
+        "optimizers": {
+            "g": {
+                "params": "fc",
+                "optimizer": {"name": "Adamm"},
+                "scheduler": {"name": "StepLR", "interval": "often"},
+            },
+            "d": {"params": "conv", "optimizer": {"name": "SGD", "lr": -1}},
+        },
+    }
+    with pytest.raises(ConfigError) as refused:
+        validate_config(raw)
+    keys = [problem.partition(":")[0] for problem in refused.value.problems]
+    assert keys == ["data.batch_size", "optimizers.g.scheduler.interval", "trainer.epoch"]
+    sections = refused.value.components
+    assert {kind: list(by_key) for kind, by_key in sections.by_kind.items()} == {
+        "model": ["model"],
+        "optimizer": ["optimizers.g.optimizer", "optimizers.d.optimizer"],
+        "scheduler": [],
+    }
+    assert sections.by_kind["optimizer"]["optimizers.d.optimizer"].kwargs == {"lr": -1}
+    assert sections.rule_options == {}
+
+
+def test_the_component_sections_of_a_config_are_each_optimizers_own() -> None:
+    rule = {"name": "head", "match": "fc", "betas": [0.5, 0.9]}
+    config = validate_config(
+        {
+            **MINIMAL,
+            "optimizers": {
+                "g": {
+                    "params": "fc",
+                    "optimizer": {"name": "Adam"},
+                    "param_groups": {"rules": [rule]},
+                    "scheduler": {"name": "StepLR", "step_size": 2},
+                },
+                "d": {"params": "conv", "optimizer": {"name": "SGD"}},
+            },
+        }
+    )
+    sections = config.component_sections()
+    assert {kind: list(by_key) for kind, by_key in sections.by_kind.items()} == {
+        "model": ["model"],
+        "data": ["data"],
+        "loss": ["loss"],
+        "optimizer": ["optimizers.g.optimizer", "optimizers.d.optimizer"],
+        "scheduler": ["optimizers.g.scheduler"],
+    }
+    assert config.optimizers is not None
+    assert (
+        sections.by_kind["scheduler"]["optimizers.g.scheduler"] is config.optimizers["g"].scheduler
+    )
+    assert sections.rule_options == {"optimizers.g.param_groups.rules.0": {"betas": [0.5, 0.9]}}

@@ -204,3 +204,77 @@ def test_a_monitor_typo_is_found_before_training_where_the_steps_say_what_they_l
     stderr = user_error("fit", path, *overrides, "trainer.out_dir=runs/x", expect=expect)
     assert stderr.count("error: ") == len(expect)
     assert not (tmp_path / "runs").exists()
+
+
+PLAIN_STEP = """
+import torch.nn.functional as F
+
+
+def plain(batch, model, optimizers, ctx):
+    inputs, targets = batch
+    loss = F.cross_entropy(model(inputs), targets)
+    optimizers.update(loss)
+    return {"loss": loss}
+"""
+
+CUSTOM_STEP = """
+    name: custom
+    model: {name: "loop_helpers:tiny"}
+    data: {name: shapes, size: 32, image_size: 8, batch_size: 16}
+    step: {name: "STEP_MODULE:plain"}
+    trainer: {epochs: 2, device: cpu}
+    checkpoint: {monitor: train/los}
+"""
+PLATEAU = "{name: ReduceLROnPlateau, monitor: train/lss}"
+
+
+@pytest.mark.parametrize(
+    ("optimizers", "key"),
+    [
+        (f"optimizer: {{name: SGD, lr: 0.1}}\nscheduler: {PLATEAU}", "scheduler.monitor"),
+        (
+            f"optimizers:\n  all: {{params: '.', optimizer: {{name: SGD}}, scheduler: {PLATEAU}}}",
+            "optimizers.all.scheduler.monitor",
+        ),
+    ],
+    ids=["one-optimizer", "optimizers"],
+)
+def test_a_plateau_monitor_typo_of_a_custom_step_is_found_with_the_others_after_an_epoch(
+    write_config: Callable[..., Path],
+    user_error: Callable[..., str],
+    tmp_path: Path,
+    optimizers: str,
+    key: str,
+) -> None:
+    name = "all" if key.startswith("optimizers.") else "optimizer"
+    module = f"plain_step_{name}"  # one module per case: an imported one stays in sys.modules
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(PLAIN_STEP), encoding="utf-8")
+    path = write_config(textwrap.dedent(CUSTOM_STEP).replace("STEP_MODULE", module) + optimizers)
+    logged = "(its epoch metrics: train/loss, updates/{}, train/samples_per_s)"
+    expect = [
+        f"checkpoint.monitor: 'train/los' is not logged by this run {logged.format(name)}",
+        f"{key}: 'train/lss' is not logged by this run {logged.format(name)}",
+    ]
+    stderr = user_error("fit", path, expect=expect)
+    assert stderr.count("error: ") == len(expect)
+    assert len(read_metrics(tmp_path / "runs" / "custom" / "metrics.jsonl")) == 0
+
+
+def test_a_plateau_monitor_typo_is_found_before_training_where_the_steps_say_what_they_log(
+    user_error: Callable[..., str], tmp_path: Path
+) -> None:
+    expect = [
+        "optimizers.generator.scheduler.monitor: 'train/g_los' is not logged by this run; did "
+        "you mean 'train/g_loss'? (its epoch metrics: train/d_loss, train/g_loss, "
+        "train/samples_per_s, val/modes_covered, val/mode_distance, val/close)",
+    ]
+    plateau = "{name: ReduceLROnPlateau, monitor: train/g_los}"
+    stderr = user_error(
+        "fit",
+        ROOT / "configs" / "gan.yaml",
+        f"optimizers.generator.scheduler={plateau}",
+        "trainer.out_dir=runs/x",
+        expect=expect,
+    )
+    assert stderr.count("error: ") == len(expect)
+    assert not (tmp_path / "runs").exists()

@@ -1,4 +1,4 @@
-"""trainer.components.trust: a config's import paths reach only code the user trusts;
+"""trainer.config.trust: a config's import paths reach only code the user trusts;
 nothing else runs."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.components import registry, trust
+from trainer.components import registry
+from trainer.config import trust
 from trainer.errors import UserError
 
 STDLIB = "Python's standard library"

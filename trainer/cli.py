@@ -6,13 +6,16 @@ import functools
 import sys
 from collections.abc import Callable
 from enum import Enum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
 from trainer.errors import ERROR_PREFIX, Interrupted, TrainingError, UserError
 from trainer.user_path import current_directory_last
+
+if TYPE_CHECKING:
+    from trainer.config import Config
 
 app = typer.Typer(
     add_completion=False,
@@ -63,6 +66,19 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def load_checked_config(config: str, overrides: list[str] | None) -> Config:
+    """The config, validated; where the schema refuses it, the components its valid sections
+    name are checked too, so one run lists every problem (exit 2)."""
+    from trainer.config import ConfigError, load_config
+
+    try:
+        return load_config(config, overrides or [])
+    except ConfigError as err:
+        from trainer.components.checks import check_components  # imports torch: errors only
+
+        raise UserError(err.problems + check_components(err.components)) from None
+
+
 def warn(line: str) -> None:
     """A `warning: ...` line on stderr (what a command left out, and why)."""
     Console(stderr=True, markup=False, highlight=False, soft_wrap=True).print(f"warning: {line}")
@@ -97,10 +113,8 @@ def fit(
     import os
     import shlex
 
-    from trainer.config import load_config
-
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        checked = load_config(config, overrides or [])  # bad input: exit 2 here, not in N
+        checked = load_checked_config(config, overrides)  # bad input: exit 2 here, not in N
         from trainer.engine.distributed import launch
 
         argv = ["fit", config, *(overrides or [])]
@@ -111,7 +125,7 @@ def fit(
 
     try:
         run_fit(
-            load_config(config, overrides or []), resume=resume, reset_optimizer=reset_optimizer
+            load_checked_config(config, overrides), resume=resume, reset_optimizer=reset_optimizer
         )
     except Interrupted as stopped:
         world = os.environ.get("WORLD_SIZE", "1")
@@ -138,11 +152,10 @@ def evaluate(
     """Validation metrics of a checkpoint's weights on the config's validation data."""
     import json
 
-    from trainer.config import load_config
     from trainer.engine.evaluate import evaluate_checkpoint
     from trainer.runs.report import number
 
-    metrics = evaluate_checkpoint(load_config(config, overrides or []), checkpoint)
+    metrics = evaluate_checkpoint(load_checked_config(config, overrides), checkpoint)
     if as_json:
         sys.stdout.write(json.dumps(metrics) + "\n")
     else:
@@ -239,10 +252,9 @@ def groups(
     import json
 
     from trainer.components.previews import plan_param_groups
-    from trainer.config import load_config
     from trainer.runs import report
 
-    loaded = load_config(config, overrides or [])
+    loaded = load_checked_config(config, overrides)
     model, planned = plan_param_groups(loaded)
     reports = {plan.spec.name: plan.report for plan in planned}
     if as_json:
@@ -274,10 +286,9 @@ def schedule(
     import json
 
     from trainer.components.previews import plan_schedule
-    from trainer.config import load_config
     from trainer.runs import report
 
-    preview = plan_schedule(load_config(config, overrides or []), per_step=steps, limit=limit)
+    preview = plan_schedule(load_checked_config(config, overrides), per_step=steps, limit=limit)
     table, unit = preview.table, "step" if steps else "epoch"
     if plot:
         report.plot_schedule(table, unit, plot)
@@ -307,12 +318,11 @@ def lr_find(
     import json
     import shlex
 
-    from trainer.config import load_config
     from trainer.runs import report
     from trainer.tools import lr_find as range_test
 
     test = range_test.lr_find(
-        load_config(config, overrides or []), start=start, end=end, steps=steps
+        load_checked_config(config, overrides), start=start, end=end, steps=steps
     )
     if plot:
         range_test.plot_range_test(test, plot)
@@ -380,9 +390,9 @@ def sweep(
 @user_errors
 def show_config(config: ConfigPath, overrides: Overrides = None) -> None:
     """Validate a config and print it fully resolved (builds nothing, imports no torch)."""
-    from trainer.config import config_to_yaml, load_config
+    from trainer.config import config_to_yaml
 
-    sys.stdout.write(config_to_yaml(load_config(config, overrides or [])))
+    sys.stdout.write(config_to_yaml(load_checked_config(config, overrides)))
 
 
 @app.command("list")

@@ -16,6 +16,7 @@ from typing import Any
 from trainer.components.registry import check_component
 from trainer.components.schedulers import LENGTH_ARGUMENTS
 from trainer.components.transforms import check_transforms
+from trainer.config import ComponentSections, Config, DataConfig
 
 SECTION_KINDS = {
     "model": "models",
@@ -26,20 +27,23 @@ SECTION_KINDS = {
 }
 
 
-def check_components(config: Any, sections: Iterable[str] = tuple(SECTION_KINDS)) -> list[str]:
+def check_components(
+    config: Config | ComponentSections, sections: Iterable[str] = tuple(SECTION_KINDS)
+) -> list[str]:
     """Names, keyword arguments and option values (BOUNDS, param-group rules' too) of the
-    config's components, checked without building.
+    components of a config, or of the sections of one the schema refused that pass it on their
+    own (`ConfigError.components`), checked without building.
 
     With several optimizers, `optimizer` and `scheduler` mean every optimizer's own.
     """
+    found = config.component_sections() if isinstance(config, Config) else config
     problems = []
-    if "data" in sections:
+    data = found.by_kind.get("data", {}).get("data")
+    if "data" in sections and isinstance(data, DataConfig):
         for split in ("train_transforms", "val_transforms"):
-            problems += check_transforms(getattr(config.data, split), key=f"data.{split}")
+            problems += check_transforms(getattr(data, split), key=f"data.{split}")
     for kind in sections:
-        for key, section in _sections(config, kind):
-            if section is None:
-                continue
+        for key, section in found.by_kind.get(kind, {}).items():
             filled_in = (
                 [LENGTH_ARGUMENTS[section.name]]
                 if kind == "scheduler" and (section.name in LENGTH_ARGUMENTS)
@@ -50,38 +54,9 @@ def check_components(config: Any, sections: Iterable[str] = tuple(SECTION_KINDS)
             )
             problems += check_values(SECTION_KINDS[kind], section.kwargs, key=key)
         if kind == "optimizer":
-            for key, options in _rule_options(config):
+            for key, options in found.rule_options.items():
                 problems += check_values("optimizers", options, key=key)
     return problems
-
-
-def _sections(config: Any, kind: str) -> list[tuple[str, Any]]:
-    """(config key, section) of a kind: each optimizer's under `optimizers.<name>`."""
-    several = getattr(config, "optimizers", None)
-    if kind in ("optimizer", "scheduler") and several:
-        return [
-            (f"optimizers.{name}.{kind}", getattr(entry, kind)) for name, entry in several.items()
-        ]
-    return [(kind, getattr(config, kind))]
-
-
-def _rule_options(config: Any) -> list[tuple[str, dict[str, Any]]]:
-    """(config key, optimizer options) of every param-group rule, of every optimizer."""
-    several = getattr(config, "optimizers", None)
-    sections = (
-        [
-            (f"optimizers.{name}.", getattr(entry, "param_groups", None))
-            for name, entry in several.items()
-        ]
-        if several
-        else [("", getattr(config, "param_groups", None))]
-    )
-    return [
-        (f"{prefix}param_groups.rules.{index}", rule.options)
-        for prefix, param_groups in sections
-        if param_groups is not None
-        for index, rule in enumerate(param_groups.rules)
-    ]
 
 
 # ---------------------------------------------------------------- option values

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from functools import cache
 from typing import Any
 
-from trainer.components import trust
+from trainer.config import trust
 from trainer.errors import UserError, did_you_mean, echo, unknown_name
 
 KINDS = (
@@ -177,7 +177,7 @@ IMPORT_PATH = re.compile(r"(?P<module>\w+(\.\w+)*):(?P<attr>\w+(\.\w+)*)", re.AS
 
 def import_path(path: str, *, key: str, kind: str | None = None) -> Callable[..., Any]:
     """The callable `package.module:name` names, if the trust policy allows it
-    (trainer.components.trust).
+    (trainer.config.trust).
 
     The path is checked before its module is imported, and what it resolves to after, before
     anything calls it; from torch and torchvision only what a key of `kind` is for.

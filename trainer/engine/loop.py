@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from trainer.components.data import start_epoch
 from trainer.components.schedulers import warnings_for
-from trainer.config import Config, config_to_yaml
+from trainer.config import Config, config_to_yaml, monitors
 from trainer.engine import distributed
 from trainer.engine.build import Run, build_run, check_before_building, run_base_of
 from trainer.engine.device import batch_size, pick_device, to_device
@@ -606,16 +606,10 @@ def wrap_model(run: Run, job: Distributed) -> None:
 
 def check_monitors(config: Config, record: dict[str, Any]) -> None:
     """Every monitored metric must be in the epoch's record (val/acc needs class targets)."""
-    monitors = {"checkpoint.monitor": config.checkpoint.monitor}
-    for spec in config.optimizer_specs():
-        if spec.scheduler and spec.scheduler.name == "ReduceLROnPlateau":
-            monitors[f"{spec.key}scheduler.monitor"] = spec.scheduler.monitor or "val/loss"
-    if config.trainer.early_stopping:
-        monitors["trainer.early_stopping.monitor"] = config.trainer.early_stopping.monitor
     problems = [
         f"{key}: {monitor!r} is not logged by this run (its epoch metrics: "
         f"{', '.join(k for k in record if '/' in k and not k.startswith('lr/'))})"
-        for key, monitor in monitors.items()
+        for key, (monitor, _) in monitors(config).items()
         if monitor not in record
     ]
     if problems:

@@ -379,7 +379,7 @@ def _users_trust() -> list[str]:
         _warned_broad.add(name)
         print(
             f"warning: trusting {name!r} trusts all of it, which is broad: a config can then "
-            f"call any public function of {name} (what trainer.components.trust.REFUSED lists "
+            f"call any public function of {name} (what trainer.config.trust.REFUSED lists "
             f"stays refused); trust only the modules you need instead ({name}.<module>)",
             file=sys.stderr,
         )

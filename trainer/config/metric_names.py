@@ -1,0 +1,35 @@
+"""What a metric's name says: the runner's own epoch metrics, the names a monitor may take, and
+which direction is better (a config's `mode` defaults to it)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+EPOCH_METRICS = ("train/loss", "val/loss", "val/acc")
+MONITOR_PATTERN = re.compile(r"(train|val)/[A-Za-z0-9_.-]+")
+
+
+def default_mode(monitor: str) -> Literal["min", "max"]:
+    """Higher is better for accuracy and what counts modes or scores, lower for the rest."""
+    higher = ("acc", "accuracy", "f1", "score", "covered", "auroc", "precision", "recall")
+    return "max" if monitor.rpartition("/")[2].lower().endswith(higher) else "min"
+
+
+def check_monitor(monitor: str) -> str:
+    """A monitor that names an epoch metric (`train/<name>`, `val/<name>`); else a ValueError.
+
+    Any epoch metric can be monitored (a custom step's `val/<key>` too); whether this run logs
+    it is known before training where the steps say what they log, else after its first epoch.
+    """
+    if not MONITOR_PATTERN.fullmatch(monitor):
+        raise ValueError(
+            f"{monitor!r} is not an epoch metric name: expected train/<name> or val/<name>, "
+            f"e.g. {', '.join(EPOCH_METRICS)}"
+        )
+    return monitor
+
+
+def class_name(name: str) -> str:
+    """`MulticlassAccuracy` of `MulticlassAccuracy` or `pkg.module:MulticlassAccuracy`."""
+    return name.rpartition(":")[2].rpartition(".")[2]

@@ -1,0 +1,38 @@
+"""The metrics a config monitors (checkpoint.monitor, each ReduceLROnPlateau scheduler's,
+trainer.early_stopping.monitor): one list, `monitors()`, that every check of them reads."""
+
+from __future__ import annotations
+
+from trainer.config.metric_names import EPOCH_METRICS
+from trainer.config.schema import Config
+from trainer.errors import did_you_mean
+
+
+def monitors(config: Config) -> dict[str, tuple[str, str]]:
+    """Every monitored metric by config key: (metric, mode), e.g. checkpoint.monitor."""
+    found = {"checkpoint.monitor": (config.checkpoint.monitor, config.checkpoint.mode)}
+    for spec in config.optimizer_specs():
+        if spec.scheduler and spec.scheduler.name == "ReduceLROnPlateau":
+            mode = spec.scheduler.kwargs.get("mode", "min")  # torch's own default
+            found[f"{spec.key}scheduler.monitor"] = (spec.scheduler.monitor or "val/loss", mode)
+    stopping = config.trainer.early_stopping
+    if stopping:
+        found["trainer.early_stopping.monitor"] = (stopping.monitor, stopping.mode)
+    return found
+
+
+def monitor_problems(config: Config) -> list[str]:
+    """Monitors of `val/<key>` that nothing logs: not the runner, not a configured metric.
+
+    A custom `val_step` logs metrics of its own, known after the first epoch only; a step
+    other than `supervised` without one logs no `val/` metric (checked where steps are).
+    """
+    if config.val_step is not None or config.step.name != "supervised":
+        return []
+    logged = [*EPOCH_METRICS, *(m.logged_as for m in config.metrics)]
+    return [
+        f"{key}: {monitor!r} is not a logged metric{did_you_mean(monitor, logged)} "
+        f"(validation metrics: {', '.join(logged[1:])})"
+        for key, (monitor, _) in monitors(config).items()
+        if monitor.startswith("val/") and monitor not in logged
+    ]
