@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,7 +39,10 @@ def test_every_step_scales_both_groups_together_and_nothing_is_written(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     torch.save(small_cnn(num_classes=4, in_channels=3, width=4).state_dict(), tmp_path / "w.pt")
-    config = write_config(tiny_yaml.replace("width: 4}", "width: 4, init_from: w.pt}") + HEAD_RULE)
+    # A scheduler the test leaves out: it sets the lr of every step itself.
+    scheduler = "scheduler: {name: StepLR, step_size: 1, interval: step, warmup: {steps: 9}}\n"
+    with_weights = tiny_yaml.replace("width: 4}", "width: 4, init_from: w.pt}")
+    config = write_config(with_weights + HEAD_RULE + scheduler)
     assert load_config(config).model.init_from is not None  # the weights are read
     before = files_under(tmp_path)
 
@@ -292,8 +296,14 @@ def test_the_first_step_is_fits_first_update(
     # At the config's lr, lr-find's first update is fit's (two batches accumulated, the
     # gradients clipped; every optimizer of a gan), bit for bit.
     if config_name == "tiny":
-        rule = "param_groups: {rules: [{name: head, match: '^fc\\.', lr_mult: 0.5}]}\n"
-        config, small = write_config(tiny_yaml + rule), []
+        # bn1 frozen and held in eval mode (freeze_norm_stats), as fit holds it.
+        groups = """\
+        param_groups:
+          freeze: ['^bn1\\.']
+          freeze_norm_stats: true
+          rules: [{name: head, match: '^fc\\.', lr_mult: 0.5}]
+        """
+        config, small = write_config(tiny_yaml + textwrap.dedent(groups)), []
     else:
         config, small = ROOT / "configs" / "gan.yaml", ["data.n=512", "trainer.device=cpu"]
     overrides = [*small, "trainer.accumulate=2", f"trainer.{clipping}"]
