@@ -6,11 +6,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import Result
 
 from trainer.components.models import small_cnn
 from trainer.config import load_config
@@ -37,7 +39,10 @@ def test_every_step_scales_both_groups_together_and_nothing_is_written(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     torch.save(small_cnn(num_classes=4, in_channels=3, width=4).state_dict(), tmp_path / "w.pt")
-    config = write_config(tiny_yaml.replace("width: 4}", "width: 4, init_from: w.pt}") + HEAD_RULE)
+    # A scheduler the test leaves out: it sets the lr of every step itself.
+    scheduler = "scheduler: {name: StepLR, step_size: 1, interval: step, warmup: {steps: 9}}\n"
+    with_weights = tiny_yaml.replace("width: 4}", "width: 4, init_from: w.pt}")
+    config = write_config(with_weights + HEAD_RULE + scheduler)
     assert load_config(config).model.init_from is not None  # the weights are read
     before = files_under(tmp_path)
 
@@ -165,13 +170,16 @@ def test_a_loss_that_is_not_finite_ends_the_test(
         ),
         (["optimizer.lr=abc"], ["optimizer.lr: lr-find scales the optimizer's lr", "'abc'"]),
         (["optimizer.name=Adamm"], ["optimizer.name: unknown 'Adamm'; did you mean 'Adam'?"]),
-        (["step={name: gan}"], ["step.name: lr-find runs the supervised step", "not 'gan'"]),
+        (
+            ["step={name: gan}"],
+            ["optimizers: step 'gan' needs optimizers named generator, discriminator"],
+        ),
         (
             ["--steps", "1000000000000"],
             ["--steps: 1,000,000,000,000 is more than a range test takes (at most 10,000)"],
         ),
     ],
-    ids=["range", "lr-not-a-number", "unknown-optimizer", "not-supervised", "steps-too-many"],
+    ids=["range", "lr-not-a-number", "unknown-optimizer", "step-needs-two", "steps-too-many"],
 )
 def test_bad_input_is_exit_2(
     tmp_path: Path,
@@ -193,13 +201,156 @@ def test_suggested_lr_never_comes_from_the_noisy_start() -> None:
     assert lrs.index(lr) >= 6
 
 
-def test_several_optimizers_are_exit_2(user_error: Callable) -> None:
-    user_error(
-        "lr-find",
-        ROOT / "configs" / "gan.yaml",
-        expect=["optimizers: lr-find needs one optimizer", "generator, discriminator"],
+TWO_OPTIMIZERS = """\
+optimizers:
+  body:
+    params: '^(conv|bn)'
+    optimizer: {name: SGD, lr: 0.1, momentum: 0.9}
+  head:
+    params: '^fc\\.'
+    optimizer: {name: SGD, lr: 0.2, momentum: 0.9}
+"""
+
+
+def test_several_optimizers_are_scaled_together_and_each_gets_its_lr(
+    write_config: Callable[..., Path], tiny_yaml: str, run_cli: Callable
+) -> None:
+    one = "optimizer: {name: SGD, lr: 0.1, momentum: 0.9}\n"
+    config = write_config(tiny_yaml.replace(one, TWO_OPTIMIZERS))
+    result = run_cli("lr-find", config, "--start", "1e-4", "--end", "3", "--steps", "30", "--json")
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert found["lr_key"] == "optimizers.body.optimizer.lr"
+    assert list(found["group_lr"]) == ["body/default", "head/default"]
+    assert found["group_lr"]["body/default"] == found["lr"]
+    for body, head in zip(*found["group_lr"].values(), strict=True):
+        assert head == pytest.approx(2 * body, rel=1e-12)
+    suggestions = found["suggestions"]
+    assert suggestions["body"] == found["suggestion"]
+    assert suggestions["head"] == pytest.approx(2 * found["suggestion"], rel=1e-12)
+    assert found["overrides"] == [
+        f"optimizers.body.optimizer.lr={suggestions['body']:.2g}",
+        f"optimizers.head.optimizer.lr={suggestions['head']:.2g}",
+    ]
+    resolved = load_config(config, found["overrides"])
+    assert resolved.optimizers["head"].optimizer.kwargs["lr"] == float(
+        found["overrides"][1].split("=")[1]
     )
 
+
+def test_a_custom_step_follows_its_first_metric(run_cli: Callable) -> None:
+    gan = ROOT / "configs" / "gan.yaml"
+    args = ["data.n=512", "trainer.device=cpu", "--start", "1e-5", "--end", "1", "--steps", "12"]
+    result = run_cli("lr-find", gan, *args)
+    assert result.exit_code == 0, result.output
+    assert (
+        "param groups scaled together: generator/default x1, discriminator/default x1; loss: "
+        "the step's d_loss\n"
+    ) in " ".join(result.stdout.split(" \n"))  # the console wraps long lines
+    found = json.loads(run_cli("lr-find", gan, *args, "--json").stdout)
+    assert (found["lr_key"], found["loss_key"]) == ("optimizers.generator.optimizer.lr", "d_loss")
+
+
+def first_updates(
+    monkeypatch: pytest.MonkeyPatch, optimizer: type[torch.optim.Optimizer], count: int
+) -> Callable[[Callable[[], Result]], list[list[torch.Tensor]]]:
+    """`first_updates(run)`: the parameters of each of the first `count` optimizer steps,
+    right after the step, while `run()` trains."""
+
+    def record(run: Callable[[], Result]) -> list[list[torch.Tensor]]:
+        seen: list[list[torch.Tensor]] = []
+        step = optimizer.step
+
+        def recording(self: torch.optim.Optimizer, closure: Callable | None = None) -> object:
+            loss = step(self, closure)
+            if len(seen) < count:
+                seen.append([p.detach().clone() for g in self.param_groups for p in g["params"]])
+            return loss
+
+        with monkeypatch.context() as patch:
+            patch.setattr(optimizer, "step", recording)
+            result = run()
+        assert result.exit_code == 0, result.output
+        assert len(seen) == count
+        return seen
+
+    return record
+
+
+@pytest.mark.parametrize(
+    ("config_name", "optimizer", "updates", "start"),
+    [("tiny", torch.optim.SGD, 1, "0.1"), ("gan", torch.optim.Adam, 2, "0.001")],
+)
+@pytest.mark.parametrize("clipping", ["clip_grad_norm=0.01", "clip_grad_value=0.001"])
+def test_the_first_step_is_fits_first_update(
+    write_config: Callable[..., Path],
+    tiny_yaml: str,
+    run_cli: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+    config_name: str,
+    optimizer: type[torch.optim.Optimizer],
+    updates: int,
+    start: str,
+    clipping: str,
+) -> None:
+    # At the config's lr, lr-find's first update is fit's (two batches accumulated, the
+    # gradients clipped; every optimizer of a gan), bit for bit.
+    if config_name == "tiny":
+        # bn1 frozen and held in eval mode (freeze_norm_stats), as fit holds it.
+        groups = """\
+        param_groups:
+          freeze: ['^bn1\\.']
+          freeze_norm_stats: true
+          rules: [{name: head, match: '^fc\\.', lr_mult: 0.5}]
+        """
+        config, small = write_config(tiny_yaml + textwrap.dedent(groups)), []
+    else:
+        config, small = ROOT / "configs" / "gan.yaml", ["data.n=512", "trainer.device=cpu"]
+    overrides = [*small, "trainer.accumulate=2", f"trainer.{clipping}"]
+    record = first_updates(monkeypatch, optimizer, updates)
+    fitted = record(lambda: run_cli("fit", config, *overrides, "trainer.max_steps=1"))
+    found = record(
+        lambda: run_cli("lr-find", config, *overrides, "--start", start, "--steps", "2")
+    )
+    for fit_params, found_params in zip(fitted, found, strict=True):
+        assert all(map(torch.equal, fit_params, found_params))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        (
+            ["trainer.clip_grad_norm=1", "trainer.clip_grad_value=0.5"],
+            "trainer.clip_grad_value: 0.5 cannot be set with trainer.clip_grad_norm: 1.0 (one "
+            "clipping per optimizer: by norm or by value, not both)",
+        ),
+        (
+            ["trainer.clip_grad_norm=1", "optimizers.head.clip_grad_value=0.5"],
+            "optimizers.head.clip_grad_value: 0.5 cannot be set with trainer.clip_grad_norm: 1.0",
+        ),
+        (
+            ["optimizers.body.clip_grad_norm=2", "optimizers.body.clip_grad_value=0.5"],
+            "optimizers.body.clip_grad_value: 0.5 cannot be set with "
+            "optimizers.body.clip_grad_norm: 2.0",
+        ),
+    ],
+    ids=["both-in-trainer", "one-in-trainer-one-per-optimizer", "both-per-optimizer"],
+)
+@pytest.mark.parametrize("command", ["fit", "lr-find"])
+def test_clipping_by_norm_and_by_value_is_exit_2(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    tiny_yaml: str,
+    user_error: Callable,
+    overrides: list[str],
+    problem: str,
+    command: str,
+) -> None:
+    one = "optimizer: {name: SGD, lr: 0.1, momentum: 0.9}\n"
+    config = write_config(tiny_yaml.replace(one, TWO_OPTIMIZERS))
+    stderr = user_error(command, config, *overrides, expect=[problem])
+    assert stderr.count("\n") == 1  # one line, once for both optimizers
+    assert not (tmp_path / "runs").exists()
 
 
 def turns_nan_at(forward: int, tiny_yaml: str, monkeypatch: pytest.MonkeyPatch) -> str:

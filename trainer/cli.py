@@ -336,7 +336,7 @@ def lr_find(
     for line in lines[:2]:
         console.print(line, markup=False)
     lrs, smoothed = test.charted()
-    span = f"x: optimizer.lr {lrs[0]:.3g} .. {lrs[-1]:.3g} (log scale)"
+    span = f"x: {test.lr_key} {lrs[0]:.3g} .. {lrs[-1]:.3g} (log scale)"
     chart = {"smoothed loss": smoothed}
     console.print(report.schedule_chart(chart, "step", x_axis=span), markup=False)
     for line in lines[2:] + ([f"wrote {plot}"] if plot else []):

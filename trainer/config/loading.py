@@ -86,10 +86,29 @@ def validate_config(raw: dict[str, Any]) -> Config:
         raise ConfigError(problems + described, raw) from None
     if problems:
         raise ConfigError(problems, raw)
-    problems = monitor_problems(config)
+    problems = monitor_problems(config) + clipping_problems(config)
     if problems:
         raise ConfigError(problems, raw)
     return config
+
+
+def clipping_problems(config: Config) -> list[str]:
+    """One clipping per optimizer, as Lightning Fabric allows: clip_grad_norm with
+    clip_grad_value is refused, set in trainer, per optimizer, or one in each."""
+    problems = []
+    for spec in config.optimizer_specs():
+        if spec.clip_grad_norm is None or spec.clip_grad_value is None:
+            continue
+        entry = config.optimizers[spec.name] if config.optimizers else None
+        value, norm = (
+            f"{spec.key}{key}" if getattr(entry, key, None) is not None else f"trainer.{key}"
+            for key in ("clip_grad_value", "clip_grad_norm")
+        )
+        problems.append(
+            f"{value}: {spec.clip_grad_value} cannot be set with {norm}: {spec.clip_grad_norm} "
+            "(one clipping per optimizer: by norm or by value, not both)"
+        )
+    return list(dict.fromkeys(problems))
 
 
 def _valid_component_sections(raw: dict[str, Any]) -> ComponentSections:

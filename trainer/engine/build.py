@@ -75,17 +75,21 @@ class Run:
         return build_schedule(spec, self.optimizers[name].optimizer, self.config, self.train_loader)
 
 
-def check_before_building(config: Config, device: torch.device, job: Distributed = SINGLE) -> None:
-    """Every problem the config can be found to have before anything is built."""
+def check_before_building(
+    config: Config, device: torch.device, job: Distributed = SINGLE, *, writes: bool = True
+) -> None:
+    """Every problem the config can be found to have before anything is built. A run that
+    `writes` nothing (lr-find) has no run directory, loggers or monitors to check."""
     from trainer.components.metrics import check_metrics
     from trainer.runs.loggers import check_loggers
     from trainer.runs.rundir import check_out_dir
 
     check_precision(config.trainer.precision, device)
     problems = check_components(config)
-    problems += check_out_dir(run_base_of(config))
-    problems += check_loggers(config) + check_metrics(config)
-    problems += check_steps(config)
+    if writes:
+        problems += check_out_dir(run_base_of(config)) + check_loggers(config)
+    problems += check_metrics(config)
+    problems += check_steps(config) if writes else step_problems(config)
     if not problems:
         for spec in config.optimizer_specs():
             problems += _closure_problems(config, spec, job)
@@ -100,6 +104,12 @@ def run_base_of(config: Config) -> Path:
 
 def check_steps(config: Config) -> list[str]:
     """The step and val_step resolve and take their options; then the monitors."""
+    problems = step_problems(config)
+    return problems + ([] if problems else unlogged_monitors(config))
+
+
+def step_problems(config: Config) -> list[str]:
+    """The step and val_step resolve and take their options; the step's optimizers exist."""
     problems = []
     for key in ("step", "val_step"):
         section = getattr(config, key)
@@ -115,7 +125,7 @@ def check_steps(config: Config) -> list[str]:
                 f"optimizers: step {config.step.name!r} needs optimizers named "
                 f"{', '.join(needs)}; this config has {', '.join(names)}"
             )
-    return problems + ([] if problems else unlogged_monitors(config))
+    return problems
 
 
 def unlogged_monitors(config: Config) -> list[str]:
@@ -210,10 +220,13 @@ def build_schedule(
     return ScheduleDriver(scheduler, spec.scheduler)
 
 
-def build_run(config: Config, device: torch.device, job: Distributed = SINGLE) -> Run:
+def build_run(
+    config: Config, device: torch.device, job: Distributed = SINGLE, *, schedules: bool = True
+) -> Run:
     """Build in the order resume relies on: model → param groups → optimizers → schedulers.
 
     Every rank builds the same model from the same seed; each then gets its own RNG stream.
+    `schedules=False` (lr-find) builds no scheduler: the lrs stay where the caller sets them.
     """
     seed_everything(config.seed)
     module = build_model(config.model)
@@ -235,31 +248,13 @@ def build_run(config: Config, device: torch.device, job: Distributed = SINGLE) -
         seed_everything(config.seed + job.rank)
     from trainer.components.metrics import build_metrics
 
-    settings, window = config.trainer, Window()
-    custom_step = config.step.name != "supervised"
-    handles = {
-        plan.spec.name: OptimizerHandle(
-            plan.spec.name,
-            optimizers[plan.spec.name],
-            schedule=build_schedule(plan.spec, optimizers[plan.spec.name], config, train_loader),
-            scaler=grad_scaler(settings.precision, device),
-            window=window,
-            clipping=Clipping(plan.spec.clip_grad_norm, plan.spec.clip_grad_value),
-            closure=needs_closure(plan.spec.optimizer, key=f"{plan.spec.key}optimizer"),
-            skip_nonfinite=settings.skip_nonfinite,
-            own_grads_only=len(planned) > 1,
-            # A custom step calls submodules past DDP's hooks: its grads are synced here.
-            sync_grads=job.enabled and custom_step,
-            job=job,
-        )
-        for plan in planned
-    }
+    handles = build_handles(config, planned, optimizers, device, job, train_loader, schedules)
     return Run(
         config=config,
         device=device,
         module=module,
         model=module,
-        optimizers=Optimizers(handles, window),
+        optimizers=handles,
         planned=planned,
         loss_fn=build_loss(config.loss).to(device),
         step=build_step(config.step, key="step"),
@@ -272,3 +267,39 @@ def build_run(config: Config, device: torch.device, job: Distributed = SINGLE) -
             list(held_norms(module).values()) if config.param_groups.freeze_norm_stats else []
         ),
     )
+
+
+def build_handles(
+    config: Config,
+    planned: list[PlannedOptimizer],
+    optimizers: dict[str, torch.optim.Optimizer],
+    device: torch.device,
+    job: Distributed,
+    train_loader: Any,
+    schedules: bool,
+) -> Optimizers:
+    """Each optimizer behind its handle: scheduler (or none), scaler, clipping, one window."""
+    settings, window = config.trainer, Window()
+    custom_step = config.step.name != "supervised"
+    handles = {
+        plan.spec.name: OptimizerHandle(
+            plan.spec.name,
+            optimizers[plan.spec.name],
+            schedule=(
+                build_schedule(plan.spec, optimizers[plan.spec.name], config, train_loader)
+                if schedules
+                else ScheduleDriver(None, None)
+            ),
+            scaler=grad_scaler(settings.precision, device),
+            window=window,
+            clipping=Clipping(plan.spec.clip_grad_norm, plan.spec.clip_grad_value),
+            closure=needs_closure(plan.spec.optimizer, key=f"{plan.spec.key}optimizer"),
+            skip_nonfinite=settings.skip_nonfinite,
+            own_grads_only=len(planned) > 1,
+            # A custom step calls submodules past DDP's hooks: its grads are synced here.
+            sync_grads=job.enabled and custom_step,
+            job=job,
+        )
+        for plan in planned
+    }
+    return Optimizers(handles, window)

@@ -33,6 +33,8 @@ class Window:
 
 @dataclass(frozen=True)
 class Clipping:
+    """An optimizer's clipping: by norm or by value, at most one of them."""
+
     norm: float | None = None  # clip_grad_norm
     value: float | None = None  # clip_grad_value
 
@@ -141,7 +143,8 @@ class OptimizerHandle:
         return stepped
 
     def clip(self, *, measure: bool = False) -> torch.Tensor | None:
-        """Clip as configured; the pre-clip grad norm when it is known or `measure`d."""
+        """Clip by norm or by value, as configured (never both: the config refuses it); the
+        pre-clip grad norm: clip_grad_norm's, or measured for clip_grad_value on request."""
         norm, value = self.clipping.norm, self.clipping.value
         if norm is None and value is None:
             return None
