@@ -386,8 +386,14 @@ _SHAPES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda value: _dict_of(value, _optimizer_state) and bool(value),
         "optimizer name -> optimizer state_dict",
     ),
-    "schedulers": (lambda value: _dict_of(value, _optional(_is_dict)), "name -> null or dict"),
-    "scalers": (lambda value: _dict_of(value, _optional(_is_dict)), "name -> null or dict"),
+    "schedulers": (
+        lambda value: _dict_of(value, _optional(_is_dict)),
+        "optimizer name -> null or a scheduler state_dict",
+    ),
+    "scalers": (
+        lambda value: _dict_of(value, _optional(_is_dict)),
+        "optimizer name -> null or a GradScaler state_dict",
+    ),
     "updates": (lambda value: _dict_of(value, _count), "optimizer name -> optimizer steps taken"),
     "groups": (_groups, "optimizer name -> group name -> parameter names"),
     "epoch": (_count, "a whole number >= 0 (epochs completed)"),
