@@ -302,6 +302,7 @@ def test_a_several_optimizer_file_of_the_old_layout_drops_its_unused_keys(tmp_pa
     new = several_optimizers(valid_checkpoint())
     old = new | {"optimizer": None, "scheduler": None, "scaler": None, "epoch_loss": 0.5}
     assert_same_tree(loaded(tmp_path, old), new)
+    assert_same_tree(upgrade(old), new)
 
 
 def test_what_older_files_lack_is_derived_as_it_was_read_then(tmp_path: Path) -> None:

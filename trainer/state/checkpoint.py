@@ -165,8 +165,8 @@ def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 def _keyed_by_name(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The optimizer states and groups of a one-optimizer file keyed by its optimizer's
-    name; a file of several optimizers (keyed so already) loses its unused singular keys."""
+    """The optimizer states and groups of a one-optimizer file keyed by its optimizer's name;
+    a file of several optimizers, keyed so already, loses its unused (null) singular keys."""
     singular = ("optimizer", "scheduler", "scaler")
     if checkpoint.get("optimizers") is not None or "optimizer" not in checkpoint:
         return {key: value for key, value in checkpoint.items() if key not in singular}
