@@ -17,9 +17,11 @@ def valid_checkpoint() -> dict[str, Any]:
     optimizer.step()
     return {
         "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": None,
-        "scaler": {},
+        "optimizers": {"optimizer": optimizer.state_dict()},
+        "schedulers": {"optimizer": None},
+        "scalers": {"optimizer": {}},
+        "updates": {"optimizer": 2},
+        "groups": {"optimizer": {"default": ["weight", "bias"]}},
         "epoch": 1,
         "step": 2,
         "batch_in_epoch": 0,
@@ -27,9 +29,8 @@ def valid_checkpoint() -> dict[str, Any]:
         "epoch_sums": {"loss": 0.5},
         "epoch_counted": 2,
         "rng": rng_state(),
-        "rng_per_rank": None,
+        "rng_per_rank": [rng_state()],
         "config": {"name": "tiny"},
-        "groups": {"default": ["weight", "bias"]},
         "metrics": {"epoch": 1, "val/loss": 0.5},
         "best": {"monitor": "val/loss", "mode": "min", "value": 0.5, "epoch": 1},
         "early_stopping": None,
@@ -37,14 +38,23 @@ def valid_checkpoint() -> dict[str, Any]:
 
 
 def several_optimizers(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The same checkpoint in the several-optimizer form (states keyed by optimizer name)."""
-    state = checkpoint["optimizer"]
+    """The same checkpoint with two optimizers (states keyed by optimizer name)."""
+    state = checkpoint["optimizers"]["optimizer"]
     return checkpoint | {
-        "optimizer": None,
-        "scheduler": None,
-        "scaler": None,
         "optimizers": {"generator": state, "discriminator": state},
         "schedulers": {"generator": None, "discriminator": None},
         "scalers": {"generator": {}, "discriminator": {}},
+        "updates": {"generator": 2, "discriminator": 2},
         "groups": {"generator": {"default": ["weight"]}, "discriminator": {"default": ["bias"]}},
     }
+
+
+def one_optimizer_layout(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A one-optimizer checkpoint as trainer wrote it before states were keyed by name:
+    `optimizer`, `scheduler`, `scaler`, a flat `groups`, and `epoch_loss` beside the sums."""
+    old = dict(checkpoint)
+    for key in ("optimizer", "scheduler", "scaler"):
+        old[key] = old.pop(key + "s")["optimizer"]
+    old["groups"] = old["groups"]["optimizer"]
+    old["epoch_loss"] = old["epoch_sums"].get("loss", 0.0)
+    return old

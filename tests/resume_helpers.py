@@ -175,7 +175,8 @@ def assert_same_training_state(resumed: dict[str, Any], straight: dict[str, Any]
     assert resumed["model"].keys() == straight["model"].keys()
     for key, tensor in straight["model"].items():
         assert torch.equal(resumed["model"][key], tensor), f"model weight {key} differs"
-    states = resumed["optimizer"]["state"], straight["optimizer"]["state"]
+    optimizers = resumed["optimizers"]["optimizer"], straight["optimizers"]["optimizer"]
+    states = optimizers[0]["state"], optimizers[1]["state"]
     assert states[0].keys() == states[1].keys()
     assert states[1], "the optimizer has no state to compare"
     for index, state in states[1].items():
@@ -185,7 +186,7 @@ def assert_same_training_state(resumed: dict[str, Any], straight: dict[str, Any]
                 f"optimizer state {name} of param {index} differs"
             )
     for ours, theirs in zip(
-        resumed["optimizer"]["param_groups"], straight["optimizer"]["param_groups"], strict=True
+        optimizers[0]["param_groups"], optimizers[1]["param_groups"], strict=True
     ):
         assert (ours["name"], ours["lr"], ours["params"]) == (
             theirs["name"],
@@ -193,7 +194,9 @@ def assert_same_training_state(resumed: dict[str, Any], straight: dict[str, Any]
             theirs["params"],
         )
     for key in ("last_epoch", "_last_lr", "base_lrs"):
-        assert resumed["scheduler"][key] == straight["scheduler"][key], f"scheduler {key}"
+        assert (
+            resumed["schedulers"]["optimizer"][key] == straight["schedulers"]["optimizer"][key]
+        ), f"scheduler {key}"
     for key in ("epoch", "step", "batch_in_epoch"):
         assert resumed[key] == straight[key], key
     assert resumed["best"] == straight["best"]

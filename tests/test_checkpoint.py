@@ -12,16 +12,19 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from checkpoint_helpers import several_optimizers, valid_checkpoint
+from checkpoint_helpers import one_optimizer_layout, several_optimizers, valid_checkpoint
 
 from trainer.config import CheckpointConfig
 from trainer.errors import TrainingError, UserError
 from trainer.state.checkpoint import (
+    Position,
+    RunState,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     save_checkpoints,
     set_rng_state,
+    upgrade,
 )
 
 
@@ -78,9 +81,10 @@ def test_save_checkpoint_writes_atomically_and_leaves_no_temporary_file(tmp_path
     assert torch.equal(loaded["weights"], torch.arange(4))
 
 
-def epoch_checkpoint(epoch: int) -> dict:
-    """The part of a checkpoint that save_checkpoints reads, plus a tensor to compare."""
-    return {"epoch": epoch, "batch_in_epoch": 0, "model": {"w": torch.full((2,), epoch)}}
+def epoch_checkpoint(epoch: int) -> RunState:
+    """A state at the end of epoch `epoch`, with a tensor to compare."""
+    checkpoint = valid_checkpoint() | {"epoch": epoch, "model": {"w": torch.full((2,), epoch)}}
+    return RunState.from_checkpoint(checkpoint)
 
 
 def test_load_checkpoint_missing_file_is_a_user_error(tmp_path) -> None:
@@ -95,7 +99,7 @@ def test_load_checkpoint_refuses_garbage_and_foreign_dicts(tmp_path) -> None:
         load_checkpoint(garbage)
     foreign = tmp_path / "foreign.pt"
     torch.save({"model": {}, "epoch": 1}, foreign)
-    with pytest.raises(UserError, match=r"not a trainer checkpoint \(missing optimizer, scheduler"):
+    with pytest.raises(UserError, match=r"not a trainer checkpoint \(missing optimizers, schedul"):
         load_checkpoint(foreign)
 
 
@@ -127,14 +131,14 @@ def test_a_valid_checkpoint_loads_in_either_optimizer_form(tmp_path: Path) -> No
     for form in (valid_checkpoint(), several_optimizers(valid_checkpoint())):
         torch.save(form, tmp_path / "c.pt")
         loaded = load_checkpoint(tmp_path / "c.pt")
-        assert torch.equal(loaded["model"]["weight"], form["model"]["weight"])
+        assert torch.equal(loaded.model["weight"], form["model"]["weight"])
 
 
 def test_a_modules_extra_state_is_not_a_tensor_and_is_fine(tmp_path: Path) -> None:
     checkpoint = valid_checkpoint()
     checkpoint["model"]["norm._extra_state"] = {"version": 2}
     torch.save(checkpoint, tmp_path / "c.pt")
-    assert load_checkpoint(tmp_path / "c.pt")["model"]["norm._extra_state"] == {"version": 2}
+    assert load_checkpoint(tmp_path / "c.pt").model["norm._extra_state"] == {"version": 2}
 
 
 def optimizer_without_param_groups() -> dict[str, Any]:
@@ -150,15 +154,33 @@ def optimizer_without_param_groups() -> dict[str, Any]:
         ("epoch", True, "'epoch' is True (bool); expected a whole number >= 0"),
         ("step", -1, "'step' is -1 (int); expected a whole number >= 0"),
         ("batch_in_epoch", 1.5, "'batch_in_epoch' is 1.5 (float)"),
-        ("optimizer", optimizer_without_param_groups(), "'optimizer' is {'state': {}} (dict)"),
-        ("optimizer", {"state": {}, "param_groups": [{"lr": 0.1}]}, "expected an optimizer"),
-        ("scheduler", [1], "'scheduler' is [1] (list); expected null or a scheduler state_dict"),
-        ("scaler", "x", "'scaler' is 'x' (str)"),
+        (
+            "optimizers",
+            {"optimizer": optimizer_without_param_groups()},
+            "'optimizers' is {'optimizer': {'state': {}}} (dict)",
+        ),
+        (
+            "optimizers",
+            {"optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}},
+            "expected optimizer name -> optimizer state_dict",
+        ),
+        (
+            "schedulers",
+            {"optimizer": [1]},
+            "'schedulers' is {'optimizer': [1]} (dict); expected optimizer name -> null or a "
+            "scheduler state_dict",
+        ),
+        ("scalers", {"optimizer": "x"}, "'scalers' is {'optimizer': 'x'} (dict)"),
+        ("updates", {"optimizer": -1}, "'updates' is {'optimizer': -1} (dict)"),
         ("best", 5, "'best' is 5 (int); expected null or a dict of monitor, mode, value"),
         ("best", {"value": 1.0}, "'best' is {'value': 1.0} (dict)"),
         ("rng", {"torch": 1}, "'rng' is {'torch': 1} (dict); expected the RNG states"),
         ("rng_per_rank", [{}], "'rng_per_rank' is [{}] (list)"),
-        ("groups", {"default": [1]}, "'groups' is {'default': [1]} (dict); expected group name"),
+        (
+            "groups",
+            {"optimizer": {"default": [1]}},
+            "'groups' is {'optimizer': {'default': [1]}} (dict); expected optimizer name -> group",
+        ),
         ("config", "name: x", "'config' is 'name: x' (str); expected the resolved config"),
         ("metrics", [], "'metrics' is [] (list)"),
         ("samples_in_epoch", "0", "'samples_in_epoch' is '0' (str)"),
@@ -200,19 +222,26 @@ def test_several_optimizers_are_checked_by_name(tmp_path: Path) -> None:
     assert "'scalers' is keyed by ['generator']; expected the names in 'optimizers'" in message
 
 
-def test_one_optimizer_form_needs_its_optimizer_scheduler_and_scaler(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["one layout", "one-optimizer layout"])
+def test_a_missing_optimizer_state_is_named_in_either_layout(tmp_path: Path, layout: str) -> None:
     checkpoint = valid_checkpoint()
-    del checkpoint["scaler"]
+    if layout == "one layout":
+        del checkpoint["scalers"]
+    else:
+        checkpoint = one_optimizer_layout(checkpoint)
+        del checkpoint["scaler"]
     torch.save(checkpoint, tmp_path / "c.pt")
-    with pytest.raises(UserError, match=r"not a trainer checkpoint \(missing scaler\)"):
+    with pytest.raises(UserError, match=r"not a trainer checkpoint \(missing scalers\)$"):
         load_checkpoint(tmp_path / "c.pt")
 
 
+@pytest.mark.parametrize("old_layout", [False, True], ids=["one layout", "old layout"])
 def test_a_checkpoint_of_the_wrong_shape_is_exit_2_and_starts_no_run(
-    write_config, tiny_yaml: str, user_error, tmp_path: Path
+    write_config, tiny_yaml: str, user_error, tmp_path: Path, old_layout: bool
 ) -> None:
     config = write_config(tiny_yaml)
-    torch.save(valid_checkpoint() | {"epoch": "two", "best": 5}, tmp_path / "bad.pt")
+    checkpoint = one_optimizer_layout(valid_checkpoint()) if old_layout else valid_checkpoint()
+    torch.save(checkpoint | {"epoch": "two", "best": 5}, tmp_path / "bad.pt")
     for command in (["fit", config, "--resume", "bad.pt"], ["inspect", "bad.pt"]):
         user_error(
             *command,
@@ -222,6 +251,93 @@ def test_a_checkpoint_of_the_wrong_shape_is_exit_2_and_starts_no_run(
             ],
         )
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("old_layout", [False, True], ids=["one layout", "old layout"])
+def test_a_checkpoint_missing_a_key_is_exit_2_naming_it(
+    write_config, tiny_yaml: str, user_error, tmp_path: Path, old_layout: bool
+) -> None:
+    config = write_config(tiny_yaml)
+    checkpoint = one_optimizer_layout(valid_checkpoint()) if old_layout else valid_checkpoint()
+    del checkpoint["step"], checkpoint["metrics"]
+    torch.save(checkpoint, tmp_path / "bad.pt")
+    for command in (["fit", config, "--resume", "bad.pt"], ["inspect", "bad.pt"]):
+        stderr = user_error(*command, expect=[])
+        assert stderr == "error: bad.pt: not a trainer checkpoint (missing step, metrics)\n"
+    assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- older layouts
+
+
+def assert_same_tree(ours: Any, theirs: Any, where: str = "checkpoint") -> None:
+    """Equal dicts and lists, tensors equal by torch.equal."""
+    if isinstance(theirs, torch.Tensor):
+        assert torch.equal(ours, theirs), where
+    elif isinstance(theirs, (dict, list)):
+        assert type(ours) is type(theirs), where
+        keys = theirs.keys() if isinstance(theirs, dict) else range(len(theirs))
+        assert (ours.keys() if isinstance(ours, dict) else range(len(ours))) == keys, where
+        for key in keys:
+            assert_same_tree(ours[key], theirs[key], f"{where}[{key!r}]")
+    else:
+        assert ours == theirs, where
+
+
+def loaded(tmp_path: Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """What load_checkpoint makes of `checkpoint`, written back in the one layout."""
+    torch.save(checkpoint, tmp_path / "c.pt")
+    return load_checkpoint(tmp_path / "c.pt").to_checkpoint()
+
+
+def test_a_one_optimizer_file_of_the_old_layout_loads_as_the_one_layout(tmp_path: Path) -> None:
+    new = valid_checkpoint()
+    old = one_optimizer_layout(new)
+    assert {"optimizer", "scheduler", "scaler", "epoch_loss"} <= old.keys()
+    assert_same_tree(loaded(tmp_path, old), new)
+    assert_same_tree(upgrade(old), new)
+
+
+def test_a_several_optimizer_file_of_the_old_layout_drops_its_unused_keys(tmp_path: Path) -> None:
+    new = several_optimizers(valid_checkpoint())
+    old = new | {"optimizer": None, "scheduler": None, "scaler": None, "epoch_loss": 0.5}
+    assert_same_tree(loaded(tmp_path, old), new)
+    assert_same_tree(upgrade(old), new)
+
+
+def test_what_older_files_lack_is_derived_as_it_was_read_then(tmp_path: Path) -> None:
+    config = {"name": "tiny", "data": {"batch_size": 5}}
+    new = valid_checkpoint() | {"step": 7, "batch_in_epoch": 3, "config": config}
+    old = one_optimizer_layout(new)
+    for key in ("updates", "epoch_sums", "epoch_counted", "samples_in_epoch", "rng_per_rank",
+                "early_stopping"):  # fmt: skip
+        del old[key]
+    torch.save(old, tmp_path / "c.pt")
+    state = load_checkpoint(tmp_path / "c.pt")
+    assert state.optimizers["optimizer"].updates == 7  # one update per step
+    assert state.position == Position(
+        epoch=1,
+        step=7,
+        batch_in_epoch=3,
+        samples_in_epoch=3 * 5,  # the batches trained, of the checkpoint's batch size
+        epoch_sums={"loss": 0.5},  # epoch_loss
+        epoch_counted=3,
+        best=new["best"],
+    )
+    assert_same_tree(state.rngs, [new["rng"]])
+    assert state.early_stopping is None
+
+
+def test_a_one_entry_optimizers_section_keeps_its_name_from_an_old_file(tmp_path: Path) -> None:
+    """A config with `optimizers: {net: ...}` was saved in the one-optimizer layout, its groups
+    by name already; it resumes under its own name."""
+    config = {"name": "tiny", "optimizers": {"net": {"optimizer": {"name": "SGD"}}}}
+    new = valid_checkpoint() | {"config": config}
+    old = one_optimizer_layout(new)
+    # As it was saved: the manifest and the update counts by name.
+    old["groups"], old["updates"] = {"net": old["groups"]}, {"net": old["updates"]["optimizer"]}
+    keys = ("optimizers", "schedulers", "scalers", "updates", "groups")
+    assert_same_tree(loaded(tmp_path, old), new | {k: {"net": new[k]["optimizer"]} for k in keys})
 
 
 # ---------------------------------------------------------------- failed and concurrent writes
@@ -323,4 +439,4 @@ def test_fit_on_a_full_disk_is_exit_1_in_one_line_keeping_the_last_good_checkpoi
     )
     checkpoints = tmp_path / "runs/tiny/checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["best.pt", "epoch-0001.pt", "last.pt"]
-    assert load_checkpoint(checkpoints / "last.pt")["epoch"] == 1
+    assert load_checkpoint(checkpoints / "last.pt").position.epoch == 1

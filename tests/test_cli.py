@@ -403,7 +403,7 @@ def test_fit_checkpoint_keys(tiny_yaml, write_config, run_cli, tmp_path) -> None
     assert checkpoint["config"] == yaml.safe_load((run_dir / "config.yaml").read_text())
     model = small_cnn(num_classes=4, in_channels=3, width=4)
     assert checkpoint["model"].keys() == model.state_dict().keys()
-    grouped = [name for names in checkpoint["groups"].values() for name in names]
+    grouped = [name for names in checkpoint["groups"]["optimizer"].values() for name in names]
     assert sorted(grouped) == sorted(name for name, _ in model.named_parameters())
     last_epoch = epoch_records(run_dir)[-1]
     assert checkpoint["metrics"]["val/loss"] == last_epoch["val/loss"]
@@ -465,7 +465,7 @@ def test_epoch_scheduler_lr_is_the_lr_used_during_the_epoch(
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     step_lrs = {(r["epoch"], r["lr/default"]) for r in map(json.loads, lines) if "val/acc" not in r}
     assert step_lrs == {(1, 0.1), (2, 0.05), (3, 0.025)}
-    assert last_checkpoint(run_dir)["scheduler"]["last_epoch"] == 3
+    assert last_checkpoint(run_dir)["schedulers"]["optimizer"]["last_epoch"] == 3
 
 
 @pytest.mark.parametrize(("size", "accumulate"), [(128, 2), (160, 2), (160, 3)])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoint_helpers import one_optimizer_layout
 from resume_helpers import (
     Once,
     assert_same_training_state,
@@ -171,7 +172,7 @@ def test_changed_param_groups_are_an_error_until_reset_optimizer(copied: Path) -
     assert "--reset-optimizer: loaded the weights only; fresh optimizer state" in result.stdout
     last = load(copied / "checkpoints/last.pt")
     assert last["epoch"] == 3
-    assert last["groups"]["hidden"] == ["1.weight", "1.bias"]
+    assert last["groups"]["optimizer"]["hidden"] == ["1.weight", "1.bias"]
     # A fresh optimizer, with its scheduler fast-forwarded over the 2 epochs already run.
     record = epoch_records(copied)[-1]
     assert record["epoch"] == 3
@@ -182,7 +183,7 @@ def test_changed_param_groups_are_an_error_until_reset_optimizer(copied: Path) -
 
 def test_an_optimizer_state_for_fewer_tensors_is_an_error_naming_the_file(copied: Path) -> None:
     checkpoint = load(copied / "checkpoints/last.pt")
-    head = checkpoint["optimizer"]["param_groups"][0]
+    head = checkpoint["optimizers"]["optimizer"]["param_groups"][0]
     head["params"] = head["params"][:1]  # 1 of head's 2 tensors: 3 of the 4
     torch.save(checkpoint, "short.pt")
     metrics = (copied / "metrics.jsonl").read_text()
@@ -330,6 +331,18 @@ def test_inspect_prints_position_lrs_metrics_and_best(two_epochs: Path) -> None:
     assert float(printed_best[1]) == pytest.approx(best["val/loss"], rel=1e-3)
     assert int(printed_best[2]) == best["epoch"]
     assert "config:" in lines
+
+
+def test_inspect_prints_an_old_layout_file_as_the_one_layout(
+    tmp_path: Path, two_epochs: Path
+) -> None:
+    new = two_epochs / "checkpoints/last.pt"
+    torch.save(one_optimizer_layout(load(new)), tmp_path / "old.pt")
+    printed = [cli("inspect", path) for path in (new, tmp_path / "old.pt")]
+
+    assert [result.exit_code for result in printed] == [0, 0], printed[1].output
+    assert printed[1].stdout == printed[0].stdout
+    assert "lr: head 0.05, default 0.025" in printed[1].stdout.splitlines()
 
 
 @pytest.mark.parametrize("name", ["last.pt", "epoch-0001.pt"])

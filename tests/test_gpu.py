@@ -237,8 +237,8 @@ def test_fp16_resumed_run_equals_the_straight_one_bit_for_bit(
     ours, theirs = last(stopped / "runs/r"), last(straight)
     assert ours["epoch"] == 4  # resumed in the run's own directory, not a fresh run-2
     assert_same_training_state(ours, theirs)
-    assert "scale" in theirs["scaler"], "the GradScaler was not enabled"
-    assert ours["scaler"] == theirs["scaler"]
+    assert "scale" in theirs["scalers"]["optimizer"], "the GradScaler was not enabled"
+    assert ours["scalers"]["optimizer"] == theirs["scalers"]["optimizer"]
     cuda_rngs = zip(ours["rng"]["cuda"], theirs["rng"]["cuda"], strict=True)
     assert all(torch.equal(a, b) for a, b in cuda_rngs)
     # fp16 trained: the loss went down and stayed finite.
@@ -270,7 +270,8 @@ def test_an_inf_gradient_skips_the_step_and_the_per_step_scheduler(gpu_fit) -> N
     assert lr_ratios(overflow) == expected
     assert all(math.isfinite(r["train/loss"]) for r in steps(overflow))
     # The scaler skipped exactly one more step (it halves its scale on each skip).
-    assert last(overflow)["scaler"]["scale"] == last(clean)["scaler"]["scale"] / 2
+    overflow_scale = last(overflow)["scalers"]["optimizer"]["scale"]
+    assert overflow_scale == last(clean)["scalers"]["optimizer"]["scale"] / 2
 
 
 # ---------------------------------------------------------------- bf16, layout, compile

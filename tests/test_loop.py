@@ -339,7 +339,7 @@ def test_reduce_on_plateau_steps_on_the_validation_loss(train, initial) -> None:
     logged = [r["val/loss"] for r in epoch_records(result)]
     assert logged == pytest.approx(trace.val_losses, rel=1e-6)
     # The scheduler was given the validation losses: its best is the lowest of them.
-    assert last_checkpoint(result)["scheduler"]["best"] == min(logged)
+    assert last_checkpoint(result)["schedulers"]["optimizer"]["best"] == min(logged)
 
 
 def test_plateau_monitor_must_be_a_logged_metric(write, user_error) -> None:
@@ -434,7 +434,7 @@ def test_accumulate_steps_once_per_window(accumulate, train, initial) -> None:
     assert_same_lrs(result, trace)
     checkpoint = last_checkpoint(result)
     assert checkpoint["step"] == steps
-    assert checkpoint["scheduler"]["last_epoch"] == steps  # once per optimizer step
+    assert checkpoint["schedulers"]["optimizer"]["last_epoch"] == steps  # once per optimizer step
     # A step's train/loss is the mean (undivided) loss of its window.
     logged = [r["train/loss"] for r in step_records(result)]
     assert logged == pytest.approx(trace.step_losses, rel=1e-6)
@@ -579,7 +579,8 @@ def test_max_steps_then_resume_equals_a_straight_run(scheduler, train, write) ->
         console=Console(file=io.StringIO()),
     )
     ours, theirs = last_checkpoint(resumed), last_checkpoint(straight)
-    assert ours["scheduler"]["last_epoch"] == theirs["scheduler"]["last_epoch"] == 4
+    schedulers = ours["schedulers"]["optimizer"], theirs["schedulers"]["optimizer"]
+    assert schedulers[0]["last_epoch"] == schedulers[1]["last_epoch"] == 4
     # metrics.jsonl also holds the record of the cut epoch: the later record of an epoch wins.
     lrs = [{r["epoch"]: r["lr/default"] for r in epoch_records(run)} for run in (resumed, straight)]
     assert lrs[0] == lrs[1]
@@ -681,7 +682,7 @@ def test_a_step_skipped_for_its_gradients_does_not_step_the_scheduler(train) -> 
     )  # fmt: skip
     lrs = [r["lr/default"] for r in step_records(result)]
     assert lrs[9] == lrs[8], "the step after the skipped one still has the skipped one's lr"
-    assert last_checkpoint(result)["scheduler"]["last_epoch"] == STEPS - 1
+    assert last_checkpoint(result)["schedulers"]["optimizer"]["last_epoch"] == STEPS - 1
 
 
 def test_inf_gradients_without_skip_nonfinite_never_reach_a_checkpoint(

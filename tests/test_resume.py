@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoint_helpers import one_optimizer_layout
 from resume_helpers import (
+    CONFIG,
     Once,
     assert_same_training_state,
     epoch_records,
@@ -163,6 +165,79 @@ def test_resume_mid_epoch_equals_the_straight_run(
     assert_same_epoch_records(root / "runs/r", straight)
 
 
+# One optimizer in the `optimizers:` form: its states are saved under its own name.
+ONE_NAMED_OPTIMIZER = CONFIG.replace(
+    "optimizer: {name: SGD, lr: 0.1, momentum: 0.9}\nparam_groups:\n  rules:\n"
+    "    - {name: head, match: '^4\\.', lr_mult: 2}\nscheduler:",
+    "optimizers:\n  net:\n    params: '.*'\n    optimizer: {name: SGD, lr: 0.1, momentum: 0.9}\n"
+    "    scheduler:",
+)
+
+
+def test_one_optimizer_in_the_optimizers_form_resumes_under_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert "optimizers:\n  net:" in ONE_NAMED_OPTIMIZER
+    runs = {}
+    for name, epochs in (("straight", 2), ("resumed", 1)):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        config = write_config(tmp_path / name, ONE_NAMED_OPTIMIZER)
+        result, _ = train(config, f"trainer.epochs={epochs}")
+        assert isinstance(result, FitResult)
+        runs[name] = tmp_path / name / result.run_dir / "checkpoints/last.pt"
+    result, output = train(config, "trainer.epochs=2", resume="auto")
+
+    assert isinstance(result, FitResult), result
+    assert "resumed from runs/r/checkpoints/last.pt: epoch 1, step 10" in output
+    ours, theirs = load(runs["resumed"]), load(runs["straight"])
+    assert ours["optimizers"].keys() == {"net"}
+    for key, tensor in theirs["model"].items():
+        assert torch.equal(ours["model"][key], tensor), key
+    momentum = [s["optimizers"]["net"]["state"][0]["momentum_buffer"] for s in (ours, theirs)]
+    assert torch.equal(*momentum)
+    assert ours["schedulers"] == theirs["schedulers"]
+
+
+@pytest.fixture(scope="module")
+def kept_mid_epoch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another run stopped as `stopped_mid_epoch` is, left as it stopped (copy it to use it)."""
+    root = tmp_path_factory.mktemp("kept")
+    Once.fired = False
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(io.StringIO()):
+        patch.chdir(root)
+        result, _ = train(write_config(root), *STOP_AT_SAMPLE)
+    assert isinstance(result, Interrupted)
+    return root / "runs"
+
+
+# What files written before the one layout lack: update counts, then the sums of every step
+# metric (only `epoch_loss`), the samples trained, every rank's RNG and early stopping.
+OLDER_STILL = ("updates", "epoch_sums", "epoch_counted", "samples_in_epoch", "rng_per_rank",
+               "early_stopping")  # fmt: skip
+
+
+@pytest.mark.parametrize("older_still", [False, True], ids=["one-optimizer", "older-still"])
+def test_a_one_optimizer_file_of_the_old_layout_resumes_as_the_one_layout_does(
+    tmp_path: Path, kept_mid_epoch: Path, straight: Path, older_still: bool
+) -> None:
+    shutil.copytree(kept_mid_epoch, tmp_path / "runs")
+    config = write_config(tmp_path)
+    old = one_optimizer_layout(load(tmp_path / LAST))
+    for key in OLDER_STILL if older_still else ():
+        del old[key]
+    torch.save(old, tmp_path / LAST)
+    Once.fired = True  # the dataset stops a run once
+    result, output = train(config, *STOP_AT_SAMPLE, resume=LAST)
+
+    assert isinstance(result, FitResult)
+    assert f"resumed from {LAST}: epoch 1, step 14, batch 4 of the next epoch" in output
+    last = load(tmp_path / LAST)
+    assert last.keys() == set(KEYS)  # written in the one layout
+    assert_same_training_state(last, load(straight / "checkpoints/last.pt"))
+    assert_same_epoch_records(tmp_path / "runs/r", straight)
+
+
 @pytest.mark.parametrize(
     ("stop_after", "stop_signal", "position"),
     [
@@ -214,7 +289,8 @@ def test_scheduler_last_epoch_and_lr_continue_after_resume(resumed: Resumed) -> 
     assert [r["lr/head"] for r in records] == step_lrs(1, 4, lr=0.2)
     checkpoints = resumed.run_dir / "checkpoints"
     for epoch in (2, 3, 4):
-        assert load(checkpoints / f"epoch-{epoch:04d}.pt")["scheduler"]["last_epoch"] == epoch
+        saved = load(checkpoints / f"epoch-{epoch:04d}.pt")
+        assert saved["schedulers"]["optimizer"]["last_epoch"] == epoch
 
 
 def test_a_changed_scheduler_is_rebuilt_at_the_runs_position(
@@ -235,7 +311,7 @@ def test_a_changed_scheduler_is_rebuilt_at_the_runs_position(
     assert [r["lr/default"] for r in records] == [*step_lrs(1, 2, lr=0.1), 0.05, 0.05]
     assert [r["lr/default"] for r in records[2:]] == step_lrs(2, 4, lr=0.1)[2:]
     assert [r["lr/head"] for r in records[2:]] == step_lrs(2, 4, lr=0.2)[2:]
-    scheduler = load(tmp_path / LAST)["scheduler"]
+    scheduler = load(tmp_path / LAST)["schedulers"]["optimizer"]
     assert (scheduler["step_size"], scheduler["last_epoch"]) == (2, 4)
 
 
@@ -272,7 +348,10 @@ def test_every_checkpoint_key_loads_with_weights_only(straight: Path) -> None:
         assert set(KEYS) <= checkpoint.keys(), path.name
     last = load(straight / "checkpoints/last.pt")
     assert (last["epoch"], last["step"], last["batch_in_epoch"]) == (4, 40, 0)
-    assert last["groups"] == {"default": ["1.weight", "1.bias"], "head": ["4.weight", "4.bias"]}
+    assert last["groups"]["optimizer"] == {
+        "default": ["1.weight", "1.bias"],
+        "head": ["4.weight", "4.bias"],
+    }
     assert last["metrics"] == epoch_records(straight)[-1]
     assert last["config"]["trainer"]["epochs"] == 4
     scheduler = last["config"]["scheduler"]

@@ -45,7 +45,7 @@ def test_an_older_readable_checkpoint_wins_over_an_unreadable_last(tmp_path: Pat
     checkpoints(tmp_path / "r", last=b"torn", epoch_0001=at_epoch(1), epoch_0002=at_epoch(2))
     path, checkpoint, notes = find_checkpoint("auto", run_base=tmp_path / "r", name="tiny")
     assert path == tmp_path / "r/checkpoints/epoch-0002.pt"
-    assert checkpoint["epoch"] == 2
+    assert checkpoint.position.epoch == 2
     [note] = notes
     assert note.startswith(
         f"--resume auto: skipping {tmp_path}/r/checkpoints/last.pt: not a readable checkpoint"
@@ -55,7 +55,7 @@ def test_an_older_readable_checkpoint_wins_over_an_unreadable_last(tmp_path: Pat
 def test_best_pt_is_the_last_fallback(tmp_path: Path) -> None:
     checkpoints(tmp_path / "r", last=b"torn", best=at_epoch(3))
     path, checkpoint, _ = find_checkpoint("auto", run_base=tmp_path / "r", name="tiny")
-    assert (path.name, checkpoint["epoch"]) == ("best.pt", 3)
+    assert (path.name, checkpoint.position.epoch) == ("best.pt", 3)
 
 
 def test_every_checkpoint_unreadable_is_an_error_naming_each(tmp_path: Path) -> None:
@@ -141,7 +141,7 @@ def test_the_newest_run_of_this_name_wins_over_a_newer_one_of_another(tmp_path: 
     checkpoints(tmp_path / "r-3", last=named("other", 9))
     os.utime(tmp_path / "r/checkpoints/last.pt", (1, 1))  # written long before r-3
     path, checkpoint, notes = find_checkpoint("auto", run_base=tmp_path / "r", name="r")
-    assert (path, checkpoint["epoch"]) == (tmp_path / "r/checkpoints/last.pt", 4)
+    assert (path, checkpoint.position.epoch) == (tmp_path / "r/checkpoints/last.pt", 4)
     assert notes == [
         f"--resume auto: {tmp_path / 'r-3'} holds another run's checkpoints, left alone"
     ]
@@ -163,7 +163,7 @@ def test_a_checkpoint_with_weights_that_are_not_finite_is_never_resumed(tmp_path
     broken["model"]["weight"][0, 0] = float("nan")
     checkpoints(tmp_path / "r", last=broken, epoch_0001=at_epoch(1))
     path, checkpoint, notes = find_checkpoint("auto", run_base=tmp_path / "r", name="tiny")
-    assert (path.name, checkpoint["epoch"]) == ("epoch-0001.pt", 1)
+    assert (path.name, checkpoint.position.epoch) == ("epoch-0001.pt", 1)
     last = tmp_path / "r/checkpoints/last.pt"
     assert notes == [
         f"--resume auto: skipping {last}: the model's weights are not finite (weight); resume "

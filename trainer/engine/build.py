@@ -63,10 +63,8 @@ class Run:
     def reports(self) -> dict[str, GroupsReport]:
         return {plan.spec.name: plan.report for plan in self.planned}
 
-    def manifest(self) -> dict[str, Any]:
-        """Group → parameter names (one optimizer), or that per optimizer name (several)."""
-        if not self.config.several_optimizers:
-            return self.planned[0].report.manifest()
+    def manifest(self) -> dict[str, dict[str, list[str]]]:
+        """Optimizer name → group → parameter names."""
         return {plan.spec.name: plan.report.manifest() for plan in self.planned}
 
     def rebuild_schedule(self, name: str) -> ScheduleDriver:

@@ -102,19 +102,19 @@ def evaluate_checkpoint(config: Config, path: str) -> dict[str, float]:
         )
     if problems:
         raise UserError(list(dict.fromkeys(problems)))
-    checkpoint = load_checkpoint(path, option="--checkpoint")
+    saved = load_checkpoint(path, option="--checkpoint")
     device, _ = pick_device(config.trainer.device)
     check_precision(config.trainer.precision, device)
     model = build_model(config.model)
-    mismatch = model_changes(checkpoint["model"], model)
+    mismatch = model_changes(saved.model, model)
     if mismatch:
         raise UserError([f"--checkpoint: {path} does not fit the configured model:", *mismatch])
-    model.load_state_dict(checkpoint["model"])
+    model.load_state_dict(saved.model)
     _, val_loader = build_loaders(config.data, seed=config.seed, device=device)
     loss_fn = build_loss(config.loss).to(device)
     ctx = StepContext(
         device=device, precision=config.trainer.precision, loss_fn=loss_fn, seed=config.seed,
-        epoch=checkpoint["epoch"],
+        epoch=saved.position.epoch,
     )  # fmt: skip
     return validate(
         model.to(device),

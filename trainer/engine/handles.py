@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -19,6 +18,7 @@ import torch.distributed as dist
 from trainer.components.schedulers import ScheduleDriver
 from trainer.engine.distributed import SINGLE, Distributed
 from trainer.errors import UserError
+from trainer.state.checkpoint import OptimizerState
 
 Loss = torch.Tensor | Callable[[], torch.Tensor]
 
@@ -273,10 +273,15 @@ class Optimizers(Mapping[str, OptimizerHandle]):
         """Optimizer steps each optimizer has taken, by name."""
         return {name: handle.updates for name, handle in self.handles.items()}
 
-    def state(self) -> dict[str, Any]:
-        """Each optimizer's, scheduler's and scaler's state, by optimizer name."""
+    def states(self, groups: dict[str, dict[str, list[str]]]) -> dict[str, OptimizerState]:
+        """What each optimizer saves, by name; `groups` is each one's manifest."""
         return {
-            "optimizers": {n: h.optimizer.state_dict() for n, h in self.handles.items()},
-            "schedulers": {n: h.schedule.state_dict() for n, h in self.handles.items()},
-            "scalers": {n: h.scaler.state_dict() for n, h in self.handles.items()},
+            name: OptimizerState(
+                optimizer=handle.optimizer.state_dict(),
+                scheduler=handle.schedule.state_dict(),
+                scaler=handle.scaler.state_dict(),
+                updates=handle.updates,
+                groups=groups[name],
+            )
+            for name, handle in self.handles.items()
         }

@@ -32,7 +32,7 @@ from trainer.engine.build import Run, build_run, check_before_building, run_base
 from trainer.engine.device import batch_size, pick_device, to_device
 from trainer.engine.distributed import Distributed
 from trainer.engine.evaluate import validate
-from trainer.engine.resume import Position, find_checkpoint, restore
+from trainer.engine.resume import find_checkpoint, restore
 from trainer.engine.steps import StepContext
 from trainer.errors import Interrupted, TrainingError, UserError
 from trainer.interrupt import StopRequests
@@ -41,7 +41,7 @@ from trainer.runs.loggers import open_loggers
 from trainer.runs.monitor import EarlyStopping, improved_best
 from trainer.runs.report import Reporter, groups_json
 from trainer.runs.rundir import MetricsFile, fresh_run_dir, lock_run_dir, replace_config, run_dir_of
-from trainer.state.checkpoint import make_checkpoint, rng_state, save_checkpoints
+from trainer.state.checkpoint import Position, RunState, rng_state, save_checkpoints
 
 
 @dataclass
@@ -92,12 +92,12 @@ def train(
     """The body of `fit`, once the device (and the process group) are set up."""
     # Find the checkpoint; its run directory is this job's from now on (one writer a run).
     run_base = run_base_of(config)
-    checkpoint_path, checkpoint, notes = None, None, []
+    checkpoint_path, saved, notes = None, None, []
     if resume:
         found = (
             find_checkpoint(resume, run_base=run_base, name=config.name) if job.is_main else None
         )
-        checkpoint_path, checkpoint, notes = job.broadcast(found)
+        checkpoint_path, saved, notes = job.broadcast(found)
     with contextlib.ExitStack() as owned:
         resumed_dir = run_dir_of(checkpoint_path) if checkpoint_path else None
         if job.is_main and resumed_dir is not None:
@@ -107,9 +107,9 @@ def train(
         report.device(device, reason)
         run = build_run(config, device, job)
         position, restored = Position(), []
-        if checkpoint is not None:
+        if saved is not None:
             position, restored = restore(
-                checkpoint, run, reset_optimizer=reset_optimizer, rank=job.rank,
+                saved, run, reset_optimizer=reset_optimizer, rank=job.rank,
                 world_size=job.world_size, path=checkpoint_path,
             )  # fmt: skip
             restored.insert(0, resumed_note(checkpoint_path, position))
@@ -127,7 +127,7 @@ def train(
             report.note(note)
 
         wrap_model(run, job)
-        out = Output(run, job, run_dir, position, report, checkpoint)  # checks metrics.jsonl
+        out = Output(run, job, run_dir, position, report, saved)  # checks metrics.jsonl
         owned.callback(out.close)
         owned.enter_context(
             status_recorded(run_dir, enabled=job.is_main, step=lambda: position.step)
@@ -410,7 +410,7 @@ class Output:
         run_dir: Path,
         position: Position,
         report: Reporter,
-        checkpoint: dict[str, Any] | None,
+        saved: RunState | None,
     ) -> None:
         config = run.config
         self.run, self.job, self.run_dir, self.position, self.report = (
@@ -421,10 +421,10 @@ class Output:
             report,
         )
         self.metrics_file = MetricsFile(run_dir / "metrics.jsonl", enabled=job.is_main)
-        if checkpoint is not None:  # what the resumed run logs again goes, once
+        if saved is not None:  # what the resumed run logs again goes, once
             self.metrics_file.cut_after(step=position.step, epoch=position.epoch)
         self.loggers = open_loggers(config, run_dir, enabled=job.is_main, start_step=position.step)
-        if job.is_main and checkpoint is None:
+        if job.is_main and saved is None:
             self.loggers.describe(
                 config_to_yaml(config), groups_json(run.reports, several=config.several_optimizers)
             )
@@ -439,8 +439,8 @@ class Output:
         self.first_epoch = True
         early = config.trainer.early_stopping
         self.stopping = EarlyStopping(**early.model_dump()) if early else None
-        if self.stopping and checkpoint is not None and checkpoint.get("early_stopping"):
-            self.stopping.load_state_dict(checkpoint["early_stopping"])
+        if self.stopping and saved is not None and saved.early_stopping:
+            self.stopping.load_state_dict(saved.early_stopping)
         self.batches = 0
 
     @property
@@ -509,26 +509,34 @@ class Output:
         rngs = self.job.gather(rng_state())  # every rank's RNG, for an exact resume on each
         if not self.job.is_main:
             return
-        run, position = self.run, self.position
-        checkpoint = make_checkpoint(
-            model=run.module,
-            optimizers=run.optimizers.state(),
+        state = self.run_state(epoch_done, batch_in_epoch, rngs)
+        save_checkpoints(
+            self.run_dir / "checkpoints", state, self.run.config.checkpoint, is_best=is_best
+        )
+
+    def run_state(
+        self, epoch_done: int, batch_in_epoch: int, rngs: list[dict[str, Any]]
+    ) -> RunState:
+        """What a checkpoint at this position holds (`batch_in_epoch` batches of the epoch
+        after `epoch_done` trained)."""
+        run = self.run
+        position = Position(
             epoch=epoch_done,
-            step=position.step,
+            step=self.position.step,
             batch_in_epoch=batch_in_epoch,
             samples_in_epoch=batch_in_epoch * self.samples_per_batch,
-            epoch_sums=self.sums.epoch,
+            epoch_sums=dict(self.sums.epoch),
             epoch_counted=self.sums.epoch_counted,
-            config=run.config,
-            groups=run.manifest(),
-            metrics=self.record,
             best=self.best,
-            early_stopping=self.stopping.state_dict() if self.stopping else None,
-            rngs=rngs,
-            updates=run.optimizers.updates(),
         )
-        save_checkpoints(
-            self.run_dir / "checkpoints", checkpoint, run.config.checkpoint, is_best=is_best
+        return RunState(
+            model=run.module.state_dict(),
+            position=position,
+            optimizers=run.optimizers.states(run.manifest()),
+            rngs=rngs,
+            config=run.config.to_dict(),
+            metrics=dict(self.record),
+            early_stopping=self.stopping.state_dict() if self.stopping else None,
         )
 
     def write(self, record: dict[str, Any]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,29 +17,22 @@ import torch
 
 from trainer.errors import UserError
 from trainer.runs.rundir import in_use, lock_holder
-from trainer.state.checkpoint import load_checkpoint, set_rng_state
+from trainer.state.checkpoint import (
+    Position,
+    RunState,
+    load_checkpoint,
+    set_rng_state,
+)
 
 if TYPE_CHECKING:
+    from trainer.config import Config
     from trainer.engine.build import Run
-
-
-@dataclass
-class Position:
-    """Where training stands: what is done, and the best value so far."""
-
-    epoch: int = 0  # epochs completed
-    step: int = 0  # training steps taken (calls of the step: one per accumulation window)
-    batch_in_epoch: int = 0  # batches of epoch `epoch + 1` already trained (per process)
-    samples_in_epoch: int = 0  # samples of epoch `epoch + 1` already trained (all processes)
-    epoch_sums: dict[str, float] = field(default_factory=dict)  # step metrics summed so far
-    epoch_counted: int = 0  # batches of the epoch those sums cover (skipped ones left out)
-    best: dict[str, Any] | None = None
 
 
 def find_checkpoint(
     resume: str, *, run_base: Path, name: str
-) -> tuple[Path | None, dict | None, list[str]]:
-    """(path, checkpoint, notes) for `--resume PATH|auto`.
+) -> tuple[Path | None, RunState | None, list[str]]:
+    """(path, saved state, notes) for `--resume PATH|auto`.
 
     `auto` takes the newest readable checkpoint of run `name` under `run_base` or
     `run_base-N` (unreadable ones are skipped and reported; a `-N` directory holding another
@@ -57,11 +49,11 @@ def find_checkpoint(
         if any(path.is_relative_to(other) for other in others):
             continue
         try:
-            checkpoint = _load_finite(path)
+            saved = _load_finite(path)
         except UserError as err:
             skipped += err.problems
             continue
-        owner = (checkpoint.get("config") or {}).get("name")
+        owner = saved.config.get("name")
         run_dir = path.parent.parent
         if owner != name:
             if run_dir == run_base:
@@ -74,7 +66,7 @@ def find_checkpoint(
             continue
         notes = [f"--resume auto: skipping {problem}" for problem in skipped]
         notes += [f"--resume auto: {d} holds another run's checkpoints, left alone" for d in others]
-        return path, checkpoint, notes
+        return path, saved, notes
     if skipped:
         raise UserError(
             [
@@ -109,12 +101,12 @@ def _config_name(run_dir: Path) -> str | None:
     return config.get("name") if isinstance(config, dict) else None
 
 
-def _load_finite(path: str | Path) -> dict[str, Any]:
+def _load_finite(path: str | Path) -> RunState:
     """A checkpoint to resume from: readable, and its model's tensors finite."""
-    checkpoint = load_checkpoint(path)
+    saved = load_checkpoint(path)
     bad = [
         name
-        for name, tensor in checkpoint["model"].items()
+        for name, tensor in saved.model.items()
         if isinstance(tensor, torch.Tensor)
         and tensor.is_floating_point()
         and not bool(tensor.isfinite().all())
@@ -124,7 +116,7 @@ def _load_finite(path: str | Path) -> dict[str, Any]:
             f"{path}: the model's weights are not finite ({', '.join(bad[:3])}"
             f"{', ...' if len(bad) > 3 else ''}); resume from an earlier checkpoint"
         )
-    return checkpoint
+    return saved
 
 
 def _run_dirs(base: Path) -> list[Path]:
@@ -208,7 +200,7 @@ def manifest_changes(old: dict[str, list[str]], new: dict[str, list[str]]) -> li
 
 
 def restore(
-    checkpoint: dict[str, Any],
+    saved: RunState,
     run: Run,
     *,
     reset_optimizer: bool,
@@ -219,25 +211,43 @@ def restore(
     """Load the checkpoint's states into the built run; returns (position, notes).
 
     Each optimizer's scheduler is loaded when its config section is unchanged, else rebuilt
-    from the config and fast-forwarded to where the run stopped. An optimizer state that does
-    not fit (another optimizer, other group sizes) is refused, naming `path`, before any
+    from the config and fast-forwarded to where the run stopped. What does not fit (the
+    model, the optimizers, their groups and states) is refused, naming `path`, before any
     state is loaded.
     """
-    config = run.config
-    problems = model_changes(checkpoint["model"], run.module)
+    check_fit(saved, run, reset_optimizer=reset_optimizer, where=path or "the checkpoint")
+    run.module.load_state_dict(saved.model)
+    notes, resolved = [], run.config.to_dict()
+    changes = config_changes(saved.config, resolved, reset_optimizer=reset_optimizer)
+    if changes:
+        notes += ["config differs from the checkpoint's:", *changes]
+    if reset_optimizer:
+        notes.append("--reset-optimizer: loaded the weights only; fresh optimizer state")
+    load_optimizers(saved, run, reset_optimizer=reset_optimizer)
+    notes += load_schedulers(saved, run, reset_optimizer=reset_optimizer)
+    load_rng(saved, rank=rank, world_size=world_size, seed=run.config.seed)
+    return saved.position, notes
+
+
+def check_fit(saved: RunState, run: Run, *, reset_optimizer: bool, where: Path | str) -> None:
+    """A UserError naming what of the checkpoint does not fit the built run: the model's
+    weights, the set of optimizers, and (unless reset_optimizer) the groups and states."""
+    problems = model_changes(saved.model, run.module)
     if problems:
         raise UserError(
             ["model: the checkpoint's weights do not fit the configured model:", *problems]
         )
-    saved = optimizer_states(checkpoint)
-    if set(saved) != set(run.optimizers):
+    if set(saved.optimizers) != set(run.optimizers):
         raise UserError(
-            f"optimizers: the checkpoint has {', '.join(saved)}, the config "
+            f"optimizers: the checkpoint has {', '.join(saved.optimizers)}, the config "
             f"{', '.join(run.optimizers)}; a run keeps its set of optimizers (start a new run, "
             "or init_from the checkpoint's weights)"
         )
-    moved = _moved_tensors(checkpoint["groups"], run.manifest(), several=len(saved) > 1)
-    if moved and not reset_optimizer:
+    if reset_optimizer:
+        return
+    old = {name: state.groups for name, state in saved.optimizers.items()}
+    moved = _moved_tensors(old, run.manifest(), several=len(old) > 1)
+    if moved:
         raise UserError(
             [
                 "param_groups: the groups differ from the checkpoint's:",
@@ -245,93 +255,58 @@ def restore(
                 "use --reset-optimizer to load the weights only",
             ]
         )
-    if not reset_optimizer:
-        where = path or "the checkpoint"
-        misfits = [
-            problem
-            for name, handle in run.optimizers.items()
-            for problem in _state_misfits(saved[name], handle.optimizer, name, where, len(saved))
-        ]
-        if misfits:
-            raise UserError(misfits)
-    run.module.load_state_dict(checkpoint["model"])
-    position = Position(
-        epoch=checkpoint["epoch"],
-        step=checkpoint["step"],
-        batch_in_epoch=checkpoint["batch_in_epoch"],
-        samples_in_epoch=checkpoint.get("samples_in_epoch")
-        or checkpoint["batch_in_epoch"] * config.data.batch_size,
-        epoch_sums=dict(
-            checkpoint.get("epoch_sums") or {"loss": checkpoint.get("epoch_loss", 0.0)}
-        ),
-        epoch_counted=checkpoint.get("epoch_counted", checkpoint["batch_in_epoch"]),
-        best=checkpoint["best"],
-    )
-    notes, resolved = [], config.to_dict()
-    changes = config_changes(checkpoint["config"], resolved, reset_optimizer=reset_optimizer)
-    if changes:
-        notes += ["config differs from the checkpoint's:", *changes]
-    if reset_optimizer:
-        notes.append("--reset-optimizer: loaded the weights only; fresh optimizer state")
+    misfits = [
+        problem
+        for name, handle in run.optimizers.items()
+        for problem in _state_misfits(saved, name, handle.optimizer, run.config, where)
+    ]
+    if misfits:
+        raise UserError(misfits)
+
+
+def load_optimizers(saved: RunState, run: Run, *, reset_optimizer: bool) -> None:
+    """Each optimizer's update count, and (unless reset_optimizer) its and its scaler's state."""
     for name, handle in run.optimizers.items():
-        state = saved[name]
-        # Files from before update counts were saved: one update per step then.
-        handle.updates = (checkpoint.get("updates") or {}).get(name, position.step)
+        state = saved.optimizers[name]
+        handle.updates = state.updates
         if not reset_optimizer:
-            handle.optimizer.load_state_dict(state["optimizer"])
-            if state["scaler"]:
-                handle.scaler.load_state_dict(state["scaler"])
+            handle.optimizer.load_state_dict(state.optimizer)
+            if state.scaler:
+                handle.scaler.load_state_dict(state.scaler)
+
+
+def load_schedulers(saved: RunState, run: Run, *, reset_optimizer: bool) -> list[str]:
+    """Each scheduler's saved state where its config section is unchanged (and the optimizer
+    state was loaded); else rebuilt and fast-forwarded to the position. Notes the rebuilt."""
+    notes, resolved, position = [], run.config.to_dict(), saved.position
+    for name, handle in run.optimizers.items():
         scheduler_config = _optimizer_section(resolved, name, "scheduler")
-        same_scheduler = state["scheduler_config"] == scheduler_config
-        if same_scheduler and not reset_optimizer:
-            handle.schedule.load_state_dict(state["scheduler"])
+        unchanged = _optimizer_section(saved.config, name, "scheduler") == scheduler_config
+        if unchanged and not reset_optimizer:
+            handle.schedule.load_state_dict(saved.optimizers[name].scheduler)
             continue
         for group in handle.optimizer.param_groups:  # back to the lrs the scheduler starts at
             group["lr"] = group.setdefault("initial_lr", group["lr"])
         handle.schedule = run.rebuild_schedule(name)
         last_epoch = handle.schedule.fast_forward(steps=position.step, epochs=position.epoch)
         if handle.schedule.scheduler is not None:
-            label = "scheduler" if len(saved) == 1 else f"optimizers.{name}.scheduler"
             notes.append(
-                f"{label}: rebuilt {type(handle.schedule.scheduler).__name__} from the "
-                f"config, fast-forwarded to last_epoch={last_epoch}"
+                f"{_section_key(run.config.several_optimizers, name, 'scheduler')}: rebuilt "
+                f"{type(handle.schedule.scheduler).__name__} from the config, fast-forwarded "
+                f"to last_epoch={last_epoch}"
             )
-    # Each rank's own RNG when the process count is the same as when it was saved;
-    # otherwise rank 0's, and the other ranks a stream of their own from the seed.
-    per_rank = checkpoint.get("rng_per_rank") or [checkpoint["rng"]]
-    if len(per_rank) == world_size:
-        set_rng_state(per_rank[rank])
-    else:
-        set_rng_state(per_rank[0])
-        if rank:
-            torch.manual_seed(config.seed + rank + position.step)
-    return position, notes
+    return notes
 
 
-def optimizer_states(checkpoint: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each optimizer's saved optimizer, scheduler and scaler state, its scheduler config and
-    the optimizer's name in the checkpoint's config."""
-    config = checkpoint["config"]
-    if checkpoint.get("optimizers"):
-        return {
-            name: {
-                "optimizer": state,
-                "scheduler": checkpoint["schedulers"][name],
-                "scaler": checkpoint["scalers"][name],
-                "scheduler_config": _optimizer_section(config, name, "scheduler"),
-                "optimizer_name": (_optimizer_section(config, name, "optimizer") or {}).get("name"),
-            }
-            for name, state in checkpoint["optimizers"].items()
-        }
-    return {
-        "optimizer": {
-            "optimizer": checkpoint["optimizer"],
-            "scheduler": checkpoint["scheduler"],
-            "scaler": checkpoint["scaler"],
-            "scheduler_config": config.get("scheduler"),
-            "optimizer_name": (config.get("optimizer") or {}).get("name"),
-        }
-    }
+def load_rng(saved: RunState, *, rank: int, world_size: int, seed: int) -> None:
+    """Each rank's own RNG when the process count is the same as when it was saved;
+    otherwise rank 0's, and the other ranks a stream of their own from the seed."""
+    if len(saved.rngs) == world_size:
+        set_rng_state(saved.rngs[rank])
+        return
+    set_rng_state(saved.rngs[0])
+    if rank:
+        torch.manual_seed(seed + rank + saved.position.step)
 
 
 def _optimizer_section(config: dict[str, Any], name: str, section: str) -> Any:
@@ -341,20 +316,27 @@ def _optimizer_section(config: dict[str, Any], name: str, section: str) -> Any:
     return config.get(section)
 
 
+def _section_key(several: bool, name: str, section: str) -> str:
+    """Optimizer `name`'s config key of `section`: `scheduler`, `optimizers.<name>.scheduler`."""
+    return f"optimizers.{name}.{section}" if several else section
+
+
 def _state_misfits(
-    saved: dict[str, Any], optimizer: torch.optim.Optimizer, name: str, where: Any, count: int
+    saved: RunState, name: str, optimizer: torch.optim.Optimizer, config: Config, where: Any
 ) -> list[str]:
     """Why optimizer `name`'s saved state cannot be loaded into the built `optimizer`: it is
     another optimizer's, or its groups hold other numbers of tensors (what torch refuses)."""
-    key = "optimizer" if count == 1 else f"optimizers.{name}.optimizer"
-    configured, saved_name = type(optimizer).__name__, saved["optimizer_name"]
+    key = _section_key(config.several_optimizers, name, "optimizer")
+    configured = type(optimizer).__name__
+    saved_name = (_optimizer_section(saved.config, name, "optimizer") or {}).get("name")
     if saved_name is not None and re.split(r"[:.]", saved_name)[-1] != configured:
         return [
             f"{key}.name: {where} holds {saved_name}'s state, the config names {configured}; "
             f"resume with --reset-optimizer to load the weights only (a fresh {configured} "
             f"state), or set {key}.name: {saved_name}"
         ]
-    saved_sizes = [len(group["params"]) for group in saved["optimizer"]["param_groups"]]
+    saved_state = saved.optimizers[name].optimizer
+    saved_sizes = [len(group["params"]) for group in saved_state["param_groups"]]
     sizes = {group["name"]: len(group["params"]) for group in optimizer.param_groups}
     if saved_sizes == list(sizes.values()):
         return []
@@ -366,10 +348,13 @@ def _state_misfits(
     ]
 
 
-def _moved_tensors(old: dict[str, Any], new: dict[str, Any], *, several: bool) -> list[str]:
-    """manifest_changes over every optimizer's groups (tensors moving between optimizers too)."""
+def _moved_tensors(
+    old: dict[str, dict[str, list[str]]], new: dict[str, dict[str, list[str]]], *, several: bool
+) -> list[str]:
+    """manifest_changes over every optimizer's groups (tensors moving between optimizers too);
+    with one optimizer, its groups by their own names."""
     if not several:
-        return manifest_changes(old, new)
+        return manifest_changes(next(iter(old.values())), next(iter(new.values())))
     return manifest_changes(_by_optimizer(old), _by_optimizer(new))
 
 

@@ -17,6 +17,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from trainer.components.param_groups import GroupsReport
+    from trainer.state.checkpoint import RunState
 
 
 def make_console(**kwargs: Any) -> Console:
@@ -123,34 +124,32 @@ def names_table(reports: dict[str, GroupsReport], model: Any) -> Table:
     return table
 
 
-def checkpoint_summary(checkpoint: dict[str, Any]) -> str:
+def checkpoint_summary(saved: RunState) -> str:
     """What `trainer inspect` prints: position, lr per group, metrics, best, config."""
     import yaml
 
-    best = checkpoint["best"]
-    several = checkpoint.get("optimizers") or {}
-    states = several or {"": checkpoint["optimizer"]}
-    manifests = checkpoint["groups"] if several else {"": checkpoint["groups"]}
+    position, best = saved.position, saved.position.best
+    several = len(saved.optimizers) > 1
     lines = [
-        f"epoch: {checkpoint['epoch']} completed, step: {checkpoint['step']}, "
-        f"batch_in_epoch: {checkpoint['batch_in_epoch']}",
+        f"epoch: {position.epoch} completed, step: {position.step}, "
+        f"batch_in_epoch: {position.batch_in_epoch}",
     ]
-    for name, state in states.items():
-        label = f" ({name})" if name else ""
-        groups = state["param_groups"]
+    for name, state in saved.optimizers.items():
+        label = f" ({name})" if several else ""
+        groups = state.optimizer["param_groups"]
         lines += [
             f"lr{label}: "
             + ", ".join(f"{g.get('name', i)} {number(g['lr'])}" for i, g in enumerate(groups)),
             f"groups{label}: "
-            + ", ".join(f"{n} ({len(p)} tensors)" for n, p in manifests[name].items()),
+            + ", ".join(f"{n} ({len(p)} tensors)" for n, p in state.groups.items()),
         ]
     lines += [
-        "metrics: " + "  ".join(f"{k} {number(v)}" for k, v in checkpoint["metrics"].items()),
+        "metrics: " + "  ".join(f"{k} {number(v)}" for k, v in saved.metrics.items()),
         f"best: {best['monitor']} {number(best['value'])} at epoch {best['epoch']}"
         if best
         else "best: -",
         "config:",
-        yaml.safe_dump(checkpoint["config"], sort_keys=False).rstrip(),
+        yaml.safe_dump(saved.config, sort_keys=False).rstrip(),
     ]
     return "\n".join(lines)
 

@@ -1,4 +1,5 @@
-"""Checkpoints: plain dicts of tensors and numbers, written atomically, read with weights_only."""
+"""Checkpoints: what one holds (`RunState`), its one layout on disk (plain dicts of tensors and
+numbers, read with weights_only), older layouts converted on reading, atomic writes."""
 
 from __future__ import annotations
 
@@ -9,32 +10,189 @@ import reprlib
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from trainer.errors import TrainingError, UserError
 
+if TYPE_CHECKING:
+    from trainer.config import CheckpointConfig
+
+# The one layout on disk. Optimizer states are keyed by optimizer name, also for one optimizer
+# (whose name is `optimizer`); files written before that are converted by `upgrade`.
 KEYS = (
     "model",
-    "optimizer",
-    "scheduler",
-    "scaler",
+    "optimizers",
+    "schedulers",
+    "scalers",
+    "updates",
+    "groups",
     "epoch",
     "step",
     "batch_in_epoch",
+    "samples_in_epoch",
+    "epoch_sums",
+    "epoch_counted",
     "rng",
+    "rng_per_rank",
     "config",
-    "groups",
     "metrics",
     "best",
+    "early_stopping",
 )
-# One optimizer's states are saved under these keys; several optimizers' under the plural
-# keys, each a dict by optimizer name.
-ONE_OPTIMIZER = ("optimizer", "scheduler", "scaler")
-SEVERAL_OPTIMIZERS = ("optimizers", "schedulers", "scalers")
+BY_OPTIMIZER = ("schedulers", "scalers", "updates", "groups")  # keyed as `optimizers` is
+ONE_OPTIMIZER = "optimizer"  # the name of a one-optimizer config's optimizer
+
+
+@dataclass
+class Position:
+    """Where training stands: what is done, and the best value so far."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # training steps taken (calls of the step: one per accumulation window)
+    batch_in_epoch: int = 0  # batches of epoch `epoch + 1` already trained (per process)
+    samples_in_epoch: int = 0  # samples of epoch `epoch + 1` already trained (all processes)
+    epoch_sums: dict[str, float] = field(default_factory=dict)  # step metrics summed so far
+    epoch_counted: int = 0  # batches of the epoch those sums cover (skipped ones left out)
+    best: dict[str, Any] | None = None
+
+
+@dataclass
+class OptimizerState:
+    """What one optimizer's handle saves: its states, its update count and its groups."""
+
+    optimizer: dict[str, Any]  # Optimizer.state_dict()
+    scheduler: dict[str, Any] | None  # the scheduler's state_dict; None without a scheduler
+    scaler: dict[str, Any] | None  # GradScaler.state_dict(); empty when scaling is off
+    updates: int  # optimizer steps taken
+    groups: dict[str, list[str]]  # group name -> parameter names (the manifest)
+
+
+@dataclass
+class RunState:
+    """What a checkpoint holds. `to_checkpoint` and `from_checkpoint` are the one layout on
+    disk; no other module reads a checkpoint's keys."""
+
+    model: dict[str, Any]  # Module.state_dict() with the plain parameter names
+    position: Position
+    optimizers: dict[str, OptimizerState]  # by optimizer name
+    rngs: list[dict[str, Any]]  # every rank's rng_state(), rank 0's first
+    config: dict[str, Any]  # the resolved config
+    metrics: dict[str, Any]  # the last epoch's record
+    early_stopping: dict[str, Any] | None = None  # EarlyStopping.state_dict()
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """The checkpoint dict: every key of KEYS, nothing that needs pickle to load."""
+        position, states = self.position, self.optimizers
+        return {
+            "model": self.model,
+            "optimizers": {name: state.optimizer for name, state in states.items()},
+            "schedulers": {name: state.scheduler for name, state in states.items()},
+            "scalers": {name: state.scaler for name, state in states.items()},
+            "updates": {name: state.updates for name, state in states.items()},
+            "groups": {name: state.groups for name, state in states.items()},
+            "epoch": position.epoch,
+            "step": position.step,
+            "batch_in_epoch": position.batch_in_epoch,
+            "samples_in_epoch": position.samples_in_epoch,
+            "epoch_sums": dict(position.epoch_sums),
+            "epoch_counted": position.epoch_counted,
+            "rng": self.rngs[0],
+            "rng_per_rank": self.rngs,
+            "config": self.config,
+            "metrics": dict(self.metrics),
+            "best": position.best,
+            "early_stopping": self.early_stopping,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> RunState:
+        """The state a checkpoint of the one layout (as `upgrade` gives it) holds."""
+        position = Position(
+            epoch=checkpoint["epoch"],
+            step=checkpoint["step"],
+            batch_in_epoch=checkpoint["batch_in_epoch"],
+            samples_in_epoch=checkpoint["samples_in_epoch"],
+            epoch_sums=dict(checkpoint["epoch_sums"]),
+            epoch_counted=checkpoint["epoch_counted"],
+            best=checkpoint["best"],
+        )
+        optimizers = {
+            name: OptimizerState(
+                optimizer=state,
+                scheduler=checkpoint["schedulers"][name],
+                scaler=checkpoint["scalers"][name],
+                updates=checkpoint["updates"][name],
+                groups=checkpoint["groups"][name],
+            )
+            for name, state in checkpoint["optimizers"].items()
+        }
+        return cls(
+            model=checkpoint["model"],
+            position=position,
+            optimizers=optimizers,
+            rngs=list(checkpoint["rng_per_rank"]),
+            config=checkpoint["config"],
+            metrics=checkpoint["metrics"],
+            early_stopping=checkpoint["early_stopping"],
+        )
+
+
+def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint of any earlier layout in the one layout: a one-optimizer file's
+    `optimizer`, `scheduler`, `scaler` and flat `groups` keyed by its optimizer's name, and
+    what older files lack derived as they were read then. Keys it cannot derive stay
+    missing, and values of the wrong type stay as they are, for the checks to name."""
+    upgraded = _keyed_by_name(dict(checkpoint))
+    names = upgraded.get("optimizers")
+    step, batches = upgraded.get("step"), upgraded.get("batch_in_epoch")
+    if upgraded.get("updates") is None and isinstance(names, dict):  # one update per step then
+        upgraded["updates"] = dict.fromkeys(names, step if _count(step) else 0)
+    if "epoch_sums" not in upgraded:  # before the sums of every step metric: the loss's
+        upgraded["epoch_sums"] = {"loss": upgraded.get("epoch_loss", 0.0)}
+    upgraded.pop("epoch_loss", None)
+    upgraded.setdefault("epoch_counted", batches if _count(batches) else 0)
+    if upgraded.get("samples_in_epoch") is None:
+        upgraded["samples_in_epoch"] = _samples_trained(upgraded)
+    if upgraded.get("rng_per_rank") is None and "rng" in upgraded:
+        upgraded["rng_per_rank"] = [upgraded["rng"]]
+    upgraded.setdefault("early_stopping", None)
+    return upgraded
+
+
+def _keyed_by_name(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer states and groups of a one-optimizer file keyed by its optimizer's name;
+    a file of several optimizers, keyed so already, loses its unused (null) singular keys."""
+    singular = ("optimizer", "scheduler", "scaler")
+    if checkpoint.get("optimizers") is not None or "optimizer" not in checkpoint:
+        return {key: value for key, value in checkpoint.items() if key not in singular}
+    # An `optimizers:` config of one entry was saved in this layout too, its groups by name.
+    sections = checkpoint.get("config", {})
+    sections = sections.get("optimizers") if isinstance(sections, dict) else None
+    keyed_groups = isinstance(sections, dict) and len(sections) == 1
+    name = next(iter(sections)) if keyed_groups else ONE_OPTIMIZER
+    for key in singular:
+        if key in checkpoint:
+            checkpoint[key + "s"] = {name: checkpoint.pop(key)}
+    if "groups" in checkpoint and not keyed_groups:
+        checkpoint["groups"] = {name: checkpoint["groups"]}
+    return checkpoint
+
+
+def _samples_trained(checkpoint: dict[str, Any]) -> int | None:
+    """Samples of the epoch trained, for files from before they were saved: the batches
+    trained times the batch size of the checkpoint's config (None where it has none)."""
+    batches = checkpoint.get("batch_in_epoch")
+    if not _count(batches) or batches == 0:
+        return 0  # nothing trained, or a bad batch_in_epoch that the checks name
+    data = checkpoint.get("config", {})
+    data = data.get("data") if isinstance(data, dict) else None
+    size = data.get("batch_size") if isinstance(data, dict) else None
+    return batches * size if _count(size) else None
 
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
@@ -84,8 +242,9 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: str | Path, *, option: str = "--resume") -> dict[str, Any]:
-    """A checkpoint read with weights_only=True; a UserError if it is missing or not one."""
+def load_checkpoint(path: str | Path, *, option: str = "--resume") -> RunState:
+    """A checkpoint read with weights_only=True, in the one layout; a UserError if it is
+    missing, not a trainer checkpoint, or has a key of the wrong type (naming each)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{option}: no checkpoint at {str(path)!r}")
@@ -97,32 +256,25 @@ def load_checkpoint(path: str | Path, *, option: str = "--resume") -> dict[str, 
         ) from None
     if not isinstance(checkpoint, dict):
         raise UserError(f"{path}: not a trainer checkpoint (a {type(checkpoint).__name__})")
-    several = checkpoint.get("optimizers") is not None
-    required = [key for key in KEYS if not (several and key in ONE_OPTIMIZER)]
-    required += list(SEVERAL_OPTIMIZERS) if several else []
-    missing = [key for key in required if key not in checkpoint]
+    checkpoint = upgrade(checkpoint)
+    missing = [key for key in KEYS if key not in checkpoint]
     if missing:
         raise UserError(f"{path}: not a trainer checkpoint (missing {', '.join(missing)})")
     problems = checkpoint_problems(checkpoint)
     if problems:
         raise UserError([f"{path}: not a trainer checkpoint: {problem}" for problem in problems])
-    return checkpoint
+    return RunState.from_checkpoint(checkpoint)
 
 
 def checkpoint_problems(checkpoint: dict[str, Any]) -> list[str]:
     """One line per key whose value has the wrong type or shape, naming the key and value."""
-    several = checkpoint.get("optimizers") is not None
-    unused = ONE_OPTIMIZER if several else SEVERAL_OPTIMIZERS  # may be there, as None
     problems = []
     for key, (check, expected) in _SHAPES.items():
-        value = checkpoint.get(key)
-        if key in unused and value is None:
-            continue
-        if key in checkpoint and not check(value):
+        if key in checkpoint and not check(checkpoint[key]):
             problems.append(f"{key!r} is {_echo(checkpoint[key])}; expected {expected}")
     names = checkpoint.get("optimizers")
     if isinstance(names, dict):
-        for key in SEVERAL_OPTIMIZERS[1:]:
+        for key in BY_OPTIMIZER:
             keyed = checkpoint.get(key)
             if isinstance(keyed, dict) and set(keyed) != set(names):
                 problems.append(
@@ -224,45 +376,41 @@ def _early_stopping(value: Any) -> bool:
 
 
 def _groups(value: Any) -> bool:
-    """group -> parameter names; with several optimizers, optimizer -> that."""
-    return _dict_of(value, _names) or _dict_of(value, lambda groups: _dict_of(groups, _names))
+    """optimizer name -> group name -> parameter names."""
+    return _dict_of(value, lambda groups: _dict_of(groups, _names))
 
 
 _SHAPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model": (_model_state, "a state_dict (parameter name -> tensor)"),
-    "optimizer": (
-        _optimizer_state,
-        "an optimizer state_dict (a 'state' dict and a 'param_groups' list)",
-    ),
     "optimizers": (
         lambda value: _dict_of(value, _optimizer_state) and bool(value),
         "optimizer name -> optimizer state_dict",
     ),
-    "scheduler": (_optional(_is_dict), "null or a scheduler state_dict"),
-    "schedulers": (lambda value: _dict_of(value, _optional(_is_dict)), "name -> null or dict"),
-    "scaler": (_optional(_is_dict), "null or a GradScaler state_dict"),
-    "scalers": (lambda value: _dict_of(value, _optional(_is_dict)), "name -> null or dict"),
+    "schedulers": (
+        lambda value: _dict_of(value, _optional(_is_dict)),
+        "optimizer name -> null or a scheduler state_dict",
+    ),
+    "scalers": (
+        lambda value: _dict_of(value, _optional(_is_dict)),
+        "optimizer name -> null or a GradScaler state_dict",
+    ),
+    "updates": (lambda value: _dict_of(value, _count), "optimizer name -> optimizer steps taken"),
+    "groups": (_groups, "optimizer name -> group name -> parameter names"),
     "epoch": (_count, "a whole number >= 0 (epochs completed)"),
     "step": (_count, "a whole number >= 0 (training steps)"),
     "batch_in_epoch": (_count, "a whole number >= 0"),
-    "samples_in_epoch": (_optional(_count), "null or a whole number >= 0"),
-    "epoch_loss": (_number, "a number"),
+    "samples_in_epoch": (_count, "a whole number >= 0"),
     "epoch_sums": (lambda value: _dict_of(value, _number), "metric name -> number"),
     "epoch_counted": (_count, "a whole number >= 0"),
     "rng": (_rng, "the RNG states (torch, cuda, numpy, python) that trainer saves"),
     "rng_per_rank": (
-        _optional(lambda value: isinstance(value, list) and all(map(_rng, value))),
-        "null or a list of RNG states, one per rank",
+        lambda value: isinstance(value, list) and bool(value) and all(map(_rng, value)),
+        "a list of RNG states, one per rank",
     ),
     "config": (_is_dict, "the resolved config (a dict)"),
-    "groups": (_groups, "group name -> parameter names"),
     "metrics": (_is_dict, "a dict of the last epoch's metrics"),
     "best": (_optional(_best), "null or a dict of monitor, mode, value and epoch"),
     "early_stopping": (_optional(_early_stopping), "null or a dict of best and bad_epochs"),
-    "updates": (
-        _optional(lambda value: _dict_of(value, _count)),
-        "null or optimizer name -> optimizer steps taken",
-    ),
 }
 
 
@@ -310,71 +458,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_checkpoint(
-    *,
-    model: torch.nn.Module,
-    optimizers: dict[str, dict[str, Any]],
-    epoch: int,
-    step: int,
-    batch_in_epoch: int,
-    epoch_sums: dict[str, float],
-    epoch_counted: int,
-    samples_in_epoch: int | None = None,
-    rngs: list[dict[str, Any]] | None = None,
-    config: Any,
-    groups: dict[str, Any],
-    metrics: dict[str, Any],
-    best: dict[str, Any] | None,
-    early_stopping: dict[str, Any] | None = None,
-    updates: dict[str, int] | None = None,
-) -> dict[str, Any]:
-    """The checkpoint dict: every key of KEYS, nothing that needs pickle to load.
-
-    `optimizers` is `Optimizers.state()`: one optimizer is saved under `optimizer`,
-    `scheduler` and `scaler`; several under `optimizers`, `schedulers` and `scalers`, by name.
-    """
-    several = len(optimizers["optimizers"]) > 1
-    states = dict.fromkeys(("optimizer", "scheduler", "scaler"))
-    if several:
-        states |= optimizers
-    else:
-        states |= {key: next(iter(optimizers[key + "s"].values())) for key in states}
-    return {
-        "model": model.state_dict(),
-        **states,
-        "epoch": epoch,
-        "step": step,
-        "batch_in_epoch": batch_in_epoch,
-        "samples_in_epoch": samples_in_epoch,
-        "epoch_loss": epoch_sums.get("loss", 0.0),
-        "epoch_sums": dict(epoch_sums),
-        "epoch_counted": epoch_counted,
-        "rng": rngs[0] if rngs else rng_state(),
-        "rng_per_rank": rngs or None,
-        "config": config.to_dict(),
-        "groups": groups,
-        "metrics": dict(metrics),
-        "best": best,
-        "early_stopping": early_stopping,
-        "updates": updates,
-    }
-
-
 def save_checkpoints(
-    directory: Path, checkpoint: dict[str, Any], policy: Any, *, is_best: bool
+    directory: Path, state: RunState, policy: CheckpointConfig, *, is_best: bool
 ) -> None:
     """last.pt always; epoch-NNNN.pt per `every_epochs`, pruned to `keep_last`; best.pt."""
     last = directory / "last.pt"
     for leftover in directory.glob(".*.tmp"):  # one writer per run: a .tmp is a killed one's
         leftover.unlink(missing_ok=True)
-    save_checkpoint(last, checkpoint)
-    epoch = checkpoint["epoch"]
+    save_checkpoint(last, state.to_checkpoint())
+    epoch = state.position.epoch
     if is_best:
         _atomic_copy(last, directory / "best.pt")
     if (
         policy.every_epochs
         and epoch % policy.every_epochs == 0
-        and checkpoint["batch_in_epoch"] == 0
+        and state.position.batch_in_epoch == 0
     ):
         _atomic_copy(last, directory / f"epoch-{epoch:04d}.pt")
         if policy.keep_last is not None:
