@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import UserError, did_you_mean
-from trainer.runs.report import pyplot, save_figure
 from trainer.runs.listing import find_runs, is_epoch_record, read_records
+from trainer.runs.report import pyplot, save_figure
 
 MARKS = "*o+x#@%&"
 PNG_WIDTH = 9.0  # inches; at PNG_DPI: 900 pixels wide

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from trainer.errors import UserError
 from trainer.components.registry import needs_extra
+from trainer.errors import UserError
 from trainer.runs.listing import is_epoch_record
 
 if TYPE_CHECKING:
