@@ -27,3 +27,23 @@ def tanh_mlp_signalling_launcher(num_classes: int = 4, *, signal_name: str, at: 
 
     model.register_forward_hook(hook)
     return model
+
+
+def tanh_mlp_troubled_rank(
+    num_classes: int = 4, *, rank: str, nan_at: int, stop_at: int
+) -> nn.Module:
+    """`tanh_mlp` whose rank `rank` alone gives NaN outputs at its `nan_at`-th training forward
+    and sends itself SIGTERM at its `stop_at`-th: troubles only one rank sees."""
+    model, forwards = tanh_mlp(num_classes), 0
+
+    def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
+        nonlocal forwards
+        if not module.training or os.environ.get("RANK") != rank:
+            return None
+        forwards += 1
+        if forwards == stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return output * float("nan") if forwards == nan_at else None
+
+    model.register_forward_hook(hook)
+    return model
