@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.components import registry, trust
+from trainer.components import registry
+from trainer.config import trust
 from trainer.errors import UserError
 
 NET = "import torch\n\n\ndef net():\n    return torch.nn.Linear(3, 2)\n"

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.components import trust
-from trainer.config import read_config_file
+from trainer.config import read_config_file, trust
 from trainer.user_path import current_directory_last
 
 TINY = "model: {name: small_cnn}\ndata: {name: shapes}\n"
