@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
@@ -47,6 +48,11 @@ class Distributed:
         value = torch.tensor(int(flag), device=device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
+
+    def barrier(self) -> None:
+        """Every rank waits here for the others (nothing on one process)."""
+        if self.enabled:
+            dist.barrier()
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank."""
@@ -142,5 +148,10 @@ def launch(nproc: int, argv: list[str], *, shutdown_timeout_s: int) -> int:
     except ChildFailedError as err:
         failures = err.failures
         codes = {failure.exitcode for failure in failures.values()}
-        return 130 if codes == {130} else (2 if codes == {2} else 1)
+        # Ranks that stopped together exit 130 after last.pt is written; one torchrun ended
+        # (SIGTERM) as it saw the first of them leave was stopping anyway.
+        stopped = {130, -signal.SIGTERM, -signal.SIGINT}
+        if 130 in codes and codes <= stopped:
+            return 130
+        return 2 if codes == {2} else 1
     return 0

@@ -145,7 +145,7 @@ def train_epochs(out: Output) -> FitResult:
             trained = train_epoch(out, epoch, stop)
             if trained.stopped_by_signal:
                 out.report.stop()
-                raise Interrupted(str(out.last_checkpoint))
+                raise interrupted(out)
             record = epoch_record(out, epoch, trained, lrs)
             if trained.whole_epoch:
                 for handle in run.optimizers.values():
@@ -154,7 +154,7 @@ def train_epochs(out: Output) -> FitResult:
             if should_stop(out, record):
                 break
             if out.job.any(stop.requested, run.device) and epoch < config.trainer.epochs:
-                raise Interrupted(str(out.last_checkpoint))
+                raise interrupted(out)
 
     if position.epoch >= config.trainer.epochs:
         out.report.note(
@@ -168,6 +168,13 @@ def train_epochs(out: Output) -> FitResult:
         step=position.step,
         metrics=out.record,
     )
+
+
+def interrupted(out: Output) -> Interrupted:
+    """A stop every rank agreed on, after last.pt is written: the ranks leave together, so
+    torchrun never ends rank 0 while it still writes because another rank exited first."""
+    out.job.barrier()
+    return Interrupted(str(out.last_checkpoint))
 
 
 @dataclass
