@@ -28,7 +28,7 @@ from resume_helpers import (
 from typer.testing import CliRunner, Result
 
 from trainer.cli import app
-from trainer.runs.rundir import read_metrics
+from trainer.runs.metrics_file import read_metrics
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent

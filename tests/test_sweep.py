@@ -18,6 +18,7 @@ import optuna
 import pytest
 
 from trainer.config import load_config
+from trainer.runs.metrics_file import is_epoch_record, read_metrics
 from trainer.tools.search_space import Dimension, Space, load_space
 from trainer.tools.sweep import Outcome, Sweep, _runs, recover_stale_trials, run_trial
 
@@ -36,9 +37,7 @@ def load_study(tmp_path: Path) -> optuna.Study:
 
 def epoch_records(run_dir: Path) -> list[int]:
     """The epochs of a run's metrics.jsonl epoch records, in file order."""
-    from trainer.runs.rundir import read_metrics
-
-    return [r["epoch"] for r in read_metrics(run_dir / "metrics.jsonl") if "val/loss" in r]
+    return [r["epoch"] for r in read_metrics(run_dir / "metrics.jsonl") if is_epoch_record(r)]
 
 
 def sweep_process(tmp_path: Path, *args: str | Path) -> subprocess.Popen:

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from trainer.errors import UserError
 from trainer.components.registry import needs_extra
-from trainer.runs.listing import is_epoch_record
+from trainer.errors import UserError
+from trainer.runs.metrics_file import is_epoch_record
 
 if TYPE_CHECKING:
     from trainer.config import Config
