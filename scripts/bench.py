@@ -129,7 +129,7 @@ def runner(epochs: int, out_dir: str) -> list[float]:
     """The same job through `trainer fit`; returns its train/samples_per_s per epoch."""
     from trainer.config import validate_config
     from trainer.engine.loop import fit
-    from trainer.runs.rundir import read_metrics
+    from trainer.runs.metrics_file import is_epoch_record, read_metrics
 
     os.environ["TRAINER_TRUST"] = "bench"  # this script's own callables, trusted from outside
 
@@ -147,7 +147,7 @@ def runner(epochs: int, out_dir: str) -> list[float]:
     )
     result = fit(config, console=Console(file=io.StringIO()))
     records = read_metrics(result.run_dir / "metrics.jsonl")
-    return [r["train/samples_per_s"] for r in records if "train/samples_per_s" in r]
+    return [r["train/samples_per_s"] for r in records if is_epoch_record(r)]
 
 
 def loader_speeds(rounds: int) -> tuple[float, float]:

@@ -160,7 +160,7 @@ def trainer_fit(job: Job, data: str, compiled: bool) -> float:
     """The job through `trainer fit`; its train/samples_per_s of epoch 2."""
     from trainer.config import validate_config
     from trainer.engine.loop import fit
-    from trainer.runs.rundir import read_metrics
+    from trainer.runs.metrics_file import is_epoch_record, read_metrics
 
     on_gpu = data == "gpu"
     with tempfile.TemporaryDirectory() as out_dir:
@@ -194,7 +194,7 @@ def trainer_fit(job: Job, data: str, compiled: bool) -> float:
         )
         result = fit(config, console=Console(file=io.StringIO()))
         records = read_metrics(result.run_dir / "metrics.jsonl")
-    return [r["train/samples_per_s"] for r in records if "train/samples_per_s" in r][-1]
+    return [r["train/samples_per_s"] for r in records if is_epoch_record(r)][-1]
 
 
 def lightning_module() -> tuple[Any, str] | None:

@@ -20,7 +20,7 @@ from trainer.components.datasets import Shapes, shapes
 from trainer.config import load_config
 from trainer.engine.loop import FitResult, fit
 from trainer.errors import Interrupted
-from trainer.runs.rundir import read_metrics
+from trainer.runs.metrics_file import is_epoch_record, read_metrics
 
 # 300 samples in batches of 32: 10 batches (9 full, one of 12) per epoch; dropout in the model
 # and shuffled batches, so an exact resume needs the RNG state and the epoch's order back.
@@ -154,8 +154,8 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def epoch_records(run_dir: Path) -> list[dict[str, Any]]:
-    """The per-epoch records of metrics.jsonl (they carry val/loss)."""
-    return [r for r in read_metrics(run_dir / "metrics.jsonl") if "val/loss" in r]
+    """The per-epoch records of metrics.jsonl."""
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if is_epoch_record(r)]
 
 
 def step_lrs(step_size: int, epochs: int, *, lr: float, gamma: float = 0.5) -> list[float]:

@@ -15,6 +15,7 @@ import yaml
 
 from trainer.components.models import small_cnn
 from trainer.config import load_config
+from trainer.runs.metrics_file import is_epoch_record, read_metrics
 from trainer.state.checkpoint import KEYS
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -348,9 +349,8 @@ def fit(run_cli, path: Path, *overrides: str) -> str:
 
 
 def epoch_records(run_dir: Path) -> list[dict]:
-    """The per-epoch records of metrics.jsonl (those with validation metrics)."""
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [record for record in map(json.loads, lines) if "val/loss" in record]
+    """The per-epoch records of metrics.jsonl."""
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if is_epoch_record(r)]
 
 
 def last_checkpoint(run_dir: Path) -> dict:
@@ -386,7 +386,7 @@ def test_fit_writes_the_run_directory(tiny_yaml, write_config, run_cli, tmp_path
         assert record["train/samples_per_s"] > 0
         assert record["lr/default"] == 0.05
     # log_every: 2 → a step record every second optimizer step.
-    steps = [r for r in records if "val/loss" not in r]
+    steps = [r for r in records if not is_epoch_record(r)]
     assert [r["step"] for r in steps] == list(range(2, 2 * batches + 1, 2))
     assert all({"epoch", "train/loss", "lr/default"} <= set(r) for r in steps)
 

@@ -16,6 +16,7 @@ from rich.console import Console
 from typer.testing import Result
 
 from trainer.runs.curves import PANEL_HEIGHT, PNG_DPI, PNG_WIDTH, chart, curve
+from trainer.runs.metrics_file import mark_epoch
 
 
 def records(scale: float) -> list[dict[str, Any]]:
@@ -24,16 +25,15 @@ def records(scale: float) -> list[dict[str, Any]]:
     for epoch in (1, 2):
         for step in (4 * epoch - 2, 4 * epoch):
             found.append({"epoch": epoch, "step": step, "train/loss": scale / step})
-        found.append(
-            {
-                "epoch": epoch,
-                "step": 4 * epoch,
-                "train/loss": scale / (2 * epoch),
-                "val/loss": scale / (3 * epoch),
-                "val/acc": 0.5 * epoch,
-                "train/samples_per_s": 10.0,
-            }
-        )
+        epoch_end = {
+            "epoch": epoch,
+            "step": 4 * epoch,
+            "train/loss": scale / (2 * epoch),
+            "val/loss": scale / (3 * epoch),
+            "val/acc": 0.5 * epoch,
+            "train/samples_per_s": 10.0,
+        }
+        found.append(mark_epoch(epoch_end))
     return found
 
 

@@ -24,7 +24,7 @@ from typer.testing import Result
 from trainer.components.data import build_datasets, build_loaders
 from trainer.components.datasets import BUILT_IN, STATS
 from trainer.config import DataConfig
-from trainer.runs.rundir import read_metrics
+from trainer.runs.metrics_file import read_metrics
 
 CPU = torch.device("cpu")
 

@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 from trainer.cli import app
 from trainer.config import load_config
 from trainer.engine.loop import fit
-from trainer.runs.rundir import read_metrics
+from trainer.runs.metrics_file import is_epoch_record, read_metrics
 
 # cuBLAS reads this once, at its first use in the process: set before any test runs.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -154,9 +154,8 @@ def deterministic() -> Iterator[None]:
 
 
 def steps(run_dir: Path) -> list[dict[str, Any]]:
-    """The per-step records of metrics.jsonl (epoch records carry train/samples_per_s)."""
-    records = read_metrics(run_dir / "metrics.jsonl")
-    return [r for r in records if "train/samples_per_s" not in r]
+    """The per-step records of metrics.jsonl."""
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if not is_epoch_record(r)]
 
 
 def last(run_dir: Path) -> dict[str, Any]:

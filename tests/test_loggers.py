@@ -14,7 +14,7 @@ from typer.testing import Result
 
 from trainer.config import Config, validate_config
 from trainer.runs.loggers import check_loggers, open_loggers, scalars
-from trainer.runs.rundir import read_metrics
+from trainer.runs.metrics_file import is_epoch_record, mark_epoch, read_metrics
 
 GROUPS = {
     "groups": [
@@ -71,15 +71,17 @@ def step_record(step: int, loss: float) -> dict[str, Any]:
 
 
 def epoch_record(epoch: int, loss: float) -> dict[str, Any]:
-    return {
-        "epoch": epoch,
-        "step": 4 * epoch,
-        "train/loss": loss,
-        "val/loss": loss + 0.5,
-        "val/acc": 0.25 * epoch,
-        "lr/default": 0.1,
-        "train/samples_per_s": 1000.0 + epoch,
-    }
+    return mark_epoch(
+        {
+            "epoch": epoch,
+            "step": 4 * epoch,
+            "train/loss": loss,
+            "val/loss": loss + 0.5,
+            "val/acc": 0.25 * epoch,
+            "lr/default": 0.1,
+            "train/samples_per_s": 1000.0 + epoch,
+        }
+    )
 
 
 def test_records_come_back_from_tensorboards_reader(tmp_path: Path) -> None:
@@ -172,7 +174,7 @@ def test_a_real_run_and_its_resume_log_what_metrics_jsonl_holds(
         assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "tiny"
     records = read_metrics(run_dir / "metrics.jsonl")
-    assert [r["epoch"] for r in records if "val/loss" in r] == [1, 2]
+    assert [r["epoch"] for r in records if is_epoch_record(r)] == [1, 2]
     events = read_events(run_dir / "tb")
     assert_events_match(records, events)
     assert "config/text_summary" in events.Tags()["tensors"]

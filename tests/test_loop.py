@@ -33,7 +33,7 @@ from trainer.config import load_config
 from trainer.engine.build import check_before_building
 from trainer.engine.loop import FitResult, fit
 from trainer.errors import TrainingError, UserError
-from trainer.runs.rundir import read_metrics
+from trainer.runs.metrics_file import is_epoch_record, read_metrics
 
 TESTS = Path(__file__).parent
 EPOCHS, BATCHES, BATCH_SIZE = 3, 6, 16
@@ -222,11 +222,11 @@ def assert_same_weights(result: FitResult, model: nn.Module, *, atol: float = 0.
 
 
 def epoch_records(result: FitResult) -> list[dict[str, Any]]:
-    return [r for r in read_metrics(result.run_dir / "metrics.jsonl") if "val/loss" in r]
+    return [r for r in read_metrics(result.run_dir / "metrics.jsonl") if is_epoch_record(r)]
 
 
 def step_records(result: FitResult) -> list[dict[str, Any]]:
-    return [r for r in read_metrics(result.run_dir / "metrics.jsonl") if "val/loss" not in r]
+    return [r for r in read_metrics(result.run_dir / "metrics.jsonl") if not is_epoch_record(r)]
 
 
 def assert_same_lrs(result: FitResult, trace: Trace) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from trainer.runs.rundir import read_metrics
+from trainer.runs.metrics_file import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,15 +18,8 @@ import resume_helpers
 from damage_helpers import DAMAGES, damage
 
 from trainer.errors import TrainingError, UserError
-from trainer.runs.rundir import (
-    LOCK_FILE,
-    MetricsFile,
-    check_out_dir,
-    fresh_run_dir,
-    lock_holder,
-    lock_run_dir,
-    read_metrics,
-)
+from trainer.runs.metrics_file import MetricsFile, is_epoch_record, mark_epoch, read_metrics
+from trainer.runs.rundir import LOCK_FILE, check_out_dir, fresh_run_dir, lock_holder, lock_run_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -169,7 +162,7 @@ def step(epoch: int, step: int) -> dict:
 
 
 def epoch_end(epoch: int, step: int) -> dict:
-    return {"epoch": epoch, "step": step, "val/loss": 0.5, "train/samples_per_s": 10.0}
+    return mark_epoch({"epoch": epoch, "step": step, "val/loss": 0.5, "train/samples_per_s": 10.0})
 
 
 def test_cut_after_keeps_each_step_and_epoch_up_to_the_checkpoint(tmp_path: Path) -> None:
@@ -268,8 +261,8 @@ def test_a_run_stopped_by_max_steps_and_resumed_logs_each_step_and_epoch_once(
     result = run_cli("fit", config, "--resume", "auto")
     assert result.exit_code == 0, result.output
     records = read_metrics(tmp_path / "runs/tiny/metrics.jsonl")
-    steps = [r["step"] for r in records if "train/samples_per_s" not in r]
-    epochs = [r["epoch"] for r in records if "train/samples_per_s" in r]
+    steps = [r["step"] for r in records if not is_epoch_record(r)]
+    epochs = [r["epoch"] for r in records if is_epoch_record(r)]
     assert (steps, epochs) == ([1, 2, 3, 4, 5, 6, 7, 8], [1, 2])
 
 

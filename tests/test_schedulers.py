@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch.optim import lr_scheduler
 
-from trainer.runs.rundir import read_metrics
+from trainer.runs.metrics_file import read_metrics
 
 TESTS = Path(__file__).parent
 EPOCHS, STEPS_PER_EPOCH = 10, 6

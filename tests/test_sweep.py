@@ -18,6 +18,8 @@ import optuna
 import pytest
 
 from trainer.config import load_config
+from trainer.runs.metrics_file import is_epoch_record, read_metrics
+from trainer.tools import sweep as sweep_module
 from trainer.tools.search_space import Dimension, Space, load_space
 from trainer.tools.sweep import Outcome, Sweep, _runs, recover_stale_trials, run_trial
 
@@ -36,9 +38,7 @@ def load_study(tmp_path: Path) -> optuna.Study:
 
 def epoch_records(run_dir: Path) -> list[int]:
     """The epochs of a run's metrics.jsonl epoch records, in file order."""
-    from trainer.runs.rundir import read_metrics
-
-    return [r["epoch"] for r in read_metrics(run_dir / "metrics.jsonl") if "val/loss" in r]
+    return [r["epoch"] for r in read_metrics(run_dir / "metrics.jsonl") if is_epoch_record(r)]
 
 
 def sweep_process(tmp_path: Path, *args: str | Path) -> subprocess.Popen:
@@ -271,7 +271,8 @@ signal.signal(signal.SIGTERM, stop)
 with open(run_dir / "metrics.jsonl", "a") as metrics:
     for epoch in range(1, epochs + 1):
         metrics.write(json.dumps({"epoch": epoch, "step": epoch, "train/loss": 9.0}) + "\\n")
-        metrics.write(json.dumps({"epoch": epoch, "val/loss": value / epoch}) + "\\n")
+        record = {"epoch": epoch, "step": epoch, "val/loss": value / epoch, "epoch_end": True}
+        metrics.write(json.dumps(record) + "\\n")
         metrics.flush()
         time.sleep(0.05)
 if args["fake.status"] != "none":
@@ -405,7 +406,7 @@ def test_trials_of_a_killed_sweep_go_back_to_the_queue(tmp_path: Path) -> None:
             trial.set_user_attr("sweep_pid", sweep_pid)
             trial.set_user_attr("run_dir", str(tmp_path / f"trial-{trial.number:04d}"))
             trial.set_user_attr("pid", pid)
-        notes = recover_stale_trials(study, journal(tmp_path))
+        notes = recover_stale_trials(study, journal(tmp_path), tmp_path / "runs" / STUDY)
         assert orphan.wait(timeout=60) == -signal.SIGTERM  # stopped before the requeue
     finally:
         for process in (alive, orphan):
@@ -417,6 +418,56 @@ def test_trials_of_a_killed_sweep_go_back_to_the_queue(tmp_path: Path) -> None:
         f"trial 0: its sweep (pid {dead.pid}) is gone; back to the queue, to go on from "
         "its last.pt (or start again without one)"
     ]
+
+
+def test_a_sweep_starting_while_another_claims_a_trial_leaves_it_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two sweeps starting together: the second recovers stale trials after every write the
+    first makes to the storage while it takes a trial (a new one, then one back from the
+    queue whose sweep was killed) and runs it; the trial stays the first's and ends once."""
+    study_dir = tmp_path / "runs" / STUDY
+    study_dir.mkdir(parents=True)
+    storage = journal(tmp_path)
+    study = optuna.create_study(study_name=STUDY, storage=storage)
+    # This test process is the first sweep, alive; no other pid runs a sweep.
+    monkeypatch.setattr(sweep_module, "_runs", lambda pid, marker: pid == os.getpid())
+    recovered: list[str] = []
+    busy = False
+
+    def then_the_other_sweep_starts(write: Callable) -> Callable:
+        def written(*args: object, **kwargs: object) -> object:
+            nonlocal busy
+            result = write(*args, **kwargs)
+            if not busy:  # not the other sweep's own writes
+                busy = True
+                recovered.extend(recover_stale_trials(study, storage, study_dir))
+                busy = False
+            return result
+
+        return written
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    trial = study.ask()  # trial 0: its sweep (the dead pid) was killed
+    trial.set_user_attr("sweep_pid", dead.pid)
+    trial.set_user_attr("host", socket.gethostname())
+    assert recover_stale_trials(study, storage, study_dir) == [
+        f"trial 0: its sweep (pid {dead.pid}) is gone; back to the queue, to go on from its "
+        "last.pt (or start again without one)"
+    ]
+    for method in ("create_new_trial", "set_trial_state_values", "set_trial_user_attr"):
+        monkeypatch.setattr(storage, method, then_the_other_sweep_starts(getattr(storage, method)))
+    script = tmp_path / "fake_fit.py"
+    script.write_text(textwrap.dedent(FAKE_FIT), encoding="utf-8")
+    fit = [sys.executable, str(script), "fake.epochs=1", "fake.code=0", "fake.status=none"]
+    sweep = Sweep(fit, study_dir, "val/loss", "min", storage, lambda line: None)
+    fixed = Dimension("fake.value", "choice", choices=(0.5,))
+    space = Space("space.yaml", (fixed,), sampler=None, pruner=None)
+    outcomes = [run_trial(sweep, study, space) for _ in range(2)]  # trial 0 again, then 1
+    assert recovered == []
+    assert [o.state for o in outcomes] == ["complete", "complete"]
+    assert [t.state.name for t in load_study(tmp_path).trials] == ["COMPLETE", "COMPLETE"]
 
 
 # ---------------------------------------------------------------- whole sweeps
@@ -464,6 +515,44 @@ def test_sweep_prunes_a_bad_region_writes_the_best_config_and_adds_trials(
     summary = run_cli("sweep", config, "--summary")
     assert summary.exit_code == 0, summary.output
     assert "study tiny-sweep: 3 trials" in summary.output
+
+
+GAN_WITHOUT_VALIDATION = r"""
+name: gan
+seed: 0
+model: {name: gan_mlp, latent: 4, hidden: 8}
+data: {name: ring, n: 128, batch_size: 64}
+step: {name: gan}
+optimizers:
+  generator: {params: '^generator\.', optimizer: {name: Adam, lr: 1.0e-3}}
+  discriminator: {params: '^discriminator\.', optimizer: {name: Adam, lr: 1.0e-3}}
+trainer: {epochs: 2, device: cpu, log_every: 1}
+checkpoint: {monitor: train/g_loss}
+"""
+
+
+def test_a_sweep_reports_a_train_monitor_of_a_step_without_validation(
+    tmp_path: Path, write_config: Callable[..., Path], run_cli: Callable
+) -> None:
+    config = write_config(GAN_WITHOUT_VALIDATION)
+    space = write_config(
+        "optimizers.generator.optimizer.lr: {log_uniform: [1.0e-4, 1.0e-2]}\npruner: none\n",
+        "s.yaml",
+    )
+    result = run_cli("sweep", config, "--space", space, "--trials", "1")
+    assert result.exit_code == 0, result.output
+    study_dir = tmp_path / "runs" / "gan-sweep"
+    backend = optuna.storages.journal.JournalFileBackend(str(study_dir / "study.journal"))
+    storage = optuna.storages.JournalStorage(backend)
+    (trial,) = optuna.load_study(study_name="gan-sweep", storage=storage).trials
+    records = read_metrics(study_dir / "trial-0000" / "metrics.jsonl")
+    logged = {r["epoch"]: r["train/g_loss"] for r in records if is_epoch_record(r)}
+    assert not any(key.startswith("val/") for r in records for key in r)
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.intermediate_values == logged  # each epoch's, as Optuna's pruners see them
+    assert list(logged) == [1, 2]
+    assert trial.value == min(logged.values())
+    assert "best trials by train/g_loss (min)" in result.output
 
 
 def test_two_sweeps_and_two_jobs_share_one_study(

@@ -38,9 +38,10 @@ from trainer.errors import Interrupted, TrainingError, UserError
 from trainer.interrupt import StopRequests
 from trainer.runs.listing import status_recorded
 from trainer.runs.loggers import open_loggers
+from trainer.runs.metrics_file import MetricsFile, mark_epoch
 from trainer.runs.monitor import EarlyStopping, improved_best
 from trainer.runs.report import Reporter, groups_json
-from trainer.runs.rundir import MetricsFile, fresh_run_dir, lock_run_dir, replace_config, run_dir_of
+from trainer.runs.rundir import fresh_run_dir, lock_run_dir, replace_config, run_dir_of
 from trainer.state.checkpoint import Position, RunState, rng_state, save_checkpoints
 
 
@@ -494,7 +495,7 @@ class Output:
     def end_epoch(self, record: dict[str, Any], *, batches_done: int, whole_epoch: bool) -> None:
         """Write the epoch's record, keep the best, save (mid-epoch if max_steps cut it)."""
         self.record, self.first_epoch = record, False
-        self.write(record)
+        self.write(mark_epoch(record))
         self.report.end_epoch(record)
         policy = self.run.config.checkpoint
         self.best = improved_best(self.best, record, policy.monitor, policy.mode)

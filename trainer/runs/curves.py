@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import UserError, did_you_mean
-from trainer.runs.listing import find_runs, is_epoch_record, read_records
+from trainer.runs.listing import find_runs
+from trainer.runs.metrics_file import is_epoch_record, metric_names, read_records
 from trainer.runs.report import pyplot, save_figure
 
 MARKS = "*o+x#@%&"
@@ -59,8 +60,9 @@ def collect(
 ) -> dict[str, dict[str, Points]]:
     """metric -> run -> points; no metric, a metric no run logged, or nothing to draw is a
     UserError listing what they did log."""
-    logged = list(dict.fromkeys(k for records in runs.values() for r in records for k in r))
-    logged = [k for k in logged if k not in ("epoch", "step")]
+    logged = list(
+        dict.fromkeys(k for records in runs.values() for r in records for k in metric_names(r))
+    )
     if not metrics:
         raise UserError(
             "--metric: these runs logged neither train/loss nor a val/ metric; name one "

@@ -25,15 +25,11 @@ from typing import Any
 import yaml
 
 from trainer.errors import Interrupted, UserError
-from trainer.runs.rundir import LOCK_FILE, TORN, json_excerpt, json_kind, lock_holder, metrics_lines
+from trainer.runs.metrics_file import is_epoch_record, metric_names, read_records
+from trainer.runs.rundir import LOCK_FILE, json_excerpt, json_kind, lock_holder
 
 STATUS_FILE = "status.json"
 NOT_COMPARED = ("name", "trainer.out_dir")  # differ between any two runs by construction
-
-
-def is_epoch_record(record: dict[str, Any]) -> bool:
-    """Epoch records of metrics.jsonl carry the epoch's speed; step records do not."""
-    return "train/samples_per_s" in record
 
 
 # ---------------------------------------------------------------- written by the loop
@@ -194,25 +190,6 @@ def _subdirectories(directory: Path) -> list[Path]:
         return []
 
 
-def read_records(path: Path, *, warn: Callable[[str], None]) -> list[dict[str, Any]]:
-    """metrics.jsonl's records; a line cut short by a killed process is left out, and a
-    damaged line too, with a warning naming the file and line."""
-    try:
-        lines = list(metrics_lines(path))
-    except FileNotFoundError:
-        return []
-    except OSError as err:
-        warn(f"{path}: cannot read it ({err.strerror}); no metrics read")
-        return []
-    records = []
-    for number, _, record in lines:
-        if isinstance(record, dict):
-            records.append(record)
-        elif record != TORN:
-            warn(f"{path}, line {number}: {record}; the line is skipped")
-    return records
-
-
 def read_config(path: Path, *, warn: Callable[[str], None]) -> dict[str, Any]:
     """A run's config.yaml; {} with a warning naming the file (and line) when it is damaged."""
     try:
@@ -256,11 +233,9 @@ def summarize(run_dir: Path, *, name: str | None = None) -> RunSummary:
     best = None
     for record in epochs:
         best = improved_best(best, record, monitor, mode)
-    last = {
-        k: v
-        for k, v in (epochs[-1] if epochs else {}).items()
-        if k not in ("epoch", "step", "train/samples_per_s") and not k.startswith("lr/")
-    }
+    final = epochs[-1] if epochs else {}
+    speed_or_lr = ("train/samples_per_s", "lr/")
+    last = {k: final[k] for k in metric_names(final) if not k.startswith(speed_or_lr)}
     status, reason = _status(run_dir, saved, records, epochs, settings)
     return RunSummary(
         name=name or run_dir.name,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from trainer.components.registry import needs_extra
 from trainer.errors import UserError
-from trainer.runs.listing import is_epoch_record
+from trainer.runs.metrics_file import is_epoch_record
 
 if TYPE_CHECKING:
     from trainer.config import Config

@@ -1,4 +1,5 @@
-"""The run directory on disk: config.yaml, metrics.jsonl, checkpoints/. Never overwritten.
+"""The run directory on disk: config.yaml, metrics.jsonl (`metrics_file`), checkpoints/.
+Never overwritten.
 
 A run directory has one writer: the process that trains it holds an exclusive lock
 (`flock`) on its `.lock` file for the run's life. The OS releases the lock when that process
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import socket
 import tempfile
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import TrainingError, UserError
+from trainer.errors import UserError
 
 LOCK_FILE = ".lock"
 
@@ -156,109 +156,6 @@ def replace_config(run_dir: Path, text: str, *, step: int) -> Path | None:
     temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, current)
     return kept
-
-
-class MetricsFile:
-    """metrics.jsonl: one JSON object per line, flushed as it is written."""
-
-    def __init__(self, path: Path, *, enabled: bool = True) -> None:
-        self.path = path
-        # Under torch.distributed only rank 0 writes; the others hold a closed-off writer.
-        self._file = open(path, "a", encoding="utf-8") if enabled else None  # noqa: SIM115
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self._file is None:
-            return
-        clean = {
-            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in record.items()
-        }
-        try:
-            self._file.write(json.dumps(clean) + "\n")
-            self._file.flush()
-        except OSError as err:
-            raise TrainingError(f"cannot write {self.path}: {err.strerror}") from None
-
-    def cut_after(self, *, step: int, epoch: int) -> int:
-        """Drop what a resume from (`step`, `epoch` completed) logs again: records after
-        `step`, epoch records of epochs after `epoch`, a torn last line. Returns how many.
-        A damaged line is a UserError naming the file and line; the file is left as it is."""
-        if self._file is None:
-            return 0
-        from trainer.runs.listing import is_epoch_record
-
-        kept, dropped = [], 0
-        for number, line, record in metrics_lines(self.path):
-            if record == TORN:
-                dropped += 1
-                continue
-            if isinstance(record, str):
-                raise UserError(
-                    f"{self.path}, line {number}: {record}; fix or delete that line, "
-                    "then resume again"
-                )
-            later = record["step"] > step or (is_epoch_record(record) and record["epoch"] > epoch)
-            dropped += later
-            kept += [] if later else [line + b"\n"]
-        if dropped:
-            self._file.close()
-            temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            temporary.write_bytes(b"".join(kept))
-            os.replace(temporary, self.path)
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-        return dropped
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Every record of a metrics.jsonl file."""
-    with open(path, encoding="utf-8") as file:
-        return [json.loads(line) for line in file if line.strip()]
-
-
-TORN = "cut short (the last line of a killed process)"
-
-
-def metrics_lines(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any] | str]]:
-    """Each line of a metrics.jsonl file as (line number, the line, its record), the record
-    replaced by what is wrong with the line when it is not one: TORN for an unfinished last
-    line a killed process left. Blank lines are left out."""
-    lines = path.read_bytes().split(b"\n")
-    for index, line in enumerate(lines):
-        if not line.strip():
-            continue
-        record = _record(line)
-        unfinished = index == len(lines) - 1  # no newline after it: its write was cut
-        yield index + 1, line, TORN if unfinished and record in UNREADABLE else record
-
-
-UNREADABLE = ("not UTF-8 text", "not JSON")
-
-
-def _record(line: bytes) -> dict[str, Any] | str:
-    """One metrics.jsonl record: a JSON object with an integer `epoch` and `step` and a number
-    (or null, for a value that was not finite) under every other key; else what is wrong."""
-    try:
-        record = json.loads(line.decode("utf-8"))
-    except UnicodeDecodeError:
-        return UNREADABLE[0]
-    except ValueError:
-        return UNREADABLE[1]
-    if not isinstance(record, dict):
-        return f"a JSON {json_kind(record)}, not an object"
-    for key in ("epoch", "step"):
-        value = record.get(key)
-        if key not in record:
-            return f"no {key!r} in the record"
-        if not isinstance(value, int) or isinstance(value, bool):
-            return f"{key} is {json_excerpt(value)}, not an integer"
-    for key, value in record.items():
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-            return f"{key} is {json_excerpt(value)}, not a number"
-    return record
 
 
 def json_kind(value: Any) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 import re
 import shutil
@@ -29,11 +28,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from trainer.errors import UserError
 from trainer.interrupt import PARENT_ENV
 from trainer.runs.listing import read_status
+from trainer.runs.metrics_file import MetricsTail, is_epoch_record
 from trainer.tools.search_space import (
     Space,
     build_component,
@@ -97,65 +97,81 @@ def sweep(
     if not STUDY_NAME.fullmatch(name):
         raise UserError(f"--study: {name!r}; use letters, digits and . _ - (it names a directory)")
     study_dir = Path("runs") / name
-    space = None
-    if not summary_only:
-        if space_path is None:
-            raise UserError(
-                "--space: required to run trials: a SPACE.yaml of dotted config keys and "
-                "their distributions (or --summary to print the study as it is)"
-            )
-        space, built = _checked_space(space_path, raw_config)
-    elif storage is None and not (study_dir / JOURNAL).is_file():
+    checked = None if summary_only else _checked_space(space_path, raw_config)
+    if summary_only and storage is None and not (study_dir / JOURNAL).is_file():
         raise UserError(f"--summary: no study {name!r} here ({study_dir / JOURNAL} is missing)")
     if storage is None:
         study_dir.mkdir(parents=True, exist_ok=True)
     monitor, mode = config.checkpoint.monitor, config.checkpoint.mode
     storage_object, shown = open_storage(storage, study_dir)
-    if space is None:
+    console = make_console()
+    fit = [sys.executable, "-m", "trainer", "fit", config_path, *overrides]
+    sweep_run = Sweep(fit, study_dir, monitor, mode, storage_object, _printer(console), jobs=jobs)
+    outcomes: list[Outcome] = []
+    if checked is None:
         study = load_study(name, storage_object)
     else:
+        space, built = checked
         study = open_study(name, storage_object, monitor=monitor, mode=mode, **built)
-    console = make_console()
+        outcomes = run_study(sweep_run, study, space, trials=trials, shown=shown)
+    conclude(sweep_run, study, raw_config, console=console, plots=plots)
+    if sweep_run.stop.is_set():
+        sweep_run.say("interrupted: run the same command again to resume the stopped trials")
+        return INTERRUPTED
+    return 1 if outcomes and all(o.state == "failed" for o in outcomes) else 0
+
+
+def _printer(console: Any) -> Callable[[str], None]:
+    """`say`: a line to the console, whole even when trials of several threads speak."""
     lock = threading.Lock()
 
     def say(line: str) -> None:
         with lock:
             console.print(line, markup=False)
 
-    fit = [sys.executable, "-m", "trainer", "fit", config_path, *overrides]
-    sweep_run = Sweep(fit, study_dir, monitor, mode, storage_object, say, jobs=jobs)
-    outcomes: list[Outcome] = []
-    if space is not None:
-        say(
-            f"study {name}: {len(study.trials)} trials so far, {study.direction.name.lower()} "
-            f"{monitor}; storage {shown}"
-        )
-        for params in space.enqueue:
-            study.enqueue_trial(params, skip_if_exists=True)
-        for note in recover_stale_trials(study, storage_object):
-            say(note)
-        outcomes = run_trials(sweep_run, study, space, trials=trials)
-    table, lines = summary(study, monitor=monitor)
+    return say
+
+
+def run_study(sweep: Sweep, study: Any, space: Space, *, trials: int, shown: str) -> list[Outcome]:
+    """Queue the space's `enqueue` points, put back the trials of sweeps that are gone, and
+    run `trials` trials."""
+    sweep.say(
+        f"study {study.study_name}: {len(study.trials)} trials so far, "
+        f"{study.direction.name.lower()} {sweep.monitor}; storage {shown}"
+    )
+    for params in space.enqueue:
+        study.enqueue_trial(params, skip_if_exists=True)
+    for note in recover_stale_trials(study, sweep.storage, sweep.study_dir):
+        sweep.say(note)
+    return run_trials(sweep, study, space, trials=trials)
+
+
+def conclude(
+    sweep: Sweep, study: Any, raw_config: dict[str, Any], *, console: Any, plots: bool
+) -> None:
+    """The summary table and counts, best.yaml, and the plots if asked for."""
+    table, lines = summary(study, monitor=sweep.monitor)
     console.print(table)
     for line in lines:
-        say(line)
-    best = write_best_config(study, raw_config, study_dir, monitor=monitor)
+        sweep.say(line)
+    best = write_best_config(study, raw_config, sweep.study_dir, monitor=sweep.monitor)
     if best is not None:
-        say(f"best config: {best}; train it with: trainer fit {best}")
-    for note in write_plots(study, study_dir, monitor=monitor) if plots else []:
-        say(note)
-    if sweep_run.stop.is_set():
-        say("interrupted: run the same command again to resume the stopped trials")
-        return INTERRUPTED
-    return 1 if outcomes and all(o.state == "failed" for o in outcomes) else 0
+        sweep.say(f"best config: {best}; train it with: trainer fit {best}")
+    for note in write_plots(study, sweep.study_dir, monitor=sweep.monitor) if plots else []:
+        sweep.say(note)
 
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-def _checked_space(path: str, raw_config: dict[str, Any]) -> tuple[Space, dict[str, Any]]:
+def _checked_space(path: str | None, raw_config: dict[str, Any]) -> tuple[Space, dict[str, Any]]:
     """The space file, its sampler and pruner built, and each key tried in the config:
     every problem of the three at once."""
+    if path is None:
+        raise UserError(
+            "--space: required to run trials: a SPACE.yaml of dotted config keys and "
+            "their distributions (or --summary to print the study as it is)"
+        )
     space = load_space(path)
     problems, built = [], {}
     for role in ("sampler", "pruner"):
@@ -239,26 +255,47 @@ def load_study(name: str, storage: Any) -> Any:
         raise UserError(f"--study: no study {name!r} in this storage") from None
 
 
-def recover_stale_trials(study: Any, storage: Any) -> list[str]:
+def recover_stale_trials(study: Any, storage: Any, study_dir: Path) -> list[str]:
     """Trials left running by a sweep on this machine that is gone (killed): their trial
-    process is stopped if it still runs, and they go back to the queue to be resumed."""
+    process is stopped if it still runs, and they go back to the queue to be resumed. One
+    sweep of the study at a time recovers (a lock on the study directory), so two starting
+    together do not both put back a trial that one of them has since claimed again."""
     optuna = import_optuna()
     notes = []
     host = socket.gethostname()
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        attrs = trial.user_attrs
-        if attrs.get("host") != host or _runs(attrs.get("sweep_pid"), "sweep"):
-            continue
-        if _runs(attrs.get("pid"), attrs.get("run_dir", "")):
-            os.kill(attrs["pid"], signal.SIGTERM)  # it saves last.pt and exits
-            while _runs(attrs["pid"], attrs["run_dir"]):
-                time.sleep(POLL_S)
-        _requeue(storage, trial)
-        notes.append(
-            f"trial {trial.number}: its sweep (pid {attrs.get('sweep_pid')}) is gone; back "
-            "to the queue, to go on from its last.pt (or start again without one)"
-        )
+    with _recovering(study_dir):
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            attrs = trial.user_attrs
+            if attrs.get("host") != host or _runs(attrs.get("sweep_pid"), "sweep"):
+                continue  # another machine's, still being claimed, or its sweep is alive
+            if _runs(attrs.get("pid"), attrs.get("run_dir", "")):
+                os.kill(attrs["pid"], signal.SIGTERM)  # it saves last.pt and exits
+                while _runs(attrs["pid"], attrs["run_dir"]):
+                    time.sleep(POLL_S)
+            _requeue(storage, trial)
+            notes.append(
+                f"trial {trial.number}: its sweep (pid {attrs.get('sweep_pid')}) is gone; back "
+                "to the queue, to go on from its last.pt (or start again without one)"
+            )
     return notes
+
+
+@contextlib.contextmanager
+def _recovering(study_dir: Path) -> Iterator[None]:
+    """Hold a lock on the study directory while trials are recovered (released however this
+    process ends)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock to take
+        yield
+        return
+    study_dir.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(study_dir, os.O_RDONLY | os.O_CLOEXEC)  # the lock is on the directory
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def _runs(pid: Any, marker: str) -> bool:
@@ -282,9 +319,19 @@ def _runs(pid: Any, marker: str) -> bool:
     return any(marker == word or marker in word.split("=") for word in words)
 
 
+def _claim(trial: Any) -> None:
+    """Mark a trial this sweep's, `host` last: a running trial is recovered only when its
+    `host` is this machine's and its `sweep_pid` is gone, so until both are written it is
+    never taken for a killed sweep's (whatever another sweep reads in between)."""
+    trial.set_user_attr("sweep_pid", os.getpid())
+    trial.set_user_attr("host", socket.gethostname())
+
+
 def _requeue(storage: Any, trial: Any) -> None:
     """Put a running trial back in the queue (WAITING): the next `study.ask()` of any
-    sweep on the study takes it, with the params it already has."""
+    sweep on the study takes it, with the params it already has. Its `host` goes first:
+    the sweep that takes it claims it anew, and until then it is nobody's."""
+    storage.set_trial_user_attr(trial._trial_id, "host", None)
     waiting = import_optuna().trial.TrialState.WAITING
     storage.set_trial_state_values(trial._trial_id, waiting)
 
@@ -358,6 +405,7 @@ def run_trial(sweep: Sweep, study: Any, space: Space) -> Outcome:
     """Ask Optuna for a trial (a queued one first), run it as `trainer fit`, tell the end."""
     optuna = import_optuna()
     trial = study.ask()
+    _claim(trial)
     run_dir, overrides, resume = _prepare(sweep, trial, space)
     command = [
         *sweep.fit,
@@ -400,8 +448,6 @@ def _prepare(sweep: Sweep, trial: Any, space: Space) -> tuple[Path, list[str], P
         run_dir, resume = _unused(sweep.study_dir / f"trial-{trial.number:04d}"), None
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("overrides", overrides)
-    trial.set_user_attr("host", socket.gethostname())
-    trial.set_user_attr("sweep_pid", os.getpid())
     return run_dir, overrides, resume
 
 
@@ -419,54 +465,83 @@ def _unused(base: Path) -> Path:
 def watch_trial(sweep: Sweep, study: Any, trial: Any, command: list[str], run_dir: Path) -> Outcome:
     """Run the trial's process, report its epochs as they come, prune when Optuna says so;
     its output goes to `<run_dir>.log`."""
+    log_path = run_dir.with_name(run_dir.name + ".log")
+    with open(log_path, "ab") as log:
+        process = _start(sweep, command, log)
+        if process is None:
+            return Outcome("interrupted", reason="the sweep was stopped before it started")
+        trial.set_user_attr("pid", process.pid)
+        try:
+            values, pruned = _follow(sweep, study, trial, process, run_dir)
+        finally:
+            with sweep.lock:
+                sweep.children.discard(process)
+    if pruned:
+        return Outcome("pruned", reason=pruned)
+    return _ending(sweep, run_dir, log_path, process.returncode, values)
+
+
+def _start(sweep: Sweep, command: list[str], log: IO[bytes]) -> subprocess.Popen | None:
+    """The trial's process, its output to `log`; None if the sweep is stopped already."""
     # The trial stops (SIGTERM: it saves last.pt) if the sweep dies, even by SIGKILL.
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{PARENT_ENV: str(os.getpid())})
     if sweep.jobs > 1:  # J trials share the cores instead of each taking them all
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // sweep.jobs)))
-    log_path = run_dir.with_name(run_dir.name + ".log")
+    with sweep.lock:
+        if sweep.stop.is_set():
+            return None
+        # A session of its own: a Ctrl-C at the terminal reaches the sweep alone, which
+        # sends each trial one SIGTERM (a second signal would make a trial exit at once).
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        sweep.children.add(process)
+    return process
+
+
+def _follow(
+    sweep: Sweep, study: Any, trial: Any, process: subprocess.Popen, run_dir: Path
+) -> tuple[dict[int, float], str]:
+    """Report each epoch record's monitored value (whatever its prefix) as the trial's
+    metrics.jsonl gets it, until the process ends; SIGTERM it once the trial is pruned.
+    Returns every epoch's value (NaN where it is missing or not finite) and why the trial
+    was pruned ('' if it was not)."""
     reported = set(study.get_trials(deepcopy=False)[trial.number].intermediate_values)
-    records = EpochRecords(run_dir / "metrics.jsonl")
+    records = MetricsTail(run_dir / "metrics.jsonl", warn=sweep.say)
     values: dict[int, float] = {}
     pruned = ""
-    with open(log_path, "ab") as log:
-        with sweep.lock:
-            if sweep.stop.is_set():
-                return Outcome("interrupted", reason="the sweep was stopped before it started")
-            # A session of its own: a Ctrl-C at the terminal reaches the sweep alone, which
-            # sends each trial one SIGTERM (a second signal would make a trial exit at once).
-            process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-            sweep.children.add(process)
-        trial.set_user_attr("pid", process.pid)
-        try:
-            while True:
-                exited = process.poll() is not None  # before reading: no record is missed
-                for record in records.read_new():
-                    epoch, value = record["epoch"], record.get(sweep.monitor)
-                    value = float("nan") if value is None else float(value)
-                    values[epoch] = value
-                    if epoch in reported or pruned:
-                        continue
-                    trial.report(value, epoch)
-                    reported.add(epoch)
-                    sweep.say(f"trial {trial.number} epoch {epoch}: {sweep.monitor} {value:.4g}")
-                    if value != value:  # NaN
-                        pruned = f"{sweep.monitor} is not finite at epoch {epoch} (diverged)"
-                    elif trial.should_prune():
-                        pruned = f"at epoch {epoch}, {sweep.monitor} {value:.4g}"
-                    if pruned and not exited:
-                        process.send_signal(signal.SIGTERM)  # it saves last.pt, exits 130
-                if exited:
-                    break
-                time.sleep(POLL_S)
-        finally:
-            with sweep.lock:
-                sweep.children.discard(process)
+    while True:
+        exited = process.poll() is not None  # before reading: no record is missed
+        for record in filter(is_epoch_record, records.read_new()):
+            epoch, value = record["epoch"], record.get(sweep.monitor)
+            values[epoch] = value = float("nan") if value is None else float(value)
+            if epoch in reported or pruned:
+                continue
+            reported.add(epoch)
+            pruned = _report(sweep, trial, epoch, value)
+            if pruned and not exited:
+                process.send_signal(signal.SIGTERM)  # it saves last.pt, exits 130
+        if exited:
+            return values, pruned
+        time.sleep(POLL_S)
+
+
+def _report(sweep: Sweep, trial: Any, epoch: int, value: float) -> str:
+    """Tell Optuna an epoch's value; why the trial is pruned now, or ''."""
+    trial.report(value, epoch)
+    sweep.say(f"trial {trial.number} epoch {epoch}: {sweep.monitor} {value:.4g}")
+    if value != value:  # NaN
+        return f"{sweep.monitor} is not finite at epoch {epoch} (diverged)"
+    if trial.should_prune():
+        return f"at epoch {epoch}, {sweep.monitor} {value:.4g}"
+    return ""
+
+
+def _ending(
+    sweep: Sweep, run_dir: Path, log_path: Path, code: int, values: dict[int, float]
+) -> Outcome:
+    """How a trial that was not pruned ended, from its exit code, status and values."""
     errors = _error_lines(log_path)
-    if pruned:
-        return Outcome("pruned", reason=pruned)
-    code = process.returncode
     finite = {epoch: value for epoch, value in values.items() if value == value}
     # A run that finished is complete, even if a signal came as it was ending.
     finished = code == 0 or read_status(run_dir).get("status") == "finished"
@@ -492,27 +567,6 @@ def _error_lines(log_path: Path) -> list[str]:
         tail = log.read().decode("utf-8", "replace")
     lines = tail.splitlines()
     return [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-
-
-class EpochRecords:
-    """The epoch records of a metrics.jsonl (the lines with a `val/...` key), read as they
-    are appended: each call returns the complete lines written since the last."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-
-    def read_new(self) -> list[dict[str, Any]]:
-        try:
-            with open(self.path, "rb") as file:
-                file.seek(self.offset)
-                text = file.read()
-        except FileNotFoundError:
-            return []
-        complete = text[: text.rfind(b"\n") + 1]  # a line still being written waits
-        self.offset += len(complete)
-        records = [json.loads(line) for line in complete.splitlines() if line.strip()]
-        return [r for r in records if any(k.startswith("val/") for k in r)]
 
 
 # ---------------------------------------------------------------- the summary
