@@ -168,7 +168,7 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], *, reset_optimizer:
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(node, dict) or not node:
         return {prefix: node}
-    flat = {}
+    flat: dict[str, Any] = {}
     for key, value in node.items():
         flat |= (
             _flatten(value, f"{prefix}{key}.")
