@@ -206,8 +206,8 @@ def _import_module(module_name: str, path: str, *, key: str) -> Any:
     try:
         return importlib.import_module(module_name)
     except Exception as err:
-        missing = isinstance(err, ModuleNotFoundError) and err.name is not None
-        if missing and f"{module_name}.".startswith(f"{err.name}."):
+        missing = err.name if isinstance(err, ModuleNotFoundError) else None
+        if missing is not None and f"{module_name}.".startswith(f"{missing}."):
             raise UserError(f"{key}: cannot import '{module_name}' from {path!r}: {err}") from None
         if isinstance(err, SyntaxError) and err.filename:
             where = f"{err.filename}:{err.lineno}"
