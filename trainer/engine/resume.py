@@ -322,7 +322,7 @@ def _section_key(several: bool, name: str, section: str) -> str:
 
 
 def _state_misfits(
-    saved: RunState, name: str, optimizer: torch.optim.Optimizer, config: Config, where: Any
+    saved: RunState, name: str, optimizer: torch.optim.Optimizer, config: Config, where: Path | str
 ) -> list[str]:
     """Why optimizer `name`'s saved state cannot be loaded into the built `optimizer`: it is
     another optimizer's, or its groups hold other numbers of tensors (what torch refuses)."""

@@ -25,16 +25,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.engine.device import autocast
+from trainer.engine.device import Batch, autocast
 from trainer.engine.handles import Optimizers
 
-Batch = Any  # whatever the loader yields, on the device: `(inputs, targets)` for most datasets
 Metrics = Mapping[str, torch.Tensor | float]  # what a step returns, by key
 
 
