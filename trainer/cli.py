@@ -146,7 +146,8 @@ def fit(
 def evaluate(
     config: ConfigPath,
     overrides: Overrides = None,
-    checkpoint: Annotated[str, typer.Option(help="The checkpoint to evaluate.")] = ...,
+    *,
+    checkpoint: Annotated[str, typer.Option(help="The checkpoint to evaluate.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Validation metrics of a checkpoint's weights on the config's validation data."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import reprlib
 from collections.abc import Iterable
-from typing import Any
 
 # No error line is longer than this: a value from the config is echoed, never the whole of it.
 MAX_PROBLEM_LENGTH = 2_000
@@ -16,7 +15,7 @@ _ECHO.maxlevel, _ECHO.maxlist, _ECHO.maxtuple, _ECHO.maxdict = 3, 6, 6, 4
 _ECHO.maxstring, _ECHO.maxother, _ECHO.maxlong = 60, 60, 40
 
 
-def echo(value: Any) -> str:
+def echo(value: object) -> str:
     """A short repr of a value for an error message: long strings and collections are cut."""
     return _ECHO.repr(value)
 

@@ -14,11 +14,16 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType, TracebackType
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PARENT_ENV = "TRAINER_STOP_WITH_PARENT"  # set by a parent: its pid
 WATCH_PARENT_S = 0.5  # how often a child started by a sweep or --nproc looks at its parent
+# What signal.signal() takes and returns: a function, SIG_DFL / SIG_IGN, or None (not set
+# from Python).
+Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 class StopRequests:
@@ -29,7 +34,7 @@ class StopRequests:
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Handler] = {}
         self._outer: StopRequests | None = None
 
     def __enter__(self) -> StopRequests:

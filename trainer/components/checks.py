@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from trainer.components.registry import check_component
 from trainer.components.schedulers import LENGTH_ARGUMENTS
@@ -71,7 +71,7 @@ class Bound:
     test: Callable[[float], bool]
     count: int | None = None
 
-    def problems(self, value: Any, *, key: str) -> list[str]:
+    def problems(self, value: object, *, key: str) -> list[str]:
         """One line per value out of bounds; values that are not numbers are left to torch."""
         if self.count is not None:
             numbers = isinstance(value, (list, tuple)) and all(map(_number, value))
@@ -88,7 +88,7 @@ class Bound:
         return [f"{key}: {value!r} is out of range (allowed: {self.allowed})"]
 
 
-def _number(value: Any) -> bool:
+def _number(value: object) -> TypeGuard[int | float]:
     """A finite int or float (a non-finite one is the schema's to refuse, once)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

@@ -11,8 +11,8 @@ samples one by one (scripts/bench.py measures the difference).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Sized
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ class SeededSamples(Dataset):
         self.dataset, self.seed = dataset, seed
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return dataset_size(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
@@ -76,7 +76,7 @@ class SeededSamples(Dataset):
             generator.set_state(state)
 
 
-class EpochSampler(Sampler[int]):
+class EpochSampler(Sampler[Any]):  # int indices, or (epoch, index) keys when `keyed`
     """Indices of one epoch, in an order fixed by (seed, epoch); can start part-way through.
 
     Under torch.distributed each rank takes every `world_size`-th index of the order (padded
@@ -160,15 +160,16 @@ def build_datasets(config: DataConfig, *, seed: int) -> tuple[Dataset, Dataset]:
     if config.val_fraction is None:
         return build(True, True), build(False, False)
     train_set = build(True, True)
-    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))
-    val_size = val_split_size(len(train_set), config.val_fraction)
+    size = dataset_size(train_set)
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+    val_size = val_split_size(size, config.val_fraction)
     val_part, train_part = order[:val_size].tolist(), order[val_size:].tolist()
     return Subset(train_set, train_part), Subset(build(True, False), val_part)
 
 
 def build_loaders(
     config: DataConfig, *, seed: int, device: torch.device, rank: int = 0, world_size: int = 1
-) -> tuple[DataLoader, DataLoader]:
+) -> tuple[Loader, Loader]:
     """Train and validation loaders; the train order comes from an EpochSampler.
 
     Under torch.distributed (`world_size` > 1) each rank gets its share of both sets;
@@ -184,7 +185,7 @@ def build_loaders(
     if seeded:
         train_set = SeededSamples(train_set, seed=seed)
     sampler = EpochSampler(
-        len(train_set),
+        dataset_size(train_set),
         shuffle=config.shuffle,
         seed=seed,
         rank=rank,
@@ -193,7 +194,7 @@ def build_loaders(
     )
     batches = BatchSampler(sampler, config.batch_size, drop_last=config.drop_last)
     val_batches = BatchSampler(
-        range(rank, len(val_set), world_size),
+        range(rank, dataset_size(val_set), world_size),
         config.val_batch_size or config.batch_size,
         drop_last=False,
     )
@@ -202,27 +203,33 @@ def build_loaders(
     return train, val
 
 
-def _check_train_set(train_set: Any, config: DataConfig, *, world_size: int) -> None:
+def _check_train_set(train_set: Dataset, config: DataConfig, *, world_size: int) -> None:
     """A map-style dataset with at least one batch per process."""
     if not hasattr(train_set, "__getitem__") or not hasattr(train_set, "__len__"):
         raise UserError(
             f"data.name: {config.name!r} returned a {type(train_set).__name__}, "
             "not a map-style dataset"
         )
+    size = dataset_size(train_set)
     per_process = count_batches(
-        len(train_set), config.batch_size, drop_last=config.drop_last, world_size=world_size
+        size, config.batch_size, drop_last=config.drop_last, world_size=world_size
     )
     if per_process == 0:
         raise UserError(
             f"data.batch_size: {config.batch_size} leaves no batch in an epoch of "
-            f"{len(train_set)} samples ({world_size} process(es), drop_last: "
+            f"{size} samples ({world_size} process(es), drop_last: "
             f"{str(config.drop_last).lower()})"
         )
 
 
 def _loader(
-    dataset: Any, batch_sampler: BatchSampler, config: DataConfig, *, seed: int, pin_memory: bool
-) -> Any:
+    dataset: Dataset,
+    batch_sampler: BatchSampler,
+    config: DataConfig,
+    *,
+    seed: int,
+    pin_memory: bool,
+) -> Loader:
     """Whole batches indexed from in-memory tensors, or a DataLoader (workers, collation)."""
     # Its own generator: making an iterator then draws no number from the global RNG.
     generator = torch.Generator().manual_seed(seed)
@@ -253,7 +260,7 @@ class IndexedBatches:
 
     def __init__(
         self,
-        dataset: Dataset,
+        dataset: TensorDataset,
         sampler: BatchSampler,
         *,
         pin_memory: bool,
@@ -276,7 +283,10 @@ class IndexedBatches:
             yield tuple(t.pin_memory() for t in batch) if pin else batch
 
 
-def _indexable(dataset: Dataset) -> bool:
+Loader = DataLoader | IndexedBatches  # what build_loaders returns
+
+
+def _indexable(dataset: Dataset) -> TypeGuard[TensorDataset]:
     """Tensors in memory that a list of indices turns into a batch directly."""
     from trainer.components.datasets import Shapes
 
@@ -285,8 +295,17 @@ def _indexable(dataset: Dataset) -> bool:
     return plain and getattr(dataset, "transform", None) is None
 
 
-def _batch_sampler(loader: DataLoader) -> BatchSampler:
-    return loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
+def dataset_size(dataset: Dataset) -> int:
+    """Samples in a map-style dataset (torch's Dataset type does not promise a length)."""
+    return len(cast(Sized, dataset))
+
+
+def _epoch_sampling(loader: Loader) -> tuple[BatchSampler, EpochSampler]:
+    """A training loader's batch sampler and the EpochSampler it draws from."""
+    batches = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
+    if not isinstance(batches, BatchSampler) or not isinstance(batches.sampler, EpochSampler):
+        raise TypeError(f"not a training loader of build_loaders: {loader!r}")
+    return batches, batches.sampler
 
 
 def count_batches(size: int, batch_size: int, *, drop_last: bool, world_size: int = 1) -> int:
@@ -295,10 +314,9 @@ def count_batches(size: int, batch_size: int, *, drop_last: bool, world_size: in
     return per_process // batch_size if drop_last else -(-per_process // batch_size)
 
 
-def batches_per_epoch(loader: DataLoader) -> int:
+def batches_per_epoch(loader: Loader) -> int:
     """Batches of this process in a whole epoch, wherever the sampler starts now."""
-    batch_sampler = _batch_sampler(loader)
-    sampler = batch_sampler.sampler
+    batch_sampler, sampler = _epoch_sampling(loader)
     return count_batches(
         sampler.size,
         batch_sampler.batch_size,
@@ -307,10 +325,10 @@ def batches_per_epoch(loader: DataLoader) -> int:
     )
 
 
-def start_epoch(loader: DataLoader, epoch: int, *, seed: int, skip_samples: int = 0) -> int:
+def start_epoch(loader: Loader, epoch: int, *, seed: int, skip_samples: int = 0) -> int:
     """Fix the epoch's order and worker seeds, skipping the samples (of all ranks) a resumed
     run already trained on; returns this process's batches left in the epoch."""
-    _batch_sampler(loader).sampler.set_epoch(epoch, start=skip_samples)
+    _epoch_sampling(loader)[1].set_epoch(epoch, start=skip_samples)
     loader.generator.manual_seed(epoch_seed(seed, epoch))
     return len(loader)
 

@@ -236,7 +236,7 @@ def fake_data(
     )
 
 
-BUILT_IN = {
+BUILT_IN: dict[str, Callable[..., Dataset]] = {
     "shapes": shapes,
     "ring": ring,
     "mnist": mnist,

@@ -55,7 +55,7 @@ class MetricSet:
         return values
 
 
-def _shape(tensor: Any) -> str:
+def _shape(tensor: torch.Tensor) -> str:
     return "x".join(map(str, tensor.shape)) or "scalar"
 
 

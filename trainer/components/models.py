@@ -87,7 +87,7 @@ class Tensors(nn.Module):
             self.register_parameter(name, nn.Parameter(copy, requires_grad=trainable))
 
     def forward(self) -> torch.Tensor | dict[str, torch.Tensor]:
-        named = dict(self.named_parameters())
+        named: dict[str, torch.Tensor] = dict(self.named_parameters())
         return next(iter(named.values())) if self.single else named
 
 
@@ -100,8 +100,11 @@ def as_module(built: object, name: str) -> nn.Module:
         return _floating(built, name)
     if isinstance(built, torch.Tensor):
         return _floating(Tensors({"tensor": built}, single=True), name)
-    tensors = isinstance(built, dict) and all(isinstance(v, torch.Tensor) for v in built.values())
-    if tensors and built:
+    if (
+        isinstance(built, dict)
+        and all(isinstance(v, torch.Tensor) for v in built.values())
+        and built
+    ):
         bad = [k for k in built if not (isinstance(k, str) and k.isidentifier())]
         if bad:
             raise UserError(

@@ -65,7 +65,8 @@ def plan_optimizers(model: torch.nn.Module, config: Config) -> list[PlannedOptim
         _report_held_norms(model, config, planned)
         return planned
     freeze = config.param_groups.freeze
-    problems = check_optimizer_scopes(model, freeze, {s.name: s.params for s in specs})
+    scopes = {s.name: s.params for s in specs if s.params is not None}  # all: several form
+    problems = check_optimizer_scopes(model, freeze, scopes)
     frozen_by_model = frozen_names(model)
     frozen_by_config = apply_freeze(model, freeze)
     planned = []
@@ -122,7 +123,8 @@ def build_optimizer(
     """`Optimizer(groups, **options)`: the groups carry their own lr and weight_decay."""
     key = "optimizer"
     if isinstance(config, OptimizerSpec):
-        config, key = config.optimizer, f"{config.key}optimizer"
+        key = f"{config.key}optimizer"
+        config = config.optimizer
     return registry.build("optimizers", config.name, config.kwargs, key=key, params=groups)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,7 +234,7 @@ def held_norms(model: nn.Module) -> dict[str, nn.Module]:
     """Norm layers with running statistics whose parameters are all frozen, by name: training
     keeps them in eval mode, so their statistics stay as they were
     (param_groups.freeze_norm_stats)."""
-    held = {}
+    held: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
         params = list(module.parameters(recurse=False))
         if (
@@ -350,7 +351,9 @@ _MULT = {"lr": "lr_mult", "weight_decay": "wd_mult"}
 
 def _group_settings(rule: RuleConfig | None, options: dict[str, Any]) -> dict[str, Any]:
     """The real values a group carries: lr and weight_decay (absolute), then rule options."""
-    settings = {key: options[key] for key in ("lr", "weight_decay") if key in options}
+    settings: dict[str, Any] = {
+        key: options[key] for key in ("lr", "weight_decay") if key in options
+    }
     if rule is None:
         return settings
     for key, mult in _MULT.items():
@@ -362,18 +365,19 @@ def _group_settings(rule: RuleConfig | None, options: dict[str, Any]) -> dict[st
 
 
 def _split_no_decay(
-    tensors: list[_Tensor], kinds: list[str], settings: dict[str, Any]
+    tensors: list[_Tensor], kinds: Sequence[str], settings: dict[str, Any]
 ) -> list[tuple[str, list[_Tensor]]]:
     """(suffix, tensors): the decay part ('') and the `.no_decay` part, the empty ones left out."""
     if not kinds or not settings.get("weight_decay"):
         return [("", tensors)]
-    decay, no_decay = [], []
+    decay: list[_Tensor] = []
+    no_decay: list[_Tensor] = []
     for tensor in tensors:
         (no_decay if _is_no_decay(tensor, kinds) else decay).append(tensor)
     return [(suffix, part) for suffix, part in (("", decay), (".no_decay", no_decay)) if part]
 
 
-def _is_no_decay(tensor: _Tensor, kinds: list[str]) -> bool:
+def _is_no_decay(tensor: _Tensor, kinds: Sequence[str]) -> bool:
     return (
         ("bias" in kinds and tensor.name.rpartition(".")[2] == "bias")
         or ("norm" in kinds and isinstance(tensor.module, NORM_LAYERS))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch.optim import lr_scheduler
@@ -107,7 +106,7 @@ class SchedulePreview:
         return len(next(iter(self.table.values()), [])) < self.total
 
 
-def plan_schedule(config: Any, *, per_step: bool, limit: int) -> SchedulePreview:
+def plan_schedule(config: Config, *, per_step: bool, limit: int) -> SchedulePreview:
     """The lr table of a config without training (`trainer schedule`), and notes on it; at
     most `limit` optimizer steps are stepped through (whole epochs per epoch, at least one).
 

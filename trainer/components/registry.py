@@ -13,6 +13,7 @@ import re
 import traceback
 from collections.abc import Callable, Iterable
 from functools import cache
+from types import ModuleType
 from typing import Any
 
 from trainer.config import trust
@@ -64,7 +65,7 @@ RUNNER_REASONS = {
 }
 
 
-def _first_line(obj: Any) -> str:
+def _first_line(obj: object) -> str:
     """The docstring's first sentence (which may run over several lines), on one line."""
     doc = (inspect.getdoc(obj) or "").strip().split("\n\n")[0]
     doc = re.sub(r"`([^`<]+?)\s*<[^>]*>`_+", r"\1", doc)  # reST links: keep their titles
@@ -72,8 +73,10 @@ def _first_line(obj: Any) -> str:
     return " ".join(doc.split()).split(". ")[0].rstrip(".")
 
 
-def _subclasses_in(module: Any, base: tuple[type, ...], skip: Iterable[str] = ()) -> dict:
-    found = {}
+def _subclasses_in(
+    module: ModuleType, base: tuple[type, ...], skip: Iterable[str] = ()
+) -> dict[str, Callable[..., Any]]:
+    found: dict[str, Callable[..., Any]] = {}
     for attr in dir(module):
         obj = getattr(module, attr)
         if (
@@ -137,7 +140,7 @@ def _metrics() -> dict[str, Callable[..., Any]]:
     found = {}
     for module in (classification, regression):
         for name, cls in _subclasses_in(module, (Metric,)).items():
-            if cls.higher_is_better is not None:
+            if getattr(cls, "higher_is_better", None) is not None:
                 found[name] = cls
     return dict(sorted(found.items()))
 
@@ -206,8 +209,8 @@ def _import_module(module_name: str, path: str, *, key: str) -> Any:
     try:
         return importlib.import_module(module_name)
     except Exception as err:
-        missing = isinstance(err, ModuleNotFoundError) and err.name is not None
-        if missing and f"{module_name}.".startswith(f"{err.name}."):
+        missing = err.name if isinstance(err, ModuleNotFoundError) else None
+        if missing is not None and f"{module_name}.".startswith(f"{missing}."):
             raise UserError(f"{key}: cannot import '{module_name}' from {path!r}: {err}") from None
         if isinstance(err, SyntaxError) and err.filename:
             where = f"{err.filename}:{err.lineno}"

@@ -48,8 +48,8 @@ def filled_arguments(
 ) -> dict[str, Any]:
     """The scheduler's keyword arguments with its length filled in where the config left it out."""
     kwargs = config.kwargs
-    name = LENGTH_ARGUMENTS.get(config.name)
-    omitted = name and name not in kwargs
+    name = LENGTH_ARGUMENTS.get(config.name, "")
+    omitted = bool(name) and name not in kwargs
     if config.name == "OneCycleLR":
         omitted = omitted and not {"epochs", "steps_per_epoch"} & set(kwargs)
     if omitted:
@@ -65,7 +65,7 @@ def warmup_length(config: SchedulerConfig, steps: int) -> int:
         return 0
     if config.warmup.epochs is not None:
         return config.warmup.epochs * (steps if config.interval == "step" else 1)
-    return config.warmup.steps
+    return config.warmup.steps or 0  # set: a warmup has steps or epochs
 
 
 def build_scheduler(
@@ -76,14 +76,14 @@ def build_scheduler(
     steps: int,
     max_steps: int | None = None,
     key: str = "scheduler",
-) -> Any:
+) -> lr_scheduler.LRScheduler | None:
     """The configured scheduler (with warmup through SequentialLR), or None for a constant lr."""
     if config is None:
         return None
     length = schedule_length(config, epochs=epochs, steps=steps, max_steps=max_steps)
     warmup = warmup_length(config, steps)
     kwargs = filled_arguments(config, length, warmup, key=key)
-    if warmup == 0:
+    if warmup == 0 or config.warmup is None:
         return registry.build("schedulers", config.name, kwargs, key=key, optimizer=optimizer)
     if config.name == "ReduceLROnPlateau":
         raise UserError(f"{key}.warmup: not available with ReduceLROnPlateau")
@@ -100,20 +100,25 @@ class ScheduleDriver:
     validation (ReduceLROnPlateau). `fit`, `trainer schedule` and resume all step through it.
     """
 
-    def __init__(self, scheduler: Any, config: SchedulerConfig | None) -> None:
+    def __init__(
+        self, scheduler: lr_scheduler.LRScheduler | None, config: SchedulerConfig | None
+    ) -> None:
         self.scheduler = scheduler
         plateau = isinstance(scheduler, lr_scheduler.ReduceLROnPlateau)
         interval = config.interval if config is not None else "epoch"
         self.per_step = scheduler is not None and not plateau and interval == "step"
         self.per_epoch = scheduler is not None and not plateau and interval == "epoch"
-        self.monitor = (config.monitor or "val/loss") if plateau else None
+        monitor = config.monitor if config is not None else None
+        self.monitor = (monitor or "val/loss") if plateau else None
 
     def after_optimizer_step(self) -> None:
-        if self.per_step:
+        if self.per_step and self.scheduler is not None:
             self.scheduler.step()
 
     def after_epoch(self, record: dict[str, Any] | None) -> None:
         """After a whole epoch's validation; a plateau scheduler needs the `record`."""
+        if self.scheduler is None:
+            return
         if self.monitor is not None and record is not None:
             self.scheduler.step(record[self.monitor])
         elif self.per_epoch:

@@ -16,7 +16,10 @@ from trainer.errors import UserError
 
 CONVERTERS = ("ToImage", "ToTensor", "PILToTensor", "ToDtype", "ToPureTensor")
 
-_TO_FLOAT = [{"name": "ToImage"}, {"name": "ToDtype", "dtype": "float32", "scale": True}]
+_TO_FLOAT: list[dict[str, Any]] = [
+    {"name": "ToImage"},
+    {"name": "ToDtype", "dtype": "float32", "scale": True},
+]
 
 
 def default_transforms(dataset: str, *, train: bool) -> list[dict[str, Any]] | None:

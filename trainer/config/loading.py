@@ -12,9 +12,10 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from trainer.config import trust
 from trainer.config.monitors import monitor_problems
@@ -164,7 +165,7 @@ def _non_finite(node: Any, loc: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], 
     return []
 
 
-def _describe(error: Any, raw: dict[str, Any]) -> str:
+def _describe(error: ErrorDetails, raw: dict[str, Any]) -> str:
     loc = tuple(error["loc"])
     path = ".".join(str(p) for p in loc) or "config"
     kind = error["type"]
@@ -197,7 +198,7 @@ def _at(raw: Any, loc: tuple[Any, ...]) -> Any:
 
 def _keys_at(loc: tuple[Any, ...]) -> list[str]:
     """The keys the schema allows at a location, for 'unknown key' messages."""
-    model: Any = Config
+    model: type[BaseModel] | None = Config
     for part in loc:
         if isinstance(part, int):
             continue
@@ -208,11 +209,11 @@ def _keys_at(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields) if _is_model(model) else []
 
 
-def _is_model(tp: Any) -> bool:
+def _is_model(tp: object) -> TypeGuard[type[BaseModel]]:
     return isinstance(tp, type) and issubclass(tp, BaseModel)
 
 
-def _model_in(annotation: Any) -> Any:
+def _model_in(annotation: object) -> type[BaseModel] | None:
     """The BaseModel inside `X`, `X | None` or `list[X]`, if any."""
     if _is_model(annotation):
         return annotation

@@ -10,14 +10,17 @@ from trainer.errors import did_you_mean
 
 def monitors(config: Config) -> dict[str, tuple[str, str]]:
     """Every monitored metric by config key: (metric, mode), e.g. checkpoint.monitor."""
-    found = {"checkpoint.monitor": (config.checkpoint.monitor, config.checkpoint.mode)}
+    checkpoint = config.checkpoint
+    found: dict[str, tuple[str, str]] = {
+        "checkpoint.monitor": (checkpoint.monitor, checkpoint.direction)
+    }
     for spec in config.optimizer_specs():
         if spec.scheduler and spec.scheduler.name == "ReduceLROnPlateau":
             mode = spec.scheduler.kwargs.get("mode", "min")  # torch's own default
             found[f"{spec.key}scheduler.monitor"] = (spec.scheduler.monitor or "val/loss", mode)
     stopping = config.trainer.early_stopping
     if stopping:
-        found["trainer.early_stopping.monitor"] = (stopping.monitor, stopping.mode)
+        found["trainer.early_stopping.monitor"] = (stopping.monitor, stopping.direction)
     return found
 
 

@@ -54,7 +54,7 @@ MAX_REGEX_DEGREE = 3
 _ALPHABET = [chr(code) for code in range(128)]  # what parameter names are made of
 
 
-def _degree(items: Any, state: Any) -> int:
+def _degree(items: Any, state: sre_parse.State) -> int:
     """The most repeats of varying length in a row that can match the same characters
     (`.*a.*b` 2, `[0-9]+,[0-9]+` 1: a character only one side matches ends a run)."""
     best = run = 0
@@ -89,7 +89,7 @@ def _inlined(items: Any) -> list[Any]:
     return found
 
 
-def _chars(body: Any, state: Any) -> set[str]:
+def _chars(body: Any, state: sre_parse.State) -> set[str]:
     """The characters a parsed part can match (all of them for a part of several kinds)."""
     singles = (
         sre_constants.LITERAL,

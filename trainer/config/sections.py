@@ -135,9 +135,10 @@ class RuleConfig(BaseModel):
     @field_validator("lr_mult", "wd_mult")
     @classmethod
     def _not_both(cls, value: float | None, info: ValidationInfo) -> float | None:
-        absolute = {"lr_mult": "lr", "wd_mult": "weight_decay"}[info.field_name]
+        multiplier = str(info.field_name)  # a field validator's field: never None
+        absolute = {"lr_mult": "lr", "wd_mult": "weight_decay"}[multiplier]
         if value is not None and info.data.get(absolute) is not None:
-            raise ValueError(f"set {absolute} or {info.field_name}, not both")
+            raise ValueError(f"set {absolute} or {multiplier}, not both")
         return value
 
     @property
@@ -180,6 +181,11 @@ class EarlyStoppingConfig(Section):
         self.mode = self.mode or default_mode(self.monitor)
         return self
 
+    @property
+    def direction(self) -> Literal["min", "max"]:
+        """`mode` as validated: from the monitor's name where the config leaves it out."""
+        return self.mode or default_mode(self.monitor)
+
 
 class TrainerConfig(Section):
     epochs: PositiveInt = 10
@@ -219,6 +225,11 @@ class CheckpointConfig(Section):
     def _mode(self) -> CheckpointConfig:
         self.mode = self.mode or default_mode(self.monitor)
         return self
+
+    @property
+    def direction(self) -> Literal["min", "max"]:
+        """`mode` as validated: from the monitor's name where the config leaves it out."""
+        return self.mode or default_mode(self.monitor)
 
 
 class StepConfig(Component):

@@ -170,7 +170,7 @@ def check_path(module: str, attr: str, *, key: str) -> None:
         )
 
 
-def check_resolved(obj: Any, path: str, *, key: str, kind: str | None = None) -> None:
+def check_resolved(obj: object, path: str, *, key: str, kind: str | None = None) -> None:
     """Refuse what an import path resolved to, by the module and name it really has, before
     it is called; from the runner's scopes only what a key of `kind` is for (RUNNER_KINDS)."""
     homes = _homes(obj)
@@ -258,7 +258,7 @@ def _home_problem(module: str | None, qualname: str) -> str | None:
     return None
 
 
-def _homes(obj: Any) -> list[tuple[str | None, str]]:
+def _homes(obj: object) -> list[tuple[str | None, str]]:
     """(module, qualified name) of what calling `obj` runs, and of whatever it is bound to."""
     if isinstance(obj, functools.partial):
         return _homes(obj.func)
@@ -276,7 +276,7 @@ def _homes(obj: Any) -> list[tuple[str | None, str]]:
     return _homes(owner if isinstance(owner, type) else type(obj))
 
 
-def _fits(kind: str | None, obj: Any) -> bool:
+def _fits(kind: str | None, obj: object) -> bool:
     """Whether `obj`, from the runner's scopes, is what a key of `kind` is for."""
     import torch
     from torch.optim import lr_scheduler

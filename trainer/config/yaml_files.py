@@ -34,7 +34,7 @@ class _SafeLoader(yaml.SafeLoader):
         super().__init__(stream)
         self.depth = 0
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
         if self.depth >= MAX_DEPTH:
             mark = self.peek_event().start_mark
             raise _Refused([(mark, f"nested more than {MAX_DEPTH} levels deep")])
@@ -159,7 +159,7 @@ def parse_yaml(text: str, *, source: str) -> Any:
         raise UserError(f"{source}{where}: not valid YAML: {problem}") from None
 
 
-def _mark(mark: Any) -> str:
+def _mark(mark: yaml.Mark | None) -> str:
     return f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
 
 

@@ -4,16 +4,16 @@ schedulers (the order resume relies on), the loss, the scalers, the step and the
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from trainer.components import registry
 from trainer.components.checks import check_components
-from trainer.components.data import batches_per_epoch, build_loaders
+from trainer.components.data import Loader, batches_per_epoch, build_loaders
 from trainer.components.models import build_model, load_initial_weights
 from trainer.components.optim import (
     PlannedOptimizer,
@@ -30,8 +30,12 @@ from trainer.config import Config, OptimizerSpec, StepConfig, monitors
 from trainer.engine.device import check_precision, grad_scaler
 from trainer.engine.distributed import SINGLE, Distributed
 from trainer.engine.handles import Clipping, OptimizerHandle, Optimizers, Window
+from trainer.engine.steps import Metrics, Step, ValStep
 from trainer.errors import UserError, did_you_mean
 from trainer.state.checkpoint import seed_everything
+
+if TYPE_CHECKING:
+    from trainer.components.metrics import MetricSet
 
 
 @dataclass
@@ -45,11 +49,11 @@ class Run:
     optimizers: Optimizers
     planned: list[PlannedOptimizer]
     loss_fn: torch.nn.Module
-    step: Callable[..., dict[str, Any]]
-    val_step: Callable[..., dict[str, Any]] | None
-    metrics: Any  # the configured validation metrics (a MetricSet), or None
-    train_loader: Any
-    val_loader: Any
+    step: Step
+    val_step: ValStep | None
+    metrics: MetricSet | None  # the configured validation metrics
+    train_loader: Loader
+    val_loader: Loader
     notes: list[str]  # what building had to say (init_from's report)
     held_norms: list[torch.nn.Module]  # frozen norm layers kept in eval mode in training
 
@@ -153,9 +157,12 @@ def epoch_metrics(config: Config) -> list[str] | None:
     steps = [registry.resolve("steps", section.name, key=f"{key}.name")
              for key, section in (("step", config.step), ("val_step", config.val_step))
              if section is not None]  # fmt: skip
-    declared = [getattr(step, "logs", None) for step in steps]
-    if None in declared:
-        return None
+    declared: list[Sequence[str]] = []
+    for step in steps:
+        logs = getattr(step, "logs", None)
+        if logs is None:
+            return None
+        declared.append(logs)
     trained = [f"train/{name}" for name in declared[0]] + ["train/samples_per_s"]
     if config.trainer.skip_nonfinite:
         trained.append("train/skipped")
@@ -194,16 +201,19 @@ def _closure_problems(config: Config, spec: OptimizerSpec, job: Distributed) -> 
     return problems
 
 
-def build_step(config: StepConfig | None, *, key: str) -> Callable[..., Any] | None:
-    """The step callable with its config options bound (None for no val_step)."""
-    if config is None:
-        return None
+def build_step(config: StepConfig, *, key: str) -> Callable[..., Metrics]:
+    """The step (or val_step) callable with its config options bound."""
     fn = registry.resolve("steps", config.name, key=f"{key}.name")
     return functools.partial(fn, **config.kwargs) if config.kwargs else fn
 
 
+def build_val_step(config: Config) -> ValStep | None:
+    """The config's val_step with its options bound, or None when it names none."""
+    return build_step(config.val_step, key="val_step") if config.val_step is not None else None
+
+
 def build_schedule(
-    spec: OptimizerSpec, optimizer: torch.optim.Optimizer, config: Config, train_loader: Any
+    spec: OptimizerSpec, optimizer: torch.optim.Optimizer, config: Config, train_loader: Loader
 ) -> ScheduleDriver:
     """An optimizer's scheduler, its length filled in from the run, behind its driver."""
     settings = config.trainer
@@ -256,7 +266,7 @@ def build_run(
         planned=planned,
         loss_fn=build_loss(config.loss).to(device),
         step=build_step(config.step, key="step"),
-        val_step=build_step(config.val_step, key="val_step"),
+        val_step=build_val_step(config),
         metrics=build_metrics(config.metrics, device=device),
         train_loader=train_loader,
         val_loader=val_loader,
@@ -273,7 +283,7 @@ def build_handles(
     optimizers: dict[str, torch.optim.Optimizer],
     device: torch.device,
     job: Distributed,
-    train_loader: Any,
+    train_loader: Loader,
     schedules: bool,
 ) -> Optimizers:
     """Each optimizer behind its handle: scheduler (or none), scaler, clipping, one window."""

@@ -9,6 +9,8 @@ import torch
 
 from trainer.errors import UserError
 
+Batch = Any  # whatever the loader yields, on the device: `(inputs, targets)` for most datasets
+
 
 def pick_device(
     requested: str, *, local_rank: int = 0, world_size: int = 1
@@ -76,7 +78,7 @@ def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
-def to_device(batch: Any, device: torch.device, *, channels_last: bool = False) -> Any:
+def to_device(batch: Batch, device: torch.device, *, channels_last: bool = False) -> Batch:
     """Tensors of a batch (a tensor, or a tuple, list or dict of them) on the device."""
     if isinstance(batch, torch.Tensor):
         batch = batch.to(device, non_blocking=True)
@@ -94,7 +96,7 @@ def to_device(batch: Any, device: torch.device, *, channels_last: bool = False) 
     return batch
 
 
-def batch_size(batch: Any) -> int:
+def batch_size(batch: Batch) -> int:
     """Samples in a batch: the length of its first tensor (of a tuple, list or dict)."""
     first = batch[0] if isinstance(batch, (list, tuple)) else batch
     if isinstance(first, dict):

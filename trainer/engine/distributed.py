@@ -12,10 +12,12 @@ import signal
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+Shared = TypeVar("Shared")  # a picklable object sent between ranks
 
 
 @dataclass(frozen=True)
@@ -55,18 +57,18 @@ class Distributed:
             dist.barrier()
 
     def broadcast(self, obj: Any) -> Any:
-        """Rank 0's `obj` on every rank."""
+        """Rank 0's `obj` on every rank (what the other ranks pass is dropped: often None)."""
         if not self.enabled:
             return obj
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def gather(self, obj: Any) -> list[Any]:
+    def gather(self, obj: Shared) -> list[Shared]:
         """Every rank's `obj`, in rank order, on every rank."""
         if not self.enabled:
             return [obj]
-        boxes: list[Any] = [None] * self.world_size
+        boxes: list[Any] = [None] * self.world_size  # filled with every rank's object
         dist.all_gather_object(boxes, obj)
         return boxes
 

@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 
 from trainer.config import Config
 from trainer.engine.device import autocast, batch_size, check_precision, pick_device, to_device
 from trainer.engine.distributed import SINGLE, Distributed
-from trainer.engine.steps import StepContext
+from trainer.engine.steps import Batch, StepContext, ValStep
 from trainer.errors import UserError
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
-    loader: Any,
+    loader: Iterable[Batch],
     loss_fn: torch.nn.Module,
     device: torch.device,
     precision: str,
@@ -62,10 +63,10 @@ def evaluate(
 
 def validate(
     model: torch.nn.Module,
-    loader: Any,
+    loader: Iterable[Batch],
     *,
     step_name: str,
-    val_step: Any,
+    val_step: ValStep | None,
     loss_fn: torch.nn.Module,
     metrics: MetricSet | None,
     ctx: StepContext,
@@ -89,7 +90,7 @@ def evaluate_checkpoint(config: Config, path: str) -> dict[str, float]:
     from trainer.components.metrics import build_metrics, check_metrics
     from trainer.components.models import build_model
     from trainer.components.optim import build_loss
-    from trainer.engine.build import build_step, check_steps
+    from trainer.engine.build import build_val_step, check_steps
     from trainer.engine.resume import model_changes
     from trainer.state.checkpoint import load_checkpoint
 
@@ -120,7 +121,7 @@ def evaluate_checkpoint(config: Config, path: str) -> dict[str, float]:
         model.to(device),
         val_loader,
         step_name=config.step.name,
-        val_step=build_step(config.val_step, key="val_step"),
+        val_step=build_val_step(config),
         loss_fn=loss_fn,
         metrics=build_metrics(config.metrics, device=device),
         ctx=ctx,
@@ -129,9 +130,9 @@ def evaluate_checkpoint(config: Config, path: str) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate_step(
-    val_step: Any,
+    val_step: ValStep,
     model: torch.nn.Module,
-    loader: Any,
+    loader: Iterable[Batch],
     ctx: StepContext,
     *,
     job: Distributed = SINGLE,

@@ -146,11 +146,12 @@ class OptimizerHandle:
         """Clip by norm or by value, as configured (never both: the config refuses it); the
         pre-clip grad norm: clip_grad_norm's, or measured for clip_grad_value on request."""
         norm, value = self.clipping.norm, self.clipping.value
-        if norm is None and value is None:
+        if norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            return torch.nn.utils.clip_grad_norm_(self.params, norm)
+        if value is None:
             return None
         self.scaler.unscale_(self.optimizer)
-        if norm is not None:
-            return torch.nn.utils.clip_grad_norm_(self.params, norm)
         total = None
         if measure:
             total = torch.nn.utils.get_total_norm(
@@ -190,7 +191,9 @@ class OptimizerHandle:
             self.clip()
             return value
 
-        value = self.optimizer.step(closure)
+        # Optimizer.step's stub types the closure's loss as a float; LBFGS takes the Tensor
+        # (and returns the closure's first value, that Tensor).
+        value: torch.Tensor = self.optimizer.step(closure)  # type: ignore[arg-type, assignment]
         self.zero_grad()
         self.updates += 1
         self.schedule.after_optimizer_step()

@@ -33,7 +33,7 @@ from trainer.engine.device import batch_size, pick_device, to_device
 from trainer.engine.distributed import Distributed
 from trainer.engine.evaluate import validate
 from trainer.engine.resume import find_checkpoint, restore
-from trainer.engine.steps import StepContext
+from trainer.engine.steps import Metrics, StepContext
 from trainer.errors import Interrupted, TrainingError, UserError
 from trainer.interrupt import StopRequests
 from trainer.runs.listing import status_recorded
@@ -107,7 +107,8 @@ def train(
         # Build, and restore what the checkpoint holds.
         report.device(device, reason)
         run = build_run(config, device, job)
-        position, restored = Position(), []
+        position = Position()
+        restored: list[str] = []
         if saved is not None:
             position, restored = restore(
                 saved, run, reset_optimizer=reset_optimizer, rank=job.rank,
@@ -223,7 +224,7 @@ def train_epoch(out: Output, epoch: int, stop: StopRequests) -> EpochResult:
         logging = last and (position.step + 1) % settings.log_every == 0
         optimizers.start_batch(window, last, measure_norm=logging)
         ctx.batch, ctx.step = batch_index, position.step
-        lrs = optimizers.lrs(several=several) if logging else None
+        lrs = optimizers.lrs(several=several) if logging else {}
         with no_sync() if no_sync is not None and not last else syncing:
             metrics = run.step(batch, run.model, optimizers, ctx)
         out.sums.add(metrics, skipped=optimizers.skipped_batch)
@@ -352,7 +353,7 @@ class StepSums:
         self.epoch: dict[str, float] = {}
         self.epoch_counted = self.epoch_skipped = 0
 
-    def add(self, metrics: dict[str, Any], *, skipped: bool) -> None:
+    def add(self, metrics: Metrics, *, skipped: bool) -> None:
         if skipped:
             self.skipped += 1
             self.skipped_in_a_row += 1
@@ -472,9 +473,14 @@ class Output:
         return skip, batches
 
     def log_step(
-        self, epoch: int, means: dict[str, float], lrs: dict, batch: int, samples_per_s: float
+        self,
+        epoch: int,
+        means: dict[str, float],
+        lrs: dict[str, float],
+        batch: int,
+        samples_per_s: float,
     ) -> None:
-        record = {
+        record: dict[str, float] = {
             "epoch": epoch, "step": self.position.step, **means, **lrs, **update_counts(self.run)
         }  # fmt: skip
         several = self.run.config.several_optimizers
@@ -498,7 +504,7 @@ class Output:
         self.write(mark_epoch(record))
         self.report.end_epoch(record)
         policy = self.run.config.checkpoint
-        self.best = improved_best(self.best, record, policy.monitor, policy.mode)
+        self.best = improved_best(self.best, record, policy.monitor, policy.direction)
         is_best = self.best is not None and self.best["epoch"] == record["epoch"]
         epoch = record["epoch"]
         if whole_epoch:
@@ -617,7 +623,8 @@ def wrap_model(run: Run, job: Distributed) -> None:
             run.module, device_ids=[device.index] if device.type == "cuda" else None
         )
     if run.config.trainer.compile:
-        run.model = torch.compile(run.model)
+        # torch.compile of a Module returns an OptimizedModule (a Module); its stub says Callable.
+        run.model = torch.compile(run.model)  # type: ignore[assignment]
 
 
 def check_monitors(config: Config, record: dict[str, Any]) -> None:

@@ -168,7 +168,7 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], *, reset_optimizer:
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(node, dict) or not node:
         return {prefix: node}
-    flat = {}
+    flat: dict[str, Any] = {}
     for key, value in node.items():
         flat |= (
             _flatten(value, f"{prefix}{key}.")
@@ -322,7 +322,7 @@ def _section_key(several: bool, name: str, section: str) -> str:
 
 
 def _state_misfits(
-    saved: RunState, name: str, optimizer: torch.optim.Optimizer, config: Config, where: Any
+    saved: RunState, name: str, optimizer: torch.optim.Optimizer, config: Config, where: Path | str
 ) -> list[str]:
     """Why optimizer `name`'s saved state cannot be loaded into the built `optimizer`: it is
     another optimizer's, or its groups hold other numbers of tensors (what torch refuses)."""

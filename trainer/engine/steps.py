@@ -1,6 +1,7 @@
 """Training steps: `supervised`, `gan`, `distill`, and the contract a user's step follows.
 
-A step is `step(batch, model, optimizers, ctx, **options) -> dict[str, Tensor]`:
+A step is `step(batch, model, optimizers, ctx, **options) -> Metrics` (the `Step` protocol
+once its options are bound; `ValStep` for a val_step):
 
 - `batch`: what the training loader yields, already on the device (`(inputs, targets)` for
   the usual datasets);
@@ -21,13 +22,66 @@ training, with a "did you mean"; others after the first epoch.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from trainer.engine.device import autocast
+from trainer.engine.device import Batch, autocast
+from trainer.engine.handles import Optimizers
+
+Metrics = Mapping[str, torch.Tensor | float]  # what a step returns, by key
+
+
+class Step(Protocol):
+    """A training step with its options bound: one batch in, its metrics out."""
+
+    def __call__(
+        self, batch: Batch, model: nn.Module, optimizers: Optimizers, ctx: StepContext, /
+    ) -> Metrics: ...
+
+
+class ValStep(Protocol):
+    """A validation step with its options bound: one batch in, its metrics out."""
+
+    def __call__(self, batch: Batch, model: nn.Module, ctx: StepContext, /) -> Metrics: ...
+
+
+class GanParts(Protocol):
+    """What the GAN steps need of the model."""
+
+    generator: nn.Module
+    discriminator: nn.Module
+    latent: int  # the generator's noise size
+
+
+class DistillParts(Protocol):
+    """What the distillation step needs of the model."""
+
+    student: nn.Module
+    teacher: nn.Module
+
+
+StepFunction = TypeVar("StepFunction", bound=Callable[..., Metrics])
+
+
+def declares(
+    *logs: str, needs_optimizers: tuple[str, ...] = ()
+) -> Callable[[StepFunction], StepFunction]:
+    """Mark a built-in step with the keys it logs and the optimizers it needs (what a user's
+    step declares with `step.logs = (...)`), checked before anything is built."""
+
+    def mark(step: StepFunction) -> StepFunction:
+        step.__dict__["logs"] = logs
+        if needs_optimizers:
+            step.__dict__["needs_optimizers"] = needs_optimizers
+        return step
+
+    return mark
 
 
 @dataclass
@@ -45,7 +99,7 @@ class StepContext:
     _generator: torch.Generator | None = field(default=None, repr=False)
     _seeded_for: tuple[int, int] | None = field(default=None, repr=False)
 
-    def autocast(self) -> Any:
+    def autocast(self) -> AbstractContextManager:
         """The forward pass's autocast context for trainer.precision (a no-op for fp32)."""
         return autocast(self.precision, self.device)
 
@@ -63,60 +117,61 @@ class StepContext:
         return self._generator
 
 
-def supervised(batch: Any, model: Any, optimizers: Any, ctx: StepContext) -> dict[str, Any]:
+@declares("loss")
+def supervised(
+    batch: Batch, model: nn.Module, optimizers: Optimizers, ctx: StepContext
+) -> Metrics:
     """loss_fn(model(inputs), targets), one update of every optimizer (closure-aware)."""
     inputs, targets = batch
+    loss_fn = _loss_fn(ctx)
 
     def loss() -> torch.Tensor:
         with ctx.autocast():
-            return ctx.loss_fn(model(inputs), targets)
+            return loss_fn(model(inputs), targets)
 
     return {"loss": optimizers.update(loss)}
 
 
-supervised.logs = ("loss",)
-
-
-def gan(batch: Any, model: Any, optimizers: Any, ctx: StepContext) -> dict[str, Any]:
+@declares("d_loss", "g_loss", needs_optimizers=("generator", "discriminator"))
+def gan(batch: Batch, model: nn.Module, optimizers: Optimizers, ctx: StepContext) -> Metrics:
     """The non-saturating GAN step: the discriminator on real and detached fake samples, then
     the generator on fresh scores of its samples. Needs `model.generator`,
     `model.discriminator`, `model.latent`, and optimizers `generator` and `discriminator`."""
+    parts = cast(GanParts, model)
     real = batch[0] if isinstance(batch, (list, tuple)) else batch
-    noise = torch.randn(real.shape[0], model.latent, device=real.device, generator=ctx.generator)
+    noise = torch.randn(real.shape[0], parts.latent, device=real.device, generator=ctx.generator)
     with ctx.autocast():
-        fake = model.generator(noise)
+        fake = parts.generator(noise)
         d_loss = (
-            F.softplus(-model.discriminator(real)).mean()
-            + F.softplus(model.discriminator(fake.detach())).mean()
+            F.softplus(-parts.discriminator(real)).mean()
+            + F.softplus(parts.discriminator(fake.detach())).mean()
         )
     optimizers["discriminator"].update(d_loss)
     with ctx.autocast():
-        g_loss = F.softplus(-model.discriminator(fake)).mean()
+        g_loss = F.softplus(-parts.discriminator(fake)).mean()
     optimizers["generator"].update(g_loss)
     return {"d_loss": d_loss, "g_loss": g_loss}
 
 
-gan.needs_optimizers = ("generator", "discriminator")  # checked before anything is built
-gan.logs = ("d_loss", "g_loss")
-
-
+@declares("loss", "hard_loss", "soft_loss")
 def distill(
-    batch: Any,
-    model: Any,
-    optimizers: Any,
+    batch: Batch,
+    model: nn.Module,
+    optimizers: Optimizers,
     ctx: StepContext,
     *,
     temperature: float = 4.0,
     alpha: float = 0.5,
-) -> dict[str, Any]:
+) -> Metrics:
     """Knowledge distillation: `model.student` learns from the targets and from a frozen
     `model.teacher`'s softened outputs (KL at `temperature`, weighted by `alpha`)."""
+    parts = cast(DistillParts, model)
     inputs, targets = batch
     with torch.no_grad(), ctx.autocast():
-        teacher = model.teacher(inputs)
+        teacher = parts.teacher(inputs)
     with ctx.autocast():
-        logits = model.student(inputs)
-        hard = ctx.loss_fn(logits, targets)
+        logits = parts.student(inputs)
+        hard = _loss_fn(ctx)(logits, targets)
         soft = F.kl_div(
             F.log_softmax(logits / temperature, dim=1),
             F.log_softmax(teacher / temperature, dim=1),
@@ -128,11 +183,9 @@ def distill(
     return {"loss": loss, "hard_loss": hard, "soft_loss": soft}
 
 
-distill.logs = ("loss", "hard_loss", "soft_loss")
-
-
+@declares("modes_covered", "mode_distance", "close")
 @torch.no_grad()
-def ring_quality(batch: Any, model: Any, ctx: StepContext) -> dict[str, Any]:
+def ring_quality(batch: Batch, model: nn.Module, ctx: StepContext) -> Metrics:
     """A val_step for a GAN on `ring`: as many generated points as real ones, scored against
     the modes' centres (the real points' mean per target). `modes_covered`: modes that
     received at least a quarter of their fair share of close samples; `mode_distance`: mean
@@ -143,8 +196,9 @@ def ring_quality(batch: Any, model: Any, ctx: StepContext) -> dict[str, Any]:
     centres = torch.zeros(count, real.shape[1], device=real.device).index_add_(0, modes, real)
     centres /= torch.bincount(modes, minlength=count).clamp(min=1).unsqueeze(1)
     spread = (real - centres[modes]).pow(2).sum(1).mean().div(real.shape[1]).sqrt()
-    noise = torch.randn(real.shape[0], model.latent, device=real.device, generator=ctx.generator)
-    fake = model.generator(noise).float()
+    parts = cast(GanParts, model)
+    noise = torch.randn(real.shape[0], parts.latent, device=real.device, generator=ctx.generator)
+    fake = parts.generator(noise).float()
     distance, nearest = torch.cdist(fake, centres).min(dim=1)
     close = distance < 4 * spread
     hits = torch.bincount(nearest[close], minlength=count)
@@ -155,4 +209,8 @@ def ring_quality(batch: Any, model: Any, ctx: StepContext) -> dict[str, Any]:
     }
 
 
-ring_quality.logs = ("modes_covered", "mode_distance", "close")
+def _loss_fn(ctx: StepContext) -> nn.Module:
+    """The configured loss (a step that needs one is only run with one)."""
+    if ctx.loss_fn is None:
+        raise TypeError("this step needs StepContext.loss_fn, the configured loss")
+    return ctx.loss_fn

@@ -21,7 +21,7 @@ def improved_best(
 ) -> dict[str, Any] | None:
     """The best-so-far entry after this epoch's record (unchanged if it did not improve)."""
     value = record.get(monitor)
-    if not better(value, best and best["value"], mode):
+    if not better(value, best["value"] if best is not None else None, mode):
         return best
     return {"monitor": monitor, "mode": mode, "value": value, "epoch": record["epoch"]}
 

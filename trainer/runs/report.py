@@ -16,6 +16,9 @@ from rich.progress import (
 from rich.table import Table
 
 if TYPE_CHECKING:
+    import torch
+    from matplotlib.figure import Figure
+
     from trainer.components.param_groups import GroupsReport
     from trainer.state.checkpoint import RunState
 
@@ -28,7 +31,7 @@ def make_console(**kwargs: Any) -> Console:
     return console
 
 
-def number(value: Any) -> str:
+def number(value: object) -> str:
     """Metrics and hyperparameters in a short, exact-enough form."""
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -101,7 +104,7 @@ def groups_json(reports: dict[str, GroupsReport], *, several: bool) -> dict[str,
     }
 
 
-def names_table(reports: dict[str, GroupsReport], model: Any) -> Table:
+def names_table(reports: dict[str, GroupsReport], model: torch.nn.Module) -> Table:
     """Every parameter with its shape and group (or why it is frozen)."""
     from trainer.components.param_groups import clean_name
 
@@ -252,7 +255,7 @@ def plot_schedule(table: dict[str, list[float]], unit: str, path: str) -> None:
         plt.close(figure)
 
 
-def save_figure(figure: Any, path: str, *, option: str, **savefig: Any) -> None:
+def save_figure(figure: Figure, path: str, *, option: str, **savefig: Any) -> None:
     """figure.savefig(path); a path that cannot be written is a UserError naming `option`."""
     try:
         figure.savefig(path, **savefig)
@@ -294,7 +297,7 @@ class Reporter:
         self._task: Any = None
         self._epochs = 0
 
-    def device(self, device: Any, reason: str) -> None:
+    def device(self, device: torch.device, reason: str) -> None:
         self.note(f"device: {device} ({reason})")
 
     def groups(

@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 import torch
@@ -173,8 +173,9 @@ def _keyed_by_name(checkpoint: dict[str, Any]) -> dict[str, Any]:
     # An `optimizers:` config of one entry was saved in this layout too, its groups by name.
     sections = checkpoint.get("config", {})
     sections = sections.get("optimizers") if isinstance(sections, dict) else None
-    keyed_groups = isinstance(sections, dict) and len(sections) == 1
-    name = next(iter(sections)) if keyed_groups else ONE_OPTIMIZER
+    names = list(sections) if isinstance(sections, dict) else []
+    keyed_groups = len(names) == 1
+    name = names[0] if keyed_groups else ONE_OPTIMIZER
     for key in singular:
         if key in checkpoint:
             checkpoint[key + "s"] = {name: checkpoint.pop(key)}
@@ -284,24 +285,24 @@ def checkpoint_problems(checkpoint: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _echo(value: Any) -> str:
+def _echo(value: object) -> str:
     """A short repr and the type of a value, for an error message."""
     return f"{reprlib.repr(value)} ({type(value).__name__})"
 
 
-def _count(value: Any) -> bool:
+def _count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _number(value: Any) -> bool:
+def _number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _is_dict(value: Any) -> bool:
+def _is_dict(value: object) -> bool:
     return isinstance(value, dict)
 
 
-def _dict_of(value: Any, check: Callable[[Any], bool]) -> bool:
+def _dict_of(value: object, check: Callable[[Any], bool]) -> bool:
     return isinstance(value, dict) and all(
         isinstance(k, str) and check(v) for k, v in value.items()
     )
@@ -311,11 +312,11 @@ def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda value: value is None or check(value)
 
 
-def _names(value: Any) -> bool:
+def _names(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(name, str) for name in value)
 
 
-def _model_state(value: Any) -> bool:
+def _model_state(value: object) -> bool:
     """A Module.state_dict(): tensors, and whatever a module's get_extra_state() returns."""
     return isinstance(value, dict) and all(
         isinstance(key, str) and (isinstance(v, torch.Tensor) or key.endswith("_extra_state"))
@@ -323,7 +324,7 @@ def _model_state(value: Any) -> bool:
     )
 
 
-def _optimizer_state(value: Any) -> bool:
+def _optimizer_state(value: object) -> bool:
     """An Optimizer.state_dict(): its `state` dict and a list of `param_groups` with params."""
     return (
         isinstance(value, dict)
@@ -336,7 +337,7 @@ def _optimizer_state(value: Any) -> bool:
     )
 
 
-def _rng(value: Any) -> bool:
+def _rng(value: object) -> bool:
     """What rng_state() saves."""
     if not isinstance(value, dict):
         return False
@@ -358,7 +359,7 @@ def _rng(value: Any) -> bool:
     )
 
 
-def _best(value: Any) -> bool:
+def _best(value: object) -> bool:
     return isinstance(value, dict) and (
         isinstance(value.get("monitor"), str)
         and value.get("mode") in ("min", "max")
@@ -367,7 +368,7 @@ def _best(value: Any) -> bool:
     )
 
 
-def _early_stopping(value: Any) -> bool:
+def _early_stopping(value: object) -> bool:
     return (
         isinstance(value, dict)
         and _optional(_number)(value.get("best"))
@@ -375,7 +376,7 @@ def _early_stopping(value: Any) -> bool:
     )
 
 
-def _groups(value: Any) -> bool:
+def _groups(value: object) -> bool:
     """optimizer name -> group name -> parameter names."""
     return _dict_of(value, lambda groups: _dict_of(groups, _names))
 
@@ -416,7 +417,10 @@ _SHAPES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 def rng_state() -> dict[str, Any]:
     """torch (CPU and CUDA), numpy and python RNG states, in weights_only-loadable types."""
-    name, keys, position, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state()
+    if isinstance(state, dict):  # np.random.set_bit_generator() put in another than MT19937
+        raise TypeError(f"numpy's global RNG is a {state['bit_generator']}, not MT19937")
+    name, keys, position, has_gauss, cached = state
     version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),

@@ -23,6 +23,7 @@ from trainer.runs.report import save_figure
 if TYPE_CHECKING:
     from trainer.config import Config
     from trainer.engine.build import Run
+    from trainer.engine.steps import Batch, Metrics
 
 DIVERGENCE = 4.0  # stop once the smoothed loss exceeds this many times its minimum
 MAX_STEPS = 10_000  # a range test is 100 to 1,000 steps; far more is a typo, not a test
@@ -207,7 +208,7 @@ class RangeUpdates:
         return sum(losses) / size
 
 
-def followed_metric(metrics: dict[str, Any], *, step: str) -> str:
+def followed_metric(metrics: Metrics, *, step: str) -> str:
     """The metric the test follows: `loss`, or else the step's first metric."""
     if LOSS_KEY in metrics:
         return LOSS_KEY
@@ -219,7 +220,7 @@ def followed_metric(metrics: dict[str, Any], *, step: str) -> str:
     return next(iter(metrics))
 
 
-def _endless(run: Run) -> Iterator[tuple[int, int, Any]]:
+def _endless(run: Run) -> Iterator[tuple[int, int, Batch]]:
     """(epoch, index in the epoch, batch) of the training set, epoch after epoch, each epoch
     in the order `fit` gives it."""
     from trainer.components.data import start_epoch

@@ -21,9 +21,12 @@ import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainer.errors import UserError, did_you_mean, unknown_name
+
+if TYPE_CHECKING:
+    import optuna
 
 DISTRIBUTIONS = {
     "uniform": "a float in [low, high]",
@@ -69,7 +72,7 @@ class Dimension:
         """The choices as Optuna stores them: plain values as they are, the rest as JSON."""
         return [c if isinstance(c, PLAIN) else json.dumps(c) for c in self.choices]
 
-    def suggest(self, trial: Any) -> Any:
+    def suggest(self, trial: optuna.Trial) -> Any:
         """Draw this key's value for an Optuna trial (the param is named by the key)."""
         if self.kind == "choice":
             label = trial.suggest_categorical(self.key, self.labels)

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from trainer.errors import UserError
 from trainer.interrupt import PARENT_ENV
@@ -41,6 +41,9 @@ from trainer.tools.search_space import (
     import_optuna,
     load_space,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 JOURNAL = "study.journal"
 POLL_S = 0.2  # how often a running trial's metrics.jsonl is read
@@ -102,7 +105,7 @@ def sweep(
         raise UserError(f"--summary: no study {name!r} here ({study_dir / JOURNAL} is missing)")
     if storage is None:
         study_dir.mkdir(parents=True, exist_ok=True)
-    monitor, mode = config.checkpoint.monitor, config.checkpoint.mode
+    monitor, mode = config.checkpoint.monitor, config.checkpoint.direction
     storage_object, shown = open_storage(storage, study_dir)
     console = make_console()
     fit = [sys.executable, "-m", "trainer", "fit", config_path, *overrides]
@@ -654,7 +657,8 @@ def write_plots(study: Any, study_dir: Path, *, monitor: str) -> list[str]:
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the views are "experimental" in Optuna
-            figure = draw(study, target_name=monitor).figure
+            # Axes.figure may be a SubFigure; Optuna's views draw on a figure of their own.
+            figure = cast("Figure", draw(study, target_name=monitor).figure)
         figure.set_size_inches(8, 4)
         figure.tight_layout()
         figure.savefig(study_dir / name)
