@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +11,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from trainer.cli import app
+
+TESTS = Path(__file__).resolve().parent
 
 # A fit small enough for a unit test: 128 samples of 16x16 in batches of 32, two epochs.
 TINY_CONFIG = """
@@ -75,10 +78,14 @@ def user_error(run_cli: Callable[..., Result]) -> Callable[..., str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def trusted_helpers() -> Iterator[None]:
-    """The tests' helper modules in tests/ are trusted as a user trusts a package of theirs
-    (configs name them by import path; they are not in the tmp directories the tests run in)."""
+    """The helper package tests/helpers is importable and trusted, as a user's installed package
+    they trust (configs name it as `helpers.loop:tiny`; it is not in the tmp directories the
+    tests run in), here and in every subprocess (`trainer`, torchrun) a test starts. The one
+    place that trusts it: a test of TRAINER_TRUST itself sets or deletes the variable."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TRAINER_TRUST", "data_helpers,loop_helpers,resume_helpers,ddp_helpers")
+        patch.syspath_prepend(str(TESTS))
+        patch.setenv("PYTHONPATH", str(TESTS), prepend=os.pathsep)
+        patch.setenv("TRAINER_TRUST", "helpers")
         yield
 
 
@@ -97,7 +104,7 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The resume tests' run of 4 epochs without a stop (read-only: copy it to change it)."""
-    from resume_helpers import run_in
+    from helpers.resume import run_in
 
     return run_in(tmp_path_factory.mktemp("straight"))
 
@@ -105,6 +112,6 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def two_epochs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same config stopped after 2 epochs (keeps epoch-0001 and -0002; read-only)."""
-    from resume_helpers import run_in
+    from helpers.resume import run_in
 
     return run_in(tmp_path_factory.mktemp("two-epochs"), "trainer.epochs=2")

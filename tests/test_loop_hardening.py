@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = """
     name: tiny
     seed: 0
-    model: {name: "loop_helpers:tiny"}
+    model: {name: "helpers.loop:tiny"}
     data: {name: shapes, size: 96, image_size: 8, batch_size: 16}
     optimizer: {name: SGD, lr: 0.1, momentum: 0.9}
     trainer: {epochs: 2, device: cpu, log_every: 2}
@@ -52,7 +52,7 @@ def test_a_diverged_run_with_skip_nonfinite_logs_skips_and_stops(
     write_config: Callable[..., Path], run_cli: Callable[..., Any], tmp_path: Path
 ) -> None:
     (tmp_path / "diverging.py").write_text(DIVERGES, encoding="utf-8")
-    path = write_config(TINY.replace('"loop_helpers:tiny"', '"diverging:Diverges"'))
+    path = write_config(TINY.replace('"helpers.loop:tiny"', '"diverging:Diverges"'))
     result = run_cli(
         "fit", path, "trainer.skip_nonfinite=true", "trainer.max_consecutive_skips=3",
         "trainer.log_every=1",
@@ -219,7 +219,7 @@ def plain(batch, model, optimizers, ctx):
 
 CUSTOM_STEP = """
     name: custom
-    model: {name: "loop_helpers:tiny"}
+    model: {name: "helpers.loop:tiny"}
     data: {name: shapes, size: 32, image_size: 8, batch_size: 16}
     step: {name: "STEP_MODULE:plain"}
     trainer: {epochs: 2, device: cpu}

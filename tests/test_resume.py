@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoint_helpers import one_optimizer_layout
-from resume_helpers import (
+from helpers.checkpoints import one_optimizer_layout
+from helpers.resume import (
     CONFIG,
     Once,
     assert_same_training_state,
@@ -120,7 +120,7 @@ class Stopped:
 
 
 # SIGTERM while the 4th batch of epoch 2 is loaded (sample 300 + 3 * 32 + 5 of the run).
-STOP_AT_SAMPLE = ("data.name=resume_helpers:signalling_shapes", "data.at=401")
+STOP_AT_SAMPLE = ("data.name=helpers.resume:signalling_shapes", "data.at=401")
 
 
 @pytest.fixture(scope="module")
@@ -420,7 +420,7 @@ def test_epoch_means_after_a_sigterm_resume_equal_the_straight_runs_exactly(
     stopped = tmp_path / "stopped"
     stopped.mkdir()
     config = write_config(stopped)
-    overrides = ("trainer.log_every=100", "data.name=resume_helpers:signalling_shapes",
+    overrides = ("trainer.log_every=100", "data.name=helpers.resume:signalling_shapes",
                  f"data.at={at}")  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(stopped)

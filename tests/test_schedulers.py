@@ -1,7 +1,7 @@
 """`trainer schedule`: the lr table without training, its fill-ins and warmup, the table,
 chart and picture, and that it is the schedule `trainer fit` really follows.
 
-Configs train `loop_helpers:tiny` on 96 shapes in batches of 16: 6 optimizer steps per epoch.
+Configs train `helpers.loop:tiny` on 96 shapes in batches of 16: 6 optimizer steps per epoch.
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ from torch.optim import lr_scheduler
 
 from trainer.runs.rundir import read_metrics
 
-TESTS = Path(__file__).parent
 EPOCHS, STEPS_PER_EPOCH = 10, 6
 
 CONFIG = """
     name: sched
-    model: {name: "loop_helpers:tiny"}
+    model: {name: "helpers.loop:tiny"}
     data: {name: shapes, size: 96, image_size: 8, batch_size: 16, shuffle: false}
     optimizer: {name: Adam, lr: 0.1}
     scheduler: {name: StepLR, step_size: 3, gamma: 0.1}
@@ -36,12 +35,6 @@ TWO_GROUPS = """
       rules:
         - {name: head, match: '^3\\.', lr_mult: 10}
 """
-
-
-@pytest.fixture(autouse=True)
-def importable_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`loop_helpers:...` import paths in configs resolve to tests/loop_helpers.py."""
-    monkeypatch.syspath_prepend(str(TESTS))
 
 
 @pytest.fixture

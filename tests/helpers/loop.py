@@ -1,4 +1,4 @@
-"""Importable callables for the loop and scheduler tests (`model.name: "loop_helpers:tiny"`).
+"""Importable callables for the loop and scheduler tests (`model.name: "helpers.loop:tiny"`).
 
 The models have no BatchNorm and no dropout, so a training step is a pure function of the
 weights and the batch, and a hand-written loop in a test can reproduce the runner exactly.
