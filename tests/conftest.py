@@ -1,29 +1,22 @@
-"""Shared helpers: inline YAML configs written into tmp_path, and the CLI run inside it."""
+"""Shared fixtures: inline YAML configs and user modules written into tmp_path, the CLI run inside
+it, and the trusted helper package (tests/helpers) for the whole session."""
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers.configs import TINY_CONFIG
 from typer.testing import CliRunner, Result
 
 from trainer.cli import app
 
 TESTS = Path(__file__).resolve().parent
-
-# A fit small enough for a unit test: 128 samples of 16x16 in batches of 32, two epochs.
-TINY_CONFIG = """
-    name: tiny
-    seed: 0
-    model: {name: small_cnn, num_classes: 4, in_channels: 3, width: 4}
-    data: {name: shapes, num_classes: 4, size: 128, image_size: 16, batch_size: 32}
-    loss: {name: CrossEntropyLoss}
-    optimizer: {name: SGD, lr: 0.1, momentum: 0.9}
-    trainer: {epochs: 2, device: cpu, log_every: 2}
-"""
 
 
 @pytest.fixture
@@ -39,6 +32,22 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
     def write(text: str, name: str = "cfg.yaml") -> Path:
         path = tmp_path / name
         path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+    """`module(name, source, folder=tmp_path)`: write a module; sys.modules forgets it after."""
+
+    def write(name: str, source: str, folder: Path | None = None) -> Path:
+        folder = folder or tmp_path
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.py"
+        path.write_text(textwrap.dedent(source), encoding="utf-8")
+        monkeypatch.delitem(sys.modules, name, raising=False)
+        importlib.invalidate_caches()
         return path
 
     return write
@@ -99,6 +108,18 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def initial(tmp_path: Path) -> Path:
+    """Initial weights of `tiny`, shared by the runner (`model.init_from`) and the hand loop."""
+    import torch
+    from helpers.loop import tiny
+
+    torch.manual_seed(1)
+    path = tmp_path / "initial.pt"
+    torch.save(tiny().state_dict(), path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -51,15 +51,6 @@ BASE = textwrap.dedent(
 
 
 @pytest.fixture
-def initial(tmp_path: Path) -> Path:
-    """Initial weights of `tiny`, shared by the runner (`model.init_from`) and the hand loop."""
-    torch.manual_seed(1)
-    path = tmp_path / "initial.pt"
-    torch.save(tiny().state_dict(), path)
-    return path
-
-
-@pytest.fixture
 def write(tmp_path: Path, initial: Path) -> Callable[..., Path]:
     """`write(extra_yaml)`: BASE plus `extra_yaml` as a config file, starting from `initial`."""
 

@@ -47,15 +47,6 @@ trainer: {{epochs: 2, device: cpu, log_every: 1, out_dir: "{runs}"}}
 
 
 @pytest.fixture
-def initial(tmp_path: Path) -> Path:
-    """Initial weights of `tiny`, shared by the runner (`model.init_from`) and the hand loop."""
-    torch.manual_seed(1)
-    path = tmp_path / "initial.pt"
-    torch.save(tiny().state_dict(), path)
-    return path
-
-
-@pytest.fixture
 def train(tmp_path: Path, initial: Path) -> Callable[..., FitResult]:
     """`train(*overrides)`: an in-process `fit` of CONFIG."""
 
