@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers.configs import TINY_MLP_CONFIG
 from helpers.loop import tiny
 from rich.console import Console
 from torch import nn
@@ -695,3 +696,49 @@ def test_weights_that_are_not_finite_are_never_saved(write, run_cli, tmp_path) -
     assert torch.load(checkpoints / "last.pt", weights_only=True)["epoch"] == 1
     status = json.loads((tmp_path / "runs" / "status.json").read_text())
     assert status["status"] == "failed"
+
+
+# ---------------------------------------------------------------- a diverged run
+
+
+DIVERGES = """
+import torch
+from torch import nn
+
+
+class Diverges(nn.Module):
+    \"\"\"A linear classifier whose training outputs are NaN from its `after`-th forward on.\"\"\"
+
+    def __init__(self, after: int = 3) -> None:
+        super().__init__()
+        self.linear, self.after, self.calls = nn.Linear(192, 4), after, 0
+
+    def forward(self, x):
+        out = self.linear(x.flatten(1))
+        if self.training:
+            self.calls += 1
+            if self.calls > self.after:
+                return out * float("nan")
+        return out
+"""
+
+
+def test_a_diverged_run_with_skip_nonfinite_logs_skips_and_stops(
+    write_config: Callable[..., Path], run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    (tmp_path / "diverging.py").write_text(DIVERGES, encoding="utf-8")
+    diverging = TINY_MLP_CONFIG.replace('"helpers.loop:tiny"', '"diverging:Diverges"')
+    path = write_config(diverging)
+    result = run_cli(
+        "fit", path, "trainer.skip_nonfinite=true", "trainer.max_consecutive_skips=3",
+        "trainer.log_every=1",
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "batches in a row had a non-finite loss" in result.stderr
+    assert "trainer.max_consecutive_skips=3" in result.stderr
+    records = read_metrics(tmp_path / "runs" / "tiny" / "metrics.jsonl")
+    assert all("train/skipped" in r for r in records)
+    assert any(r["train/skipped"] > 0 for r in records)
+    # A window whose every batch was skipped has no loss: never a loss of 0.
+    assert all(r.get("train/loss") != 0 for r in records)
+    assert any("train/loss" not in r for r in records if r["train/skipped"])

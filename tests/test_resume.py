@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from helpers.checkpoints import one_optimizer_layout
+from helpers.configs import TINY_MLP_CONFIG
 from helpers.resume import (
     CONFIG,
     Once,
@@ -30,6 +33,7 @@ from helpers.resume import (
 from trainer.config import load_config
 from trainer.engine.loop import FitResult
 from trainer.errors import Interrupted
+from trainer.runs.rundir import read_metrics
 from trainer.state.checkpoint import KEYS
 
 LAST = "runs/r/checkpoints/last.pt"
@@ -455,3 +459,31 @@ def test_a_resumed_runs_config_yaml_is_the_config_in_force(tmp_path: Path) -> No
         "config-step7.yaml",
         "config.yaml",
     ]
+
+
+# ---------------------------------------------------------------- through the command line
+
+
+def test_a_resumed_run_shows_the_lr_it_goes_on_with(
+    write_config: Callable[..., Path], run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    scheduler = "    scheduler: {name: StepLR, step_size: 1, gamma: 0.1}\n"
+    path = write_config(TINY_MLP_CONFIG + scheduler)
+    assert run_cli("fit", path, "trainer.epochs=1").exit_code == 0
+    result = run_cli("fit", path, "--resume", "auto")
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if "│ default" in line)
+    assert "0.01" in row and "0.1 " not in row  # the checkpoint's lr, not the config's 0.1
+
+
+def test_a_mid_epoch_resume_logs_each_step_and_epoch_once(
+    write_config: Callable[..., Path], run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    path = write_config(TINY_MLP_CONFIG.replace("log_every: 2", "log_every: 1"))
+    assert run_cli("fit", path, "trainer.max_steps=8").exit_code == 0  # stops in epoch 2
+    assert run_cli("fit", path, "--resume", "auto").exit_code == 0
+    records = read_metrics(tmp_path / "runs" / "tiny" / "metrics.jsonl")
+    steps = [r["step"] for r in records if "val/loss" not in r]
+    epochs = [r["epoch"] for r in records if "val/loss" in r]
+    assert steps == list(range(1, 13))
+    assert epochs == [1, 2]
