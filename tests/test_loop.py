@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import torch
 from helpers.configs import TINY_MLP_CONFIG
-from helpers.loop import tiny
+from helpers.loop import sequential, tiny
 from rich.console import Console
 from torch import nn
 from torch.optim import lr_scheduler
@@ -223,16 +223,6 @@ def assert_same_lrs(result: FitResult, trace: Trace) -> None:
 # ---------------------------------------------------------------- schedulers
 
 STEPS = EPOCHS * BATCHES  # optimizer steps of the run
-
-
-def sequential(warmup: int, start_factor: float, main: Callable[..., Any]) -> Callable[..., Any]:
-    """What `warmup:` must build: LinearLR for `warmup` steps (or epochs), then `main`."""
-
-    def build(opt: torch.optim.Optimizer) -> lr_scheduler.SequentialLR:
-        linear = lr_scheduler.LinearLR(opt, start_factor=start_factor, total_iters=warmup)
-        return lr_scheduler.SequentialLR(opt, [linear, main(opt)], milestones=[warmup])
-
-    return build
 
 
 SCHEDULERS = {

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers.loop import sequential
 from torch.optim import lr_scheduler
 
 from trainer.runs.rundir import read_metrics
@@ -141,14 +142,6 @@ def torch_lrs(build: Callable[[torch.optim.Optimizer], Any], steps: int) -> list
 TOTAL = EPOCHS * STEPS_PER_EPOCH
 
 
-def warmed(warmup: int, start_factor: float, main: Callable[..., Any]) -> Callable[..., Any]:
-    def build(opt: torch.optim.Optimizer) -> lr_scheduler.SequentialLR:
-        linear = lr_scheduler.LinearLR(opt, start_factor=start_factor, total_iters=warmup)
-        return lr_scheduler.SequentialLR(opt, [linear, main(opt)], milestones=[warmup])
-
-    return build
-
-
 FILL_INS = {
     "cosine-epoch": (
         "{name: CosineAnnealingLR}",
@@ -192,17 +185,17 @@ FILL_INS = {
     ),
     "warmup-steps": (
         "{name: CosineAnnealingLR, interval: step, warmup: {steps: 5, start_factor: 0.01}}",
-        warmed(5, 0.01, lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=TOTAL - 5)),
+        sequential(5, 0.01, lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=TOTAL - 5)),
         TOTAL,
     ),
     "warmup-epochs": (
         "{name: CosineAnnealingLR, warmup: {epochs: 2}}",
-        warmed(2, 0.1, lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=EPOCHS - 2)),
+        sequential(2, 0.1, lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=EPOCHS - 2)),
         EPOCHS,
     ),
     "warmup-epochs-in-steps": (
         "{name: LinearLR, start_factor: 1.0, end_factor: 0.1, interval: step, warmup: {epochs: 1}}",
-        warmed(
+        sequential(
             STEPS_PER_EPOCH,
             0.1,
             lambda opt: lr_scheduler.LinearLR(
