@@ -1,26 +1,22 @@
-"""Shared helpers: inline YAML configs written into tmp_path, and the CLI run inside it."""
+"""Shared fixtures: inline YAML configs and user modules written into tmp_path, the CLI run inside
+it, and the trusted helper package (tests/helpers) for the whole session."""
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers.configs import TINY_CONFIG
 from typer.testing import CliRunner, Result
 
 from trainer.cli import app
 
-# A fit small enough for a unit test: 128 samples of 16x16 in batches of 32, two epochs.
-TINY_CONFIG = """
-    name: tiny
-    seed: 0
-    model: {name: small_cnn, num_classes: 4, in_channels: 3, width: 4}
-    data: {name: shapes, num_classes: 4, size: 128, image_size: 16, batch_size: 32}
-    loss: {name: CrossEntropyLoss}
-    optimizer: {name: SGD, lr: 0.1, momentum: 0.9}
-    trainer: {epochs: 2, device: cpu, log_every: 2}
-"""
+TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture
@@ -36,6 +32,22 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
     def write(text: str, name: str = "cfg.yaml") -> Path:
         path = tmp_path / name
         path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+    """`module(name, source, folder=tmp_path)`: write a module; sys.modules forgets it after."""
+
+    def write(name: str, source: str, folder: Path | None = None) -> Path:
+        folder = folder or tmp_path
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.py"
+        path.write_text(textwrap.dedent(source), encoding="utf-8")
+        monkeypatch.delitem(sys.modules, name, raising=False)
+        importlib.invalidate_caches()
         return path
 
     return write
@@ -75,10 +87,14 @@ def user_error(run_cli: Callable[..., Result]) -> Callable[..., str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def trusted_helpers() -> Iterator[None]:
-    """The tests' helper modules in tests/ are trusted as a user trusts a package of theirs
-    (configs name them by import path; they are not in the tmp directories the tests run in)."""
+    """The helper package tests/helpers is importable and trusted, as a user's installed package
+    they trust (configs name it as `helpers.loop:tiny`; it is not in the tmp directories the
+    tests run in), here and in every subprocess (`trainer`, torchrun) a test starts. The one
+    place that trusts it: a test of TRAINER_TRUST itself sets or deletes the variable."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TRAINER_TRUST", "data_helpers,loop_helpers,resume_helpers,ddp_helpers")
+        patch.syspath_prepend(str(TESTS))
+        patch.setenv("PYTHONPATH", str(TESTS), prepend=os.pathsep)
+        patch.setenv("TRAINER_TRUST", "helpers")
         yield
 
 
@@ -94,10 +110,22 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def initial(tmp_path: Path) -> Path:
+    """Initial weights of `tiny`, shared by the runner (`model.init_from`) and the hand loop."""
+    import torch
+    from helpers.loop import tiny
+
+    torch.manual_seed(1)
+    path = tmp_path / "initial.pt"
+    torch.save(tiny().state_dict(), path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The resume tests' run of 4 epochs without a stop (read-only: copy it to change it)."""
-    from resume_helpers import run_in
+    from helpers.resume import run_in
 
     return run_in(tmp_path_factory.mktemp("straight"))
 
@@ -105,6 +133,6 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def two_epochs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same config stopped after 2 epochs (keeps epoch-0001 and -0002; read-only)."""
-    from resume_helpers import run_in
+    from helpers.resume import run_in
 
     return run_in(tmp_path_factory.mktemp("two-epochs"), "trainer.epochs=2")

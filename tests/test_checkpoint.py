@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from checkpoint_helpers import one_optimizer_layout, several_optimizers, valid_checkpoint
+from helpers.checkpoints import one_optimizer_layout, several_optimizers, valid_checkpoint
 
 from trainer.config import CheckpointConfig
 from trainer.errors import TrainingError, UserError

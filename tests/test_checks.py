@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers.configs import TINY_MLP_CONFIG
 
 from trainer.components.checks import BOUNDS, check_values
 
@@ -177,3 +178,37 @@ def test_each_optimizers_section_is_checked_by_its_key(user_error: Callable[...,
         ],
     )
     assert stderr.count("error: ") == 2
+
+
+@pytest.mark.parametrize(
+    ("override", "expect"),
+    [
+        (
+            "param_groups.rules=[{name: head, match: '^3', betas: [1.5, 0.9]}]",
+            "param_groups.rules.0.betas: [1.5, 0.9] is out of range (allowed: two numbers in "
+            "[0, 1))",
+        ),
+        ("optimizer.nesterov=true", "optimizer: SGD rejected its arguments"),
+        (
+            "param_groups.rules=[{name: head, match: '^3', nesterov: true, dampening: 0.5}]",
+            "param_groups.rules.0: SGD rejects group 'head'",
+        ),
+        ("loss.reduction=bogus", "loss.reduction: 'bogus' is not a reduction of CrossEntropyLoss"),
+    ],
+    ids=["betas", "nesterov-without-momentum", "nesterov-with-dampening", "reduction"],
+)
+def test_option_values_are_checked_before_the_run_directory_exists(
+    write_config: Callable[..., Path],
+    user_error: Callable[..., str],
+    tmp_path: Path,
+    override,
+    expect,
+) -> None:
+    text = TINY_MLP_CONFIG
+    if "betas" in override:
+        adam = "{name: Adam, lr: 0.001}"
+        text = TINY_MLP_CONFIG.replace("{name: SGD, lr: 0.1, momentum: 0.9}", adam)
+    if "nesterov=true" in override:
+        text = TINY_MLP_CONFIG.replace(", momentum: 0.9}", "}")
+    user_error("fit", write_config(text), override, expect=[expect])
+    assert not (tmp_path / "runs").exists()

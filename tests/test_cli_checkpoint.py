@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoint_helpers import one_optimizer_layout
-from resume_helpers import (
+from helpers.checkpoints import one_optimizer_layout
+from helpers.resume import (
     Once,
     assert_same_training_state,
     epoch_records,
@@ -31,8 +31,7 @@ from typer.testing import CliRunner, Result
 from trainer.cli import app
 from trainer.runs.metrics_file import EPOCH_END, read_metrics
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
+REPO = Path(__file__).resolve().parent.parent
 LAST = "runs/r/checkpoints/last.pt"
 
 
@@ -231,9 +230,7 @@ def signalled(tmp_path_factory: pytest.TempPathFactory) -> Signalled:
     write_config(root)
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(REPO), str(TESTS), os.environ.get("PYTHONPATH")])
-        ),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         "OMP_NUM_THREADS": "1",
     }
     command = [sys.executable, "-m", "trainer", "fit", "cfg.yaml"]

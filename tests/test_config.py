@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.configs import MINIMAL
 
 from trainer.config import (
     Config,
@@ -20,8 +21,6 @@ from trainer.config import (
     validate_config,
 )
 from trainer.errors import UserError
-
-MINIMAL = {"name": "m", "model": {"name": "small_cnn"}, "data": {"name": "shapes"}}
 
 
 def problems_of(raw: dict) -> list[str]:

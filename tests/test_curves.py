@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from damage_helpers import DAMAGES, damage
+from helpers.damage import DAMAGES, damage
 from rich.console import Console
 from typer.testing import Result
 

@@ -11,12 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import data_helpers
+import helpers.data
 import numpy as np
 import pytest
 import torch
 import torchvision.datasets
-from data_helpers import write_cifar10, write_image_folder, write_mnist
+from helpers.data import write_cifar10, write_image_folder, write_mnist
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from typer.testing import Result
@@ -253,15 +253,15 @@ def test_shapes_trains_one_epoch(fit) -> None:
 
 @pytest.fixture
 def dataset_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, dict[str, Any]]]:
-    """The calls of `data_helpers:my_dataset` made by this test."""
-    monkeypatch.setattr(data_helpers, "CALLS", [])
-    return data_helpers.CALLS
+    """The calls of `helpers.data:my_dataset` made by this test."""
+    monkeypatch.setattr(helpers.data, "CALLS", [])
+    return helpers.data.CALLS
 
 
 def test_import_path_dataset_is_called_once_per_split(fit, dataset_calls) -> None:
     record = fit(
         "{name: small_cnn, in_channels: 1, num_classes: 3, width: 4}",
-        "{name: 'data_helpers:my_dataset', size: 20, num_classes: 3, batch_size: 8}",
+        "{name: 'helpers.data:my_dataset', size: 20, num_classes: 3, batch_size: 8}",
     )
     assert dataset_calls == [
         (True, {"size": 20, "num_classes": 3}),
@@ -277,7 +277,7 @@ def test_import_path_dataset_without_transform_rejects_transforms(
         """
         model: {name: small_cnn, in_channels: 1, num_classes: 3}
         data:
-          name: data_helpers:my_dataset
+          name: helpers.data:my_dataset
           size: 8
           train_transforms: [{name: RandomHorizontalFlip}]
         trainer: {epochs: 1, device: cpu}

@@ -14,10 +14,9 @@ import torch
 from trainer.components.data import EpochSampler
 from trainer.runs.metrics_file import is_epoch_record, read_metrics
 
-TESTS = Path(__file__).resolve().parent
 CONFIG = """\
     name: ddp
-    model: {name: "ddp_helpers:tanh_mlp"}
+    model: {name: "helpers.ddp:tanh_mlp"}
     data: {name: shapes, size: 128, image_size: 8, batch_size: 8, shuffle: false}
     optimizer: {name: SGD, lr: 0.05, momentum: 0.9}
     scheduler: {name: StepLR, step_size: 1, gamma: 0.5}
@@ -27,7 +26,7 @@ CONFIG = """\
 
 def trainer(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """`python -m trainer ...` in tmp_path, as a user runs it (torchrun via --nproc)."""
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     return subprocess.run(
         [sys.executable, "-m", "trainer", *args],
@@ -114,9 +113,9 @@ def test_ranks_share_each_epoch_and_a_resume_point_between_them(world_size: int)
 
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
 def test_a_signal_to_the_launcher_saves_and_exits_130(tmp_path: Path, signal_name: str) -> None:
-    name = "ddp_helpers:tanh_mlp_signalling_launcher"
+    name = "helpers.ddp:tanh_mlp_signalling_launcher"
     model = f'{{name: "{name}", signal_name: {signal_name}, at: 3}}'
-    config = textwrap.dedent(CONFIG).replace('{name: "ddp_helpers:tanh_mlp"}', model)
+    config = textwrap.dedent(CONFIG).replace('{name: "helpers.ddp:tanh_mlp"}', model)
     (tmp_path / "c.yaml").write_text(config)
     result = trainer(tmp_path, "fit", "c.yaml", "trainer.out_dir=stopped", "--nproc", "2")
     output = result.stdout + result.stderr

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import torch
 
-TESTS = Path(__file__).resolve().parent
 # 64 samples a rank in batches of 8, windows of 2: 4 steps an epoch; a log every 2 steps.
 CONFIG = """\
     name: ddp
-    model: {name: "ddp_helpers:tanh_mlp_troubled_rank", rank: "1", nan_at: 1, stop_at: 3}
+    model: {name: "helpers.ddp:tanh_mlp_troubled_rank", rank: "1", nan_at: 1, stop_at: 3}
     data: {name: shapes, size: 128, image_size: 8, batch_size: 8, shuffle: false}
     optimizer: {name: SGD, lr: 0.05, momentum: 0.9}
     trainer:
@@ -31,7 +30,7 @@ CONFIG = """\
 
 def test_one_ranks_stop_request_and_non_finite_loss_act_on_both(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text(textwrap.dedent(CONFIG))
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     result = subprocess.run(
         [sys.executable, "-m", "trainer", "fit", "c.yaml", "trainer.out_dir=run", "--nproc", "2"],

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from trainer.runs.metrics_file import read_metrics
 from trainer.runs.monitor import EarlyStopping, better, improved_best
-from trainer.runs.rundir import read_metrics
 
 
 def test_in_max_mode_a_value_must_rise_by_more_than_min_delta() -> None:

@@ -8,18 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from loop_helpers import bn_net
+from helpers.loop import bn_net
 from torch import nn
 from torch.utils.data import DataLoader
 
 from trainer.components.datasets import shapes
-from trainer.runs.rundir import read_metrics
+from trainer.runs.metrics_file import read_metrics
 
-TESTS = Path(__file__).parent
 CONFIG = """
     name: bn
     seed: 0
-    model: {name: "loop_helpers:bn_net"}
+    model: {name: "helpers.loop:bn_net"}
     data: {name: shapes, size: 64, image_size: 8, batch_size: 16}
     optimizer: {name: SGD, lr: 0.1, momentum: 0.9}
     trainer: {epochs: 1, device: cpu}
@@ -31,12 +30,6 @@ def loss_and_acc(batch, model, ctx):
     correct = (outputs.argmax(1) == targets).float()
     return {"loss": ctx.loss_fn(outputs, targets), "acc": correct.mean()}
 """
-
-
-@pytest.fixture(autouse=True)
-def importable_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`loop_helpers:...` import paths in configs resolve to tests/loop_helpers.py."""
-    monkeypatch.syspath_prepend(str(TESTS))
 
 
 @torch.no_grad()

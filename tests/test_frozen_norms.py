@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from loop_helpers import bn_net
+from helpers.loop import bn_net
 from rich.console import Console
 from torch import nn
 
@@ -18,13 +18,11 @@ from trainer.components.param_groups import held_norms
 from trainer.config import load_config
 from trainer.engine.loop import fit
 
-TESTS = Path(__file__).parent
-
 CONFIG = textwrap.dedent(
     """
     name: bn
     seed: 0
-    model: {name: "loop_helpers:bn_net"}
+    model: {name: "helpers.loop:bn_net"}
     data: {name: shapes, size: 64, image_size: 8, batch_size: 16}
     optimizer: {name: SGD, lr: 0.1, momentum: 0.9}
     param_groups: {freeze: ['^[01]\\.']}
@@ -34,8 +32,8 @@ CONFIG = textwrap.dedent(
 
 
 @pytest.fixture(autouse=True)
-def importable_helpers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.syspath_prepend(str(TESTS))
+def config_in_tmp_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """cfg.yaml in tmp_path, the current directory."""
     monkeypatch.chdir(tmp_path)
     Path("cfg.yaml").write_text(CONFIG, encoding="utf-8")
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import torch
-from resume_helpers import assert_same_training_state, epoch_records, load, run_in, train
+from helpers.resume import assert_same_training_state, epoch_records, load, run_in, train
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -114,7 +114,7 @@ trainer: {epochs: 2, device: auto, log_every: 2}
 """
 
 GPU_FP16 = ("trainer.device=cuda", "trainer.precision=fp16")
-LAST = "runs/r/checkpoints/last.pt"  # of resume_helpers.CONFIG, inside the directory it ran in
+LAST = "runs/r/checkpoints/last.pt"  # of helpers.resume.CONFIG, inside the directory it ran in
 
 
 @pytest.fixture
@@ -223,7 +223,6 @@ def test_a_gpu_checkpoint_is_read_on_a_machine_without_cuda(auto_run: tuple[Path
 def test_fp16_resumed_run_equals_the_straight_one_bit_for_bit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deterministic: None
 ) -> None:
-    monkeypatch.setenv("TRAINER_TRUST", "resume_helpers")  # its config names resume_helpers:mlp
     (tmp_path / "straight").mkdir()
     (tmp_path / "stopped").mkdir()
     straight = run_in(tmp_path / "straight", *GPU_FP16)

@@ -1,7 +1,7 @@
 """The training loop against the same loop written by hand: schedulers, accumulation, clipping,
 precision, closure optimizers, stopping rules.
 
-Every run trains `loop_helpers:tiny` (no BatchNorm, no dropout) from the same saved initial
+Every run trains `helpers.loop:tiny` (no BatchNorm, no dropout) from the same saved initial
 weights on 96 shapes of 8x8 in batches of 16 (6 batches per epoch) in a fixed order, so the
 hand-written loop below sees the same batches in the same order and must end on the same
 weights, bit for bit unless a comment says why not.
@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 import torch
-from loop_helpers import tiny
+from helpers.configs import TINY_MLP_CONFIG
+from helpers.loop import sequential, tiny
 from rich.console import Console
 from torch import nn
 from torch.optim import lr_scheduler
@@ -35,7 +36,6 @@ from trainer.engine.loop import FitResult, fit
 from trainer.errors import TrainingError, UserError
 from trainer.runs.metrics_file import is_epoch_record, read_metrics
 
-TESTS = Path(__file__).parent
 EPOCHS, BATCHES, BATCH_SIZE = 3, 6, 16
 DATA = {"size": BATCHES * BATCH_SIZE, "image_size": 8}
 
@@ -43,27 +43,12 @@ BASE = textwrap.dedent(
     """
     name: loop
     seed: 0
-    model: {name: "loop_helpers:tiny"}
+    model: {name: "helpers.loop:tiny"}
     data: {name: shapes, size: 96, image_size: 8, batch_size: 16, shuffle: false}
     optimizer: {name: SGD, lr: 0.1, momentum: 0.9}
     trainer: {epochs: 3, device: cpu, log_every: 1}
     """
 ).lstrip()
-
-
-@pytest.fixture(autouse=True)
-def importable_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`loop_helpers:...` import paths in configs resolve to tests/loop_helpers.py."""
-    monkeypatch.syspath_prepend(str(TESTS))
-
-
-@pytest.fixture
-def initial(tmp_path: Path) -> Path:
-    """Initial weights of `tiny`, shared by the runner (`model.init_from`) and the hand loop."""
-    torch.manual_seed(1)
-    path = tmp_path / "initial.pt"
-    torch.save(tiny().state_dict(), path)
-    return path
 
 
 @pytest.fixture
@@ -72,7 +57,7 @@ def write(tmp_path: Path, initial: Path) -> Callable[..., Path]:
 
     def config(extra: str = "") -> Path:
         path = tmp_path / "cfg.yaml"
-        text = BASE.replace('"loop_helpers:tiny"', f'"loop_helpers:tiny", init_from: "{initial}"')
+        text = BASE.replace('"helpers.loop:tiny"', f'"helpers.loop:tiny", init_from: "{initial}"')
         text = text.replace("log_every: 1", f'log_every: 1, out_dir: "{tmp_path / "runs"}"')
         path.write_text(text + textwrap.dedent(extra).lstrip(), encoding="utf-8")
         return path
@@ -238,16 +223,6 @@ def assert_same_lrs(result: FitResult, trace: Trace) -> None:
 # ---------------------------------------------------------------- schedulers
 
 STEPS = EPOCHS * BATCHES  # optimizer steps of the run
-
-
-def sequential(warmup: int, start_factor: float, main: Callable[..., Any]) -> Callable[..., Any]:
-    """What `warmup:` must build: LinearLR for `warmup` steps (or epochs), then `main`."""
-
-    def build(opt: torch.optim.Optimizer) -> lr_scheduler.SequentialLR:
-        linear = lr_scheduler.LinearLR(opt, start_factor=start_factor, total_iters=warmup)
-        return lr_scheduler.SequentialLR(opt, [linear, main(opt)], milestones=[warmup])
-
-    return build
 
 
 SCHEDULERS = {
@@ -481,7 +456,7 @@ def test_bf16_autocast_on_cpu(train, initial) -> None:
 
 
 def test_channels_last_matches_the_plain_run(train) -> None:
-    conv = ["model.name=loop_helpers:tiny_conv", "model.init_from=null", "trainer.epochs=2"]
+    conv = ["model.name=helpers.loop:tiny_conv", "model.init_from=null", "trainer.epochs=2"]
     plain, _ = train("", *conv)
     layout, _ = train("", *conv, "trainer.channels_last=true")
     ours, theirs = last_checkpoint(layout)["model"], last_checkpoint(plain)["model"]
@@ -615,7 +590,7 @@ def test_no_early_stopping_while_improving(train) -> None:
     assert "early stopping" not in printed
 
 
-NAN_MODEL = "model.name=loop_helpers:tiny_nan_at"
+NAN_MODEL = "model.name=helpers.loop:tiny_nan_at"
 
 
 @pytest.mark.parametrize(("log_every", "step"), [(1, 9), (50, 12)])
@@ -664,7 +639,7 @@ def test_skipped_batch_is_left_out_of_the_epoch_loss(train, initial) -> None:
     assert second == pytest.approx(sum(trace.batch_losses[1]) / (BATCHES - 1), rel=1e-6)
 
 
-INF_GRAD_MODEL = "model.name=loop_helpers:tiny_inf_grad_at"
+INF_GRAD_MODEL = "model.name=helpers.loop:tiny_inf_grad_at"
 
 
 def test_skip_nonfinite_skips_a_step_whose_gradients_are_not_finite(train, initial) -> None:
@@ -699,7 +674,7 @@ def test_weights_that_are_not_finite_are_never_saved(write, run_cli, tmp_path) -
     # Forward 9 makes a buffer NaN while every loss stays finite: the save at the end of
     # epoch 2 refuses, exit 1, and epoch 1's checkpoint stays last.pt.
     result = run_cli(
-        "fit", write(), "model.name=loop_helpers:NanBufferAt", "model.forward=9",
+        "fit", write(), "model.name=helpers.loop:NanBufferAt", "model.forward=9",
         "model.init_from=null", "trainer.skip_nonfinite=true",
     )  # fmt: skip
     assert result.exit_code == 1, result.output
@@ -711,3 +686,49 @@ def test_weights_that_are_not_finite_are_never_saved(write, run_cli, tmp_path) -
     assert torch.load(checkpoints / "last.pt", weights_only=True)["epoch"] == 1
     status = json.loads((tmp_path / "runs" / "status.json").read_text())
     assert status["status"] == "failed"
+
+
+# ---------------------------------------------------------------- a diverged run
+
+
+DIVERGES = """
+import torch
+from torch import nn
+
+
+class Diverges(nn.Module):
+    \"\"\"A linear classifier whose training outputs are NaN from its `after`-th forward on.\"\"\"
+
+    def __init__(self, after: int = 3) -> None:
+        super().__init__()
+        self.linear, self.after, self.calls = nn.Linear(192, 4), after, 0
+
+    def forward(self, x):
+        out = self.linear(x.flatten(1))
+        if self.training:
+            self.calls += 1
+            if self.calls > self.after:
+                return out * float("nan")
+        return out
+"""
+
+
+def test_a_diverged_run_with_skip_nonfinite_logs_skips_and_stops(
+    write_config: Callable[..., Path], run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    (tmp_path / "diverging.py").write_text(DIVERGES, encoding="utf-8")
+    diverging = TINY_MLP_CONFIG.replace('"helpers.loop:tiny"', '"diverging:Diverges"')
+    path = write_config(diverging)
+    result = run_cli(
+        "fit", path, "trainer.skip_nonfinite=true", "trainer.max_consecutive_skips=3",
+        "trainer.log_every=1",
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "batches in a row had a non-finite loss" in result.stderr
+    assert "trainer.max_consecutive_skips=3" in result.stderr
+    records = read_metrics(tmp_path / "runs" / "tiny" / "metrics.jsonl")
+    assert all("train/skipped" in r for r in records)
+    assert any(r["train/skipped"] > 0 for r in records)
+    # A window whose every batch was skipped has no loss: never a loss of 0.
+    assert all(r.get("train/loss") != 0 for r in records)
+    assert any("train/loss" not in r for r in records if r["train/skipped"])

@@ -353,11 +353,10 @@ def test_clipping_by_norm_and_by_value_is_exit_2(
     assert not (tmp_path / "runs").exists()
 
 
-def turns_nan_at(forward: int, tiny_yaml: str, monkeypatch: pytest.MonkeyPatch) -> str:
+def turns_nan_at(forward: int, tiny_yaml: str) -> str:
     """The tiny config with a model whose `forward`-th forward gives NaN outputs."""
-    monkeypatch.syspath_prepend(str(ROOT / "tests"))
     model = "model: {name: small_cnn, num_classes: 4, in_channels: 3, width: 4}"
-    nan_model = f'model: {{name: "loop_helpers:tiny_nan_at", forward: {forward}, image_size: 16}}'
+    nan_model = f'model: {{name: "helpers.loop:tiny_nan_at", forward: {forward}, image_size: 16}}'
     return tiny_yaml.replace(model, nan_model)
 
 
@@ -366,10 +365,9 @@ def test_a_model_that_turns_nan_stops_the_test_and_reports_what_it_has(
     write_config: Callable[..., Path],
     tiny_yaml: str,
     run_cli: Callable,
-    monkeypatch: pytest.MonkeyPatch,
     as_json: bool,
 ) -> None:
-    config = write_config(turns_nan_at(6, tiny_yaml, monkeypatch))
+    config = write_config(turns_nan_at(6, tiny_yaml))
     result = run_cli("lr-find", config, "--steps", "20", *(["--json"] if as_json else []))
     assert result.exit_code == 0, result.output
     stopped = "stopped at step 6 (lr 1.27e-05): the loss is nan"
@@ -386,9 +384,8 @@ def test_a_loss_that_is_nan_from_the_start_is_one_line_and_exit_1(
     write_config: Callable[..., Path],
     tiny_yaml: str,
     run_cli: Callable,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    result = run_cli("lr-find", write_config(turns_nan_at(1, tiny_yaml, monkeypatch)))
+    result = run_cli("lr-find", write_config(turns_nan_at(1, tiny_yaml)))
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit)
     assert result.stderr == (

@@ -22,7 +22,6 @@ from trainer.config import validate_config
 from trainer.engine.distributed import Distributed
 from trainer.engine.evaluate import evaluate
 
-TESTS = Path(__file__).resolve().parent
 CLASSES = 6
 METRICS = [
     {"name": "MulticlassAccuracy", "num_classes": CLASSES, "top_k": 5, "key": "top5"},
@@ -31,7 +30,7 @@ METRICS = [
 # 37 validation samples: an odd count, so two processes get uneven shards (19 and 18).
 CONFIG = {
     "name": "m",
-    "model": {"name": "ddp_helpers:tanh_mlp", "num_classes": CLASSES},
+    "model": {"name": "helpers.ddp:tanh_mlp", "num_classes": CLASSES},
     "data": {"name": "shapes", "num_classes": CLASSES, "size": 37, "image_size": 8},
     "metrics": METRICS,
     "trainer": {"device": "cpu"},
@@ -110,8 +109,7 @@ def evaluate_shard(rank: int, world_size: int, port: int, out: str) -> None:
 
 
 def validate_on(job: Distributed) -> dict[str, float]:
-    sys.path.insert(0, str(TESTS))
-    from ddp_helpers import tanh_mlp
+    from helpers.ddp import tanh_mlp
 
     config = validate_config(CONFIG)
     torch.manual_seed(0)
@@ -144,13 +142,9 @@ def test_two_processes_count_each_validation_sample_once(tmp_path: Path) -> None
         assert ranks[0][key] == one[key], key
 
 
-def test_a_ddp_fit_logs_the_same_metrics_as_one_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_ddp_fit_logs_the_same_metrics_as_one_process(tmp_path: Path) -> None:
     """Acceptance: `trainer fit --nproc 2` (lr 0, so the weights stay those of one process)."""
     from test_distributed import trainer
-
-    monkeypatch.setenv("TRAINER_TRUST", "ddp_helpers")
 
     (tmp_path / "m.yaml").write_text(json.dumps(CONFIG))
     common = ["fit", "m.yaml", "optimizer.lr=0.0", "trainer.epochs=1", "data.batch_size=8"]
@@ -169,9 +163,7 @@ def test_eval_prints_the_configured_metrics(
     run_cli: Callable[..., Result],
     write_config: Callable[..., Path],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("TRAINER_TRUST", "ddp_helpers")
     plain = {k: v for k, v in CONFIG.items() if k != "metrics"} | {"name": "plain"}
     write_config(json.dumps(plain | {"trainer": {"epochs": 1, "device": "cpu"}}), "plain.yaml")
     fitted = run_cli("fit", "plain.yaml")
@@ -182,7 +174,7 @@ def test_eval_prints_the_configured_metrics(
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
 
-    from ddp_helpers import tanh_mlp
+    from helpers.ddp import tanh_mlp
 
     model = tanh_mlp(CLASSES)
     model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])

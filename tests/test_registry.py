@@ -1,9 +1,15 @@
-"""trainer.components.registry: names and import paths → callables, signature checks, building."""
+"""trainer.components.registry: names and import paths → callables, signature checks, building;
+a malformed or failing import path is exit 2 by key, a bug in the user's own code exit 1."""
 
 from __future__ import annotations
 
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 import torch
+from helpers.configs import USER_MODELS
 from torch import nn
 
 from trainer.components import registry
@@ -210,3 +216,91 @@ def test_check_components_of_a_whole_config() -> None:
         "scheduler.step_size",
     ]
     assert "did you mean 'CrossEntropyLoss'?" in problems[2]
+
+
+# ---------------------------------------------------------------- import paths
+
+
+@pytest.mark.parametrize("path", [":", "x:", ":y", "a b:c", "x:y:z", "1x:y"])
+def test_malformed_import_paths(path, tiny_yaml, write_config, user_error) -> None:
+    text = tiny_yaml.replace("name: small_cnn,", f"name: {path!r},")
+    user_error(
+        "groups",
+        write_config(text),
+        expect=[f"model.name: {path!r} is not an import path: expected 'package.module:callable'"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "line", "error"),
+    [
+        ("import torch\n\ndef net(:\n", 3, "SyntaxError: invalid syntax"),
+        ("import torch\nraise ValueError('boom')\n", 2, "ValueError: boom"),
+        ("import torch\nimport no_such_dependency\n", 2, "No module named 'no_such_dependency'"),
+        ("def helper():\n    return {}['k']\n\nhelper()\n", 2, "KeyError: 'k'"),
+    ],
+    ids=["syntax", "raise", "missing-dependency", "raise-in-a-function"],
+)
+@pytest.mark.parametrize("command", ["groups", "fit"])
+def test_a_module_that_fails_to_import_names_the_place(
+    command, source, line, error, module, tiny_yaml, write_config, user_error, tmp_path
+) -> None:
+    where = module("broken_mod", source)
+    text = tiny_yaml.replace("name: small_cnn,", "name: 'broken_mod:net',")
+    user_error(
+        command,
+        write_config(text),
+        expect=[
+            f"model.name: importing 'broken_mod' for 'broken_mod:net' failed at {where}:{line}",
+            error,
+        ],
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- the user's own code
+
+
+def user_model_config(write_config: Callable[..., Path], tiny_yaml: str, model: str) -> Path:
+    """The tiny config with `model: {model}` (a YAML flow mapping)."""
+    lines = [line for line in tiny_yaml.splitlines() if not line.startswith("model:")]
+    return write_config("\n".join([*lines, f"model: {model}"]) + "\n")
+
+
+def test_a_bug_in_the_users_model_is_exit_1_with_their_traceback(
+    module, tiny_yaml, write_config, run_cli
+) -> None:
+    where = module("user_models", USER_MODELS)
+    config = user_model_config(write_config, tiny_yaml, "{name: 'user_models:Buggy'}")
+    result = run_cli("groups", config)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, KeyError)
+    (last,) = traceback.extract_tb(result.exception.__traceback__)[-1:]
+    assert (last.filename, last.lineno) == (str(where), 12)
+    assert "a bug in that code, not a problem of the config" in result.exception.__notes__[0]
+
+
+def test_argument_problems_with_the_users_callable_stay_exit_2(
+    module, tiny_yaml, write_config, user_error
+) -> None:
+    module("user_models", USER_MODELS)
+    user_error(
+        "groups",
+        user_model_config(write_config, tiny_yaml, "{name: 'user_models:positional', width: 3}"),
+        expect=["model: user_models:positional cannot take these arguments", "positional only"],
+    )
+    user_error(
+        "groups",
+        user_model_config(write_config, tiny_yaml, "{name: 'user_models:net', width: -1}"),
+        expect=["model: user_models:net rejected its arguments", "negative dimension"],
+    )
+
+
+def test_registry_build_lets_the_users_own_errors_through(module, monkeypatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module("user_models", USER_MODELS)
+    with pytest.raises(KeyError, match="missing"):
+        registry.build("models", "user_models:Buggy", {}, key="model")
+    with pytest.raises(UserError, match="rejected its arguments"):
+        registry.build("models", "small_cnn", {"width": -1}, key="model")

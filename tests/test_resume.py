@@ -9,13 +9,16 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from checkpoint_helpers import one_optimizer_layout
-from resume_helpers import (
+from helpers.checkpoints import one_optimizer_layout
+from helpers.configs import TINY_MLP_CONFIG
+from helpers.resume import (
     CONFIG,
     Once,
     assert_same_training_state,
@@ -30,7 +33,7 @@ from resume_helpers import (
 from trainer.config import load_config
 from trainer.engine.loop import FitResult
 from trainer.errors import Interrupted
-from trainer.runs.metrics_file import mark_epoch
+from trainer.runs.metrics_file import mark_epoch, read_metrics
 from trainer.state.checkpoint import KEYS
 
 LAST = "runs/r/checkpoints/last.pt"
@@ -121,7 +124,7 @@ class Stopped:
 
 
 # SIGTERM while the 4th batch of epoch 2 is loaded (sample 300 + 3 * 32 + 5 of the run).
-STOP_AT_SAMPLE = ("data.name=resume_helpers:signalling_shapes", "data.at=401")
+STOP_AT_SAMPLE = ("data.name=helpers.resume:signalling_shapes", "data.at=401")
 
 
 @pytest.fixture(scope="module")
@@ -421,7 +424,7 @@ def test_epoch_means_after_a_sigterm_resume_equal_the_straight_runs_exactly(
     stopped = tmp_path / "stopped"
     stopped.mkdir()
     config = write_config(stopped)
-    overrides = ("trainer.log_every=100", "data.name=resume_helpers:signalling_shapes",
+    overrides = ("trainer.log_every=100", "data.name=helpers.resume:signalling_shapes",
                  f"data.at={at}")  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(stopped)
@@ -456,3 +459,31 @@ def test_a_resumed_runs_config_yaml_is_the_config_in_force(tmp_path: Path) -> No
         "config-step7.yaml",
         "config.yaml",
     ]
+
+
+# ---------------------------------------------------------------- through the command line
+
+
+def test_a_resumed_run_shows_the_lr_it_goes_on_with(
+    write_config: Callable[..., Path], run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    scheduler = "    scheduler: {name: StepLR, step_size: 1, gamma: 0.1}\n"
+    path = write_config(TINY_MLP_CONFIG + scheduler)
+    assert run_cli("fit", path, "trainer.epochs=1").exit_code == 0
+    result = run_cli("fit", path, "--resume", "auto")
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if "│ default" in line)
+    assert "0.01" in row and "0.1 " not in row  # the checkpoint's lr, not the config's 0.1
+
+
+def test_a_mid_epoch_resume_logs_each_step_and_epoch_once(
+    write_config: Callable[..., Path], run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    path = write_config(TINY_MLP_CONFIG.replace("log_every: 2", "log_every: 1"))
+    assert run_cli("fit", path, "trainer.max_steps=8").exit_code == 0  # stops in epoch 2
+    assert run_cli("fit", path, "--resume", "auto").exit_code == 0
+    records = read_metrics(tmp_path / "runs" / "tiny" / "metrics.jsonl")
+    steps = [r["step"] for r in records if "val/loss" not in r]
+    epochs = [r["epoch"] for r in records if "val/loss" in r]
+    assert steps == list(range(1, 13))
+    assert epochs == [1, 2]

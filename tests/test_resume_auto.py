@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoint_helpers import valid_checkpoint
+from helpers.checkpoints import valid_checkpoint
 
 from trainer.engine.resume import find_checkpoint
 from trainer.errors import UserError

@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+import helpers.resume
 import pytest
-import resume_helpers
-from damage_helpers import DAMAGES, damage
+from helpers.damage import DAMAGES, damage
 
 from trainer.errors import TrainingError, UserError
 from trainer.runs.metrics_file import MetricsFile, is_epoch_record, mark_epoch, read_metrics
@@ -273,7 +273,7 @@ def test_resume_auto_on_a_damaged_run_file_is_exit_2_naming_it(
 ) -> None:
     run_dir = tmp_path / "runs" / "r"
     shutil.copytree(two_epochs, run_dir)
-    resume_helpers.write_config(tmp_path)
+    helpers.resume.write_config(tmp_path)
     damaged = damage(run_dir, kind)
     before = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
     result = run_cli("fit", "cfg.yaml", "trainer.epochs=3", "--resume", "auto")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from damage_helpers import DAMAGES, damage
+from helpers.damage import DAMAGES, damage
 from typer.testing import Result
 
 from trainer.errors import Interrupted, TrainingError
@@ -22,7 +22,7 @@ from trainer.runs.rundir import LOCK_FILE
 CONFIG = """
     name: cmp
     seed: 0
-    model: {name: "loop_helpers:tiny", image_size: 8}
+    model: {name: "helpers.loop:tiny", image_size: 8}
     data: {name: shapes, size: 64, image_size: 8, batch_size: 16}
     optimizer: {name: SGD, lr: 0.1}
     trainer: {epochs: 2, device: cpu, log_every: 1}
@@ -156,20 +156,18 @@ def test_three_real_runs_finished_stopped_by_sigterm_and_failed_with_a_nan(
     run_cli: Callable[..., Result],
     write_config: Callable[..., Path],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Acceptance: the loop keeps status.json (status_recorded) while it trains."""
-    import resume_helpers
+    import helpers.resume
 
-    monkeypatch.setenv("TRAINER_TRUST", "loop_helpers,resume_helpers")
     write_config(textwrap.dedent(CONFIG))
-    resume_helpers.Once.fired = False
+    helpers.resume.Once.fired = False
     runs = {
         "finished": ([], 0),
         # SIGTERM when sample 70 is fetched: during the first batch of epoch 2 (step 5).
-        "stopped": (['data.name="resume_helpers:signalling_shapes"', "data.at=70"], 130),
+        "stopped": (['data.name="helpers.resume:signalling_shapes"', "data.at=70"], 130),
         # NaN outputs on the 3rd training forward: train/loss is nan at step 3.
-        "failed": (['model.name="loop_helpers:tiny_nan_at"', "model.forward=3"], 1),
+        "failed": (['model.name="helpers.loop:tiny_nan_at"', "model.forward=3"], 1),
     }
     for out, (overrides, code) in runs.items():
         result = run_cli("fit", "cfg.yaml", f"trainer.out_dir=runs/{out}", *overrides)

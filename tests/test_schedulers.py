@@ -1,7 +1,7 @@
 """`trainer schedule`: the lr table without training, its fill-ins and warmup, the table,
 chart and picture, and that it is the schedule `trainer fit` really follows.
 
-Configs train `loop_helpers:tiny` on 96 shapes in batches of 16: 6 optimizer steps per epoch.
+Configs train `helpers.loop:tiny` on 96 shapes in batches of 16: 6 optimizer steps per epoch.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from typing import Any
 
 import pytest
 import torch
+from helpers.loop import sequential
 from torch.optim import lr_scheduler
 
 from trainer.runs.metrics_file import read_metrics
 
-TESTS = Path(__file__).parent
 EPOCHS, STEPS_PER_EPOCH = 10, 6
 
 CONFIG = """
     name: sched
-    model: {name: "loop_helpers:tiny"}
+    model: {name: "helpers.loop:tiny"}
     data: {name: shapes, size: 96, image_size: 8, batch_size: 16, shuffle: false}
     optimizer: {name: Adam, lr: 0.1}
     scheduler: {name: StepLR, step_size: 3, gamma: 0.1}
@@ -36,12 +36,6 @@ TWO_GROUPS = """
       rules:
         - {name: head, match: '^3\\.', lr_mult: 10}
 """
-
-
-@pytest.fixture(autouse=True)
-def importable_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`loop_helpers:...` import paths in configs resolve to tests/loop_helpers.py."""
-    monkeypatch.syspath_prepend(str(TESTS))
 
 
 @pytest.fixture
@@ -148,14 +142,6 @@ def torch_lrs(build: Callable[[torch.optim.Optimizer], Any], steps: int) -> list
 TOTAL = EPOCHS * STEPS_PER_EPOCH
 
 
-def warmed(warmup: int, start_factor: float, main: Callable[..., Any]) -> Callable[..., Any]:
-    def build(opt: torch.optim.Optimizer) -> lr_scheduler.SequentialLR:
-        linear = lr_scheduler.LinearLR(opt, start_factor=start_factor, total_iters=warmup)
-        return lr_scheduler.SequentialLR(opt, [linear, main(opt)], milestones=[warmup])
-
-    return build
-
-
 FILL_INS = {
     "cosine-epoch": (
         "{name: CosineAnnealingLR}",
@@ -199,17 +185,17 @@ FILL_INS = {
     ),
     "warmup-steps": (
         "{name: CosineAnnealingLR, interval: step, warmup: {steps: 5, start_factor: 0.01}}",
-        warmed(5, 0.01, lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=TOTAL - 5)),
+        sequential(5, 0.01, lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=TOTAL - 5)),
         TOTAL,
     ),
     "warmup-epochs": (
         "{name: CosineAnnealingLR, warmup: {epochs: 2}}",
-        warmed(2, 0.1, lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=EPOCHS - 2)),
+        sequential(2, 0.1, lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=EPOCHS - 2)),
         EPOCHS,
     ),
     "warmup-epochs-in-steps": (
         "{name: LinearLR, start_factor: 1.0, end_factor: 0.1, interval: step, warmup: {epochs: 1}}",
-        warmed(
+        sequential(
             STEPS_PER_EPOCH,
             0.1,
             lambda opt: lr_scheduler.LinearLR(

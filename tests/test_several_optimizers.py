@@ -1,7 +1,7 @@
 """The supervised step with several optimizers (`optimizers:`) against the same loop written
 by hand: accumulation over a window, and each optimizer's own clip_grad_norm.
 
-`loop_helpers:tiny` (no BatchNorm, no dropout) trains from saved initial weights on 96 shapes
+`helpers.loop:tiny` (no BatchNorm, no dropout) trains from saved initial weights on 96 shapes
 of 8x8 in batches of 16 (6 batches an epoch) in a fixed order; `body` (its first linear
 layer) and `head` (its last) each have an SGD with momentum, which, unlike Adam, sees a loss
 scaled by a constant. The weights must be the same bit for bit.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from loop_helpers import tiny
+from helpers.loop import tiny
 from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader
@@ -24,9 +24,8 @@ from torch.utils.data import DataLoader
 from trainer.components import registry
 from trainer.config import load_config
 from trainer.engine.loop import FitResult, fit
-from trainer.runs.rundir import read_metrics
+from trainer.runs.metrics_file import read_metrics
 
-TESTS = Path(__file__).parent
 EPOCHS, BATCHES, BATCH_SIZE = 2, 6, 16
 LRS = {"body": 0.1, "head": 0.05}
 LAYERS = {"body": 1, "head": 3}  # index in `tiny`
@@ -34,7 +33,7 @@ LAYERS = {"body": 1, "head": 3}  # index in `tiny`
 CONFIG = r"""
 name: several
 seed: 0
-model: {{name: "loop_helpers:tiny", init_from: "{initial}"}}
+model: {{name: "helpers.loop:tiny", init_from: "{initial}"}}
 data: {{name: shapes, size: 96, image_size: 8, batch_size: 16, shuffle: false}}
 optimizers:
   body:
@@ -45,21 +44,6 @@ optimizers:
     optimizer: {{name: SGD, lr: 0.05, momentum: 0.9}}
 trainer: {{epochs: 2, device: cpu, log_every: 1, out_dir: "{runs}"}}
 """
-
-
-@pytest.fixture(autouse=True)
-def importable_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`loop_helpers:...` import paths in configs resolve to tests/loop_helpers.py."""
-    monkeypatch.syspath_prepend(str(TESTS))
-
-
-@pytest.fixture
-def initial(tmp_path: Path) -> Path:
-    """Initial weights of `tiny`, shared by the runner (`model.init_from`) and the hand loop."""
-    torch.manual_seed(1)
-    path = tmp_path / "initial.pt"
-    torch.save(tiny().state_dict(), path)
-    return path
 
 
 @pytest.fixture

@@ -13,10 +13,9 @@ from pathlib import Path
 
 from trainer.interrupt import StopRequests
 
-TESTS = Path(__file__).resolve().parent
 CONFIG = """\
     name: s
-    model: {name: "loop_helpers:tiny"}
+    model: {name: "helpers.loop:tiny"}
     data: {name: shapes, size: 64, image_size: 8, batch_size: 32}
     optimizer: {name: SGD, lr: 0.1}
     trainer: {epochs: 1, device: cpu}
@@ -25,7 +24,7 @@ CONFIG = """\
 
 def run_python(tmp_path: Path, code: str, *args: str) -> subprocess.CompletedProcess:
     """`python -c code args...` in tmp_path, with the tests' helper modules importable."""
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-c", code, *args],
         cwd=tmp_path,
@@ -38,7 +37,7 @@ def run_python(tmp_path: Path, code: str, *args: str) -> subprocess.CompletedPro
 
 def test_sigterm_during_start_up_is_exit_130_and_writes_nothing(tmp_path: Path) -> None:
     config = textwrap.dedent(CONFIG).replace(
-        "loop_helpers:tiny", "loop_helpers:tiny_terminated_while_building"
+        "helpers.loop:tiny", "helpers.loop:tiny_terminated_while_building"
     )
     (tmp_path / "c.yaml").write_text(config)
     result = run_python(tmp_path, "from trainer.cli import main; main()", "fit", "c.yaml")

@@ -32,7 +32,6 @@ from trainer.engine.loop import fit
 from trainer.errors import Interrupted
 from trainer.runs.metrics_file import is_epoch_record, read_metrics
 
-TESTS = Path(__file__).parent
 EPOCHS, SAMPLES, BATCH, LATENT, HIDDEN = 2, 512, 64, 4, 16
 
 GAN = textwrap.dedent(
@@ -55,13 +54,6 @@ GAN = textwrap.dedent(
     checkpoint: {{monitor: val/modes_covered}}
     """
 ).lstrip()
-
-
-@pytest.fixture(autouse=True)
-def importable_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`steps_helpers:...` import paths in configs resolve to tests/steps_helpers.py."""
-    monkeypatch.syspath_prepend(str(TESTS))
-    monkeypatch.setenv("TRAINER_TRUST", "steps_helpers")
 
 
 @pytest.fixture
@@ -199,7 +191,7 @@ def test_gan_resumed_from_a_mid_epoch_sigterm_equals_a_straight_run(
 ) -> None:
     straight = fit(gan_config(f"trainer.out_dir={tmp_path / 'straight'}"))
     stop_at = GAN.replace(
-        "step: {name: gan}", "step: {name: 'steps_helpers:gan_stopped_at', at: 11}"
+        "step: {name: gan}", "step: {name: 'helpers.steps:gan_stopped_at', at: 11}"
     )
     with pytest.raises(Interrupted):
         fit(gan_config(text=stop_at))
@@ -303,7 +295,7 @@ def test_a_step_asking_for_a_missing_optimizer_names_those_there_are(
 ) -> None:
     path = write_config(GAN)
     user_error(
-        "fit", path, "step.name=steps_helpers:wrong_name",
+        "fit", path, "step.name=helpers.steps:wrong_name",
         expect=["the step asked for optimizer 'critic'", "'generator', 'discriminator'"],
     )  # fmt: skip
 
@@ -354,9 +346,9 @@ def test_a_changed_optimizer_set_is_refused_on_resume(
 
 TENSORS = """
     name: tensors
-    model: {name: "steps_helpers:two_tensors"}
+    model: {name: "helpers.steps:two_tensors"}
     data: {name: ring, n: 64, batch_size: 16}
-    step: {name: "steps_helpers:quadratic"}
+    step: {name: "helpers.steps:quadratic"}
     optimizer: {name: SGD, lr: 0.1}
     trainer: {epochs: 20, device: cpu}
     checkpoint: {monitor: train/loss}
@@ -379,7 +371,7 @@ def test_plain_tensors_become_named_parameters_a_step_minimises(
 
 DISTILL = """
     name: distill
-    model: {name: "steps_helpers:StudentTeacher"}
+    model: {name: "helpers.steps:StudentTeacher"}
     data: {name: shapes, size: 64, image_size: 8, batch_size: 16}
     step: {name: distill, temperature: 2.0, alpha: 0.7}
     optimizer: {name: SGD, lr: 0.1}
@@ -392,7 +384,7 @@ DISTILL = """
 def test_distillation_trains_the_student_and_leaves_the_teacher(
     write_config: Callable[..., Path], run_cli: Callable[..., Any], tmp_path: Path
 ) -> None:
-    from steps_helpers import StudentTeacher
+    from helpers.steps import StudentTeacher
 
     torch.manual_seed(0)
     before = StudentTeacher().state_dict()
@@ -492,7 +484,7 @@ def test_each_optimizers_updates_are_counted_and_resumed(
     gan_config: Callable[..., Any], tmp_path: Path
 ) -> None:
     # 8 batches an epoch: 8 steps, each with 3 critic updates and one generator update.
-    critic = ("step.name=steps_helpers:critic_first", "val_step=null",
+    critic = ("step.name=helpers.steps:critic_first", "val_step=null",
               "checkpoint.monitor=train/g_loss")  # fmt: skip
     result = fit(gan_config(*critic, "trainer.epochs=1"))
     records = read_metrics(result.run_dir / "metrics.jsonl")

@@ -3,10 +3,8 @@ nothing else runs."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,22 +33,6 @@ class Bait:
 def marker(tmp_path: Path) -> Path:
     """The file that exists only if a config got to run code."""
     return tmp_path / "ran"
-
-
-@pytest.fixture
-def module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
-    """`module(name, source, folder=tmp_path)`: write a module; sys.modules forgets it after."""
-
-    def write(name: str, source: str, folder: Path | None = None) -> Path:
-        folder = folder or tmp_path
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{name}.py"
-        path.write_text(textwrap.dedent(source), encoding="utf-8")
-        monkeypatch.delitem(sys.modules, name, raising=False)
-        importlib.invalidate_caches()
-        return path
-
-    return write
 
 
 @pytest.fixture

@@ -1,13 +1,17 @@
 """The user's directories (the current one, the config's) come after installed packages on
-sys.path: their modules import, and a file named like an installed package shadows nothing."""
+sys.path: their modules import, and a file named like an installed package shadows nothing;
+the same through the console script and `python -m trainer`, and a deleted current directory is
+one line."""
 
 from __future__ import annotations
 
 import importlib
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers.configs import USER_MODELS
 
 from trainer.config import read_config_file, trust
 from trainer.user_path import current_directory_last
@@ -63,3 +67,85 @@ def test_the_current_directory_moves_after_installed_packages(
     assert sys.path == [*rest, str(work)]
     assert importlib.import_module("users_own").WHO == "own"
     assert importlib.import_module("shadowed_pkg").WHO == "installed"
+
+
+# ---------------------------------------------------------------- the console script, -m
+
+
+def test_console_script_imports_modules_from_the_current_directory(tmp_path) -> None:
+    (tmp_path / "mymods.py").write_text(USER_MODELS, encoding="utf-8")
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "cfg.yaml").write_text(
+        'model: {name: "mymods:net"}\ndata: {name: shapes}\n', encoding="utf-8"
+    )
+    script = Path(sys.executable).parent / "trainer"  # the installed console script
+    done = subprocess.run(
+        [str(script), "groups", "configs/cfg.yaml", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"numel": 8' in done.stdout
+
+
+@pytest.mark.parametrize(
+    "command", [["trainer"], [sys.executable, "-m", "trainer"]], ids=["script", "python-m"]
+)
+def test_files_named_like_the_stdlib_or_a_package_shadow_nothing(command, tmp_path) -> None:
+    """A project's own json.py, shlex.py or numpy.py: the runner imports the real ones, and
+    the user's modules still import from the current directory."""
+    for shadow in ("json", "shlex", "numpy", "typing_extensions"):
+        (tmp_path / f"{shadow}.py").write_text(f"raise RuntimeError('my own {shadow}.py')\n")
+    (tmp_path / "mymods.py").write_text(USER_MODELS, encoding="utf-8")
+    (tmp_path / "cfg.yaml").write_text(
+        'model: {name: "mymods:net"}\ndata: {name: shapes}\n', encoding="utf-8"
+    )
+    if command == ["trainer"]:
+        command = [str(Path(sys.executable).parent / "trainer")]  # the installed console script
+    done = subprocess.run(
+        [*command, "groups", "cfg.yaml", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"numel": 8' in done.stdout
+
+
+def test_a_module_named_like_an_installed_package_is_named_to_rename(
+    tmp_path, write_config, user_error
+) -> None:
+    (tmp_path / "numpy.py").write_text("def net():\n    pass\n")
+    config = write_config('model: {name: "numpy:net"}\ndata: {name: shapes}\n')
+    user_error(
+        "groups",
+        config,
+        expect=[
+            f"model.name: 'numpy:net' imports the installed package 'numpy', not your "
+            f"{tmp_path / 'numpy.py'}",
+            "rename your file",
+        ],
+    )
+
+
+def test_a_deleted_current_directory_is_one_line_and_exit_2(tmp_path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    script = Path(sys.executable).parent / "trainer"
+    for command in (str(script), f"{sys.executable} -m trainer"):
+        done = subprocess.run(
+            ["sh", "-c", f"cd {gone} && rmdir {gone} && exec {command} config cfg.yaml"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr == (
+            "error: the current directory no longer exists (it was deleted or moved); "
+            "cd to a directory that exists and run the command again\n"
+        )
+        gone.mkdir()

@@ -1,4 +1,5 @@
-"""Importable callables for the loop and scheduler tests (`model.name: "loop_helpers:tiny"`).
+"""Importable callables for the loop and scheduler tests (`model.name: "helpers.loop:tiny"`), and
+the warmup schedule built by hand.
 
 The models have no BatchNorm and no dropout, so a training step is a pure function of the
 weights and the batch, and a hand-written loop in a test can reproduce the runner exactly.
@@ -6,10 +7,12 @@ weights and the batch, and a hand-written loop in a test can reproduce the runne
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.optim import lr_scheduler
 
 
 def tiny(num_classes: int = 4, image_size: int = 8) -> nn.Sequential:
@@ -118,3 +121,13 @@ def tiny_terminated_while_building(num_classes: int = 4, image_size: int = 8) ->
 
     os.kill(os.getpid(), signal.SIGTERM)
     return tiny(num_classes, image_size)
+
+
+def sequential(warmup: int, start_factor: float, main: Callable[..., Any]) -> Callable[..., Any]:
+    """What `warmup:` must build: LinearLR for `warmup` steps (or epochs), then `main`."""
+
+    def build(opt: torch.optim.Optimizer) -> lr_scheduler.SequentialLR:
+        linear = lr_scheduler.LinearLR(opt, start_factor=start_factor, total_iters=warmup)
+        return lr_scheduler.SequentialLR(opt, [linear, main(opt)], milestones=[warmup])
+
+    return build

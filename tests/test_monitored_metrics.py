@@ -1,7 +1,6 @@
-"""Loop-side hardening: diverged runs with skip_nonfinite, option values torch checks only
-on its defaults, the lr a resumed run shows, metrics.jsonl after a mid-epoch resume, and
-regression targets (no val/acc, and a val/acc monitor refused), monitor typos found before
-training where the steps say what they log."""
+"""A monitor (checkpoint.monitor, early stopping, a plateau scheduler) names a metric the run
+logs: a typo is found before training where the steps say what they log, after the first epoch
+where a custom step does not; regression targets log no val/acc, so a val/acc monitor is refused."""
 
 from __future__ import annotations
 
@@ -11,118 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.configs import TINY_MLP_CONFIG
 
 from trainer.runs.metrics_file import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
-
-TINY = """
-    name: tiny
-    seed: 0
-    model: {name: "loop_helpers:tiny"}
-    data: {name: shapes, size: 96, image_size: 8, batch_size: 16}
-    optimizer: {name: SGD, lr: 0.1, momentum: 0.9}
-    trainer: {epochs: 2, device: cpu, log_every: 2}
-"""
-
-
-DIVERGES = """
-import torch
-from torch import nn
-
-
-class Diverges(nn.Module):
-    \"\"\"A linear classifier whose training outputs are NaN from its `after`-th forward on.\"\"\"
-
-    def __init__(self, after: int = 3) -> None:
-        super().__init__()
-        self.linear, self.after, self.calls = nn.Linear(192, 4), after, 0
-
-    def forward(self, x):
-        out = self.linear(x.flatten(1))
-        if self.training:
-            self.calls += 1
-            if self.calls > self.after:
-                return out * float("nan")
-        return out
-"""
-
-
-def test_a_diverged_run_with_skip_nonfinite_logs_skips_and_stops(
-    write_config: Callable[..., Path], run_cli: Callable[..., Any], tmp_path: Path
-) -> None:
-    (tmp_path / "diverging.py").write_text(DIVERGES, encoding="utf-8")
-    path = write_config(TINY.replace('"loop_helpers:tiny"', '"diverging:Diverges"'))
-    result = run_cli(
-        "fit", path, "trainer.skip_nonfinite=true", "trainer.max_consecutive_skips=3",
-        "trainer.log_every=1",
-    )  # fmt: skip
-    assert result.exit_code == 1, result.output
-    assert "batches in a row had a non-finite loss" in result.stderr
-    assert "trainer.max_consecutive_skips=3" in result.stderr
-    records = read_metrics(tmp_path / "runs" / "tiny" / "metrics.jsonl")
-    assert all("train/skipped" in r for r in records)
-    assert any(r["train/skipped"] > 0 for r in records)
-    # A window whose every batch was skipped has no loss: never a loss of 0.
-    assert all(r.get("train/loss") != 0 for r in records)
-    assert any("train/loss" not in r for r in records if r["train/skipped"])
-
-
-@pytest.mark.parametrize(
-    ("override", "expect"),
-    [
-        (
-            "param_groups.rules=[{name: head, match: '^3', betas: [1.5, 0.9]}]",
-            "param_groups.rules.0.betas: [1.5, 0.9] is out of range (allowed: two numbers in "
-            "[0, 1))",
-        ),
-        ("optimizer.nesterov=true", "optimizer: SGD rejected its arguments"),
-        (
-            "param_groups.rules=[{name: head, match: '^3', nesterov: true, dampening: 0.5}]",
-            "param_groups.rules.0: SGD rejects group 'head'",
-        ),
-        ("loss.reduction=bogus", "loss.reduction: 'bogus' is not a reduction of CrossEntropyLoss"),
-    ],
-    ids=["betas", "nesterov-without-momentum", "nesterov-with-dampening", "reduction"],
-)
-def test_option_values_are_checked_before_the_run_directory_exists(
-    write_config: Callable[..., Path],
-    user_error: Callable[..., str],
-    tmp_path: Path,
-    override,
-    expect,
-) -> None:
-    text = TINY
-    if "betas" in override:
-        text = TINY.replace("{name: SGD, lr: 0.1, momentum: 0.9}", "{name: Adam, lr: 0.001}")
-    if "nesterov=true" in override:
-        text = TINY.replace(", momentum: 0.9}", "}")
-    user_error("fit", write_config(text), override, expect=[expect])
-    assert not (tmp_path / "runs").exists()
-
-
-def test_a_resumed_run_shows_the_lr_it_goes_on_with(
-    write_config: Callable[..., Path], run_cli: Callable[..., Any], tmp_path: Path
-) -> None:
-    path = write_config(TINY + "    scheduler: {name: StepLR, step_size: 1, gamma: 0.1}\n")
-    assert run_cli("fit", path, "trainer.epochs=1").exit_code == 0
-    result = run_cli("fit", path, "--resume", "auto")
-    assert result.exit_code == 0, result.output
-    row = next(line for line in result.stdout.splitlines() if "│ default" in line)
-    assert "0.01" in row and "0.1 " not in row  # the checkpoint's lr, not the config's 0.1
-
-
-def test_a_mid_epoch_resume_logs_each_step_and_epoch_once(
-    write_config: Callable[..., Path], run_cli: Callable[..., Any], tmp_path: Path
-) -> None:
-    path = write_config(TINY.replace("log_every: 2", "log_every: 1"))
-    assert run_cli("fit", path, "trainer.max_steps=8").exit_code == 0  # stops in epoch 2
-    assert run_cli("fit", path, "--resume", "auto").exit_code == 0
-    records = read_metrics(tmp_path / "runs" / "tiny" / "metrics.jsonl")
-    steps = [r["step"] for r in records if "val/loss" not in r]
-    epochs = [r["epoch"] for r in records if "val/loss" in r]
-    assert steps == list(range(1, 13))
-    assert epochs == [1, 2]
 
 
 REGRESSION = """
@@ -200,7 +92,7 @@ def test_a_monitor_typo_is_found_before_training_where_the_steps_say_what_they_l
     overrides: list[str],
     expect: list[str],
 ) -> None:
-    path = write_config(TINY) if config == "tiny" else ROOT / "configs" / "gan.yaml"
+    path = write_config(TINY_MLP_CONFIG) if config == "tiny" else ROOT / "configs" / "gan.yaml"
     stderr = user_error("fit", path, *overrides, "trainer.out_dir=runs/x", expect=expect)
     assert stderr.count("error: ") == len(expect)
     assert not (tmp_path / "runs").exists()
@@ -217,14 +109,17 @@ def plain(batch, model, optimizers, ctx):
     return {"loss": loss}
 """
 
+
 CUSTOM_STEP = """
     name: custom
-    model: {name: "loop_helpers:tiny"}
+    model: {name: "helpers.loop:tiny"}
     data: {name: shapes, size: 32, image_size: 8, batch_size: 16}
     step: {name: "STEP_MODULE:plain"}
     trainer: {epochs: 2, device: cpu}
     checkpoint: {monitor: train/los}
 """
+
+
 PLATEAU = "{name: ReduceLROnPlateau, monitor: train/lss}"
 
 

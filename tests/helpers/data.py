@@ -1,4 +1,4 @@
-"""Importable dataset callables for the dataset tests (`data.name: "data_helpers:my_dataset"`),
+"""Importable dataset callables for the dataset tests (`data.name: "helpers.data:my_dataset"`),
 and writers of small datasets in the real on-disk formats torchvision reads."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Importable steps and models for the step tests (`step.name: "steps_helpers:..."`)."""
+"""Importable steps and models for the step tests (`step.name: "helpers.steps:..."`)."""
 
 from __future__ import annotations
 

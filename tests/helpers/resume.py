@@ -29,7 +29,7 @@ CONFIG = textwrap.dedent(
     """
     name: r
     seed: 0
-    model: {name: "resume_helpers:mlp"}
+    model: {name: "helpers.resume:mlp"}
     data: {name: shapes, size: 300, image_size: 16, batch_size: 32}
     optimizer: {name: SGD, lr: 0.1, momentum: 0.9}
     param_groups:
