@@ -15,6 +15,8 @@ import enum
 import io
 import math
 import time
+import types
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,6 +194,9 @@ class EpochResult:
         return self.batches == self.epoch_batches
 
 
+NO_LRS: Mapping[str, float] = types.MappingProxyType({})  # a step that logs nothing
+
+
 class EpochEnd(enum.Enum):
     """Why an epoch ends before its last batch."""
 
@@ -209,6 +214,7 @@ def train_epoch(out: Output, epoch: int, stop: StopRequests) -> EpochResult:
     # Under DDP, gradients are all-reduced on a window's last backward only.
     no_sync = run.model.no_sync if isinstance(run.model, DistributedDataParallel) else None
     syncing = contextlib.nullcontext()  # reusable: no allocation per batch
+    after_step = AfterStep(out, epoch, stop)
     samples, batch_index, ended = 0, skip - 1, None
     run.train_mode()
     started = time.perf_counter()
@@ -224,7 +230,7 @@ def train_epoch(out: Output, epoch: int, stop: StopRequests) -> EpochResult:
         logging = last and (position.step + 1) % settings.log_every == 0
         optimizers.start_batch(window, last, measure_norm=logging)
         ctx.batch, ctx.step = batch_index, position.step
-        lrs = optimizers.lrs(several=several) if logging else {}
+        lrs = optimizers.lrs(several=several) if logging else NO_LRS
         with no_sync() if no_sync is not None and not last else syncing:
             metrics = run.step(batch, run.model, optimizers, ctx)
         out.sums.add(metrics, skipped=optimizers.skipped_batch)
@@ -237,7 +243,7 @@ def train_epoch(out: Output, epoch: int, stop: StopRequests) -> EpochResult:
             out.log_step(epoch, window_means, lrs, batch_index + 1, speed)
         if batch_index + 1 == batches:
             break
-        ended = after_step(out, epoch, stop, batch_index + 1, read=logging)
+        ended = after_step(batch_index + 1, read=logging)
         if ended is not None:
             break
     if ended is EpochEnd.SIGNAL:
@@ -246,32 +252,37 @@ def train_epoch(out: Output, epoch: int, stop: StopRequests) -> EpochResult:
     return EpochResult(batch_index + 1, batches, samples, time.perf_counter() - started)
 
 
-def after_step(
-    out: Output, epoch: int, stop: StopRequests, batches_done: int, *, read: bool
-) -> EpochEnd | None:
+class AfterStep:
     """After an optimizer step inside the epoch: save at checkpoint.every_steps, and end the
-    epoch on a stop request (saving) or at trainer.max_steps. `read`: the step's sums were
-    just read (a log step), so no second read is needed before a save."""
-    settings, position, job = out.run.config.trainer, out.position, out.job
-    every_steps, max_steps = out.run.config.checkpoint.every_steps, settings.max_steps
-    reached_max = max_steps is not None and position.step >= max_steps
-    save_now = every_steps is not None and position.step % every_steps == 0
-    # A stop request is acted on by all ranks at once: checked every step alone, at the
-    # sync points (log_every, every_steps) under DDP.
-    if read or save_now:
-        stopping = job.any(stop.requested, out.run.device)
-    else:
-        stopping = stop.requested and not job.enabled
-    if not read and (stopping or reached_max or save_now):
-        out.sums.read(job, position.step)  # the window's sums into the epoch's, first
-    if stopping:
-        out.save(epoch - 1, batches_done)
-        return EpochEnd.SIGNAL
-    if reached_max:
-        return EpochEnd.MAX_STEPS
-    if save_now:
-        out.save(epoch - 1, batches_done)
-    return None
+    epoch on a stop request (saving) or at trainer.max_steps. Made once an epoch, so a step
+    costs no lookups of the settings."""
+
+    def __init__(self, out: Output, epoch: int, stop: StopRequests) -> None:
+        self.out, self.epoch, self.stop, self.job = out, epoch, stop, out.job
+        self.every_steps = out.run.config.checkpoint.every_steps
+        self.max_steps = out.run.config.trainer.max_steps
+
+    def __call__(self, batches_done: int, *, read: bool) -> EpochEnd | None:
+        """`read`: the step's sums were just read (a log step), so a save needs no read."""
+        out, job, step = self.out, self.job, self.out.position.step
+        reached_max = self.max_steps is not None and step >= self.max_steps
+        save_now = self.every_steps is not None and step % self.every_steps == 0
+        # A stop request is acted on by all ranks at once: checked every step alone, at the
+        # sync points (log_every, every_steps) under DDP.
+        if read or save_now:
+            stopping = job.any(self.stop.requested, out.run.device)
+        else:
+            stopping = self.stop.requested and not job.enabled
+        if not read and (stopping or reached_max or save_now):
+            out.sums.read(job, step)  # the window's sums into the epoch's, first
+        if stopping:
+            out.save(self.epoch - 1, batches_done)
+            return EpochEnd.SIGNAL
+        if reached_max:
+            return EpochEnd.MAX_STEPS
+        if save_now:
+            out.save(self.epoch - 1, batches_done)
+        return None
 
 
 def epoch_record(
@@ -476,7 +487,7 @@ class Output:
         self,
         epoch: int,
         means: dict[str, float],
-        lrs: dict[str, float],
+        lrs: Mapping[str, float],
         batch: int,
         samples_per_s: float,
     ) -> None:
