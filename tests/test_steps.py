@@ -501,3 +501,21 @@ def test_each_optimizers_updates_are_counted_and_resumed(
         "generator": 16,
         "discriminator": 48,
     }
+
+
+def test_a_rebuilt_per_step_scheduler_resumes_at_its_optimizers_update_count(
+    gan_config: Callable[..., Any],
+) -> None:
+    # 3 critic updates a step, 8 steps an epoch: 24 discriminator updates after epoch 1, where
+    # a changed scheduler section is rebuilt and fast-forwarded to; 24 more in epoch 2.
+    critic = ("step.name=helpers.steps:critic_first", "val_step=null",
+              "checkpoint.monitor=train/g_loss")  # fmt: skip
+    fit(gan_config(*critic, "trainer.epochs=1"))
+    step_lr = "{name: StepLR, step_size: 10, gamma: 0.5, interval: step}"
+    resumed = fit(
+        gan_config(*critic, "trainer.epochs=2", f"optimizers.discriminator.scheduler={step_lr}"),
+        resume="auto",
+    )
+    saved = torch.load(resumed.run_dir / "checkpoints/last.pt", weights_only=True)
+    assert saved["schedulers"]["discriminator"]["last_epoch"] == 48
+    assert saved["schedulers"]["discriminator"]["_last_lr"] == [1.0e-3 * 0.5**4]

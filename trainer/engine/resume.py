@@ -288,7 +288,11 @@ def load_schedulers(saved: RunState, run: Run, *, reset_optimizer: bool) -> list
         for group in handle.optimizer.param_groups:  # back to the lrs the scheduler starts at
             group["lr"] = group.setdefault("initial_lr", group["lr"])
         handle.schedule = run.rebuild_schedule(name)
-        last_epoch = handle.schedule.fast_forward(steps=position.step, epochs=position.epoch)
+        # A per-step scheduler steps once per update this optimizer took (a custom step may
+        # take several a step, a skipped one none), not once per step.
+        last_epoch = handle.schedule.fast_forward(
+            steps=saved.optimizers[name].updates, epochs=position.epoch
+        )
         if handle.schedule.scheduler is not None:
             notes.append(
                 f"{_section_key(run.config.several_optimizers, name, 'scheduler')}: rebuilt "
