@@ -212,6 +212,20 @@ def test_another_optimizer_is_an_error_until_reset_optimizer(copied: Path) -> No
     assert result.exit_code == 0, result.output
     assert load(copied / "checkpoints/last.pt")["epoch"] == 3
 
+@pytest.mark.parametrize("junk", ["junk", 3, ["a"]])
+def test_a_checkpoint_config_with_sections_of_another_type_resumes_without_a_traceback(
+    copied: Path, junk: object
+) -> None:
+    # The saved config is only compared with the current one: sections of any type in a
+    # damaged file make the scheduler rebuilt and the optimizer state loaded as it fits.
+    checkpoint = torch.load(copied / "checkpoints/last.pt", weights_only=True)
+    checkpoint["config"].update(optimizer=junk, scheduler=junk)
+    torch.save(checkpoint, copied / "checkpoints/last.pt")
+    result = cli("fit", "cfg.yaml", "trainer.epochs=3", "--resume", LAST)
+    assert result.exit_code == 0, (result.exception, result.output)
+    assert "scheduler: rebuilt StepLR from the config" in result.output
+
+
 # ---------------------------------------------------------------- a signalled `trainer fit`
 
 

@@ -90,12 +90,12 @@ def evaluate_checkpoint(config: Config, path: str) -> dict[str, float]:
     from trainer.components.metrics import build_metrics, check_metrics
     from trainer.components.models import build_model
     from trainer.components.optim import build_loss
-    from trainer.engine.build import build_val_step, check_steps
+    from trainer.engine.build import build_val_step, step_problems
     from trainer.engine.resume import model_changes
     from trainer.state.checkpoint import load_checkpoint
 
     problems = check_components(config, sections=("model", "data", "loss"))
-    problems += check_metrics(config) + check_steps(config)
+    problems += check_metrics(config) + step_problems(config)  # eval uses no monitor
     if config.step.name != "supervised" and config.val_step is None:
         problems.append(
             f"val_step: step {config.step.name!r} has no val_step, so there is nothing to "

@@ -15,7 +15,6 @@ import enum
 import io
 import math
 import time
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,9 +193,6 @@ class EpochResult:
         return self.batches == self.epoch_batches
 
 
-NO_LRS: Mapping[str, float] = types.MappingProxyType({})  # a step that logs nothing
-
-
 class EpochEnd(enum.Enum):
     """Why an epoch ends before its last batch."""
 
@@ -209,7 +205,8 @@ def train_epoch(out: Output, epoch: int, stop: StopRequests) -> EpochResult:
     run, position, settings = out.run, out.position, out.run.config.trainer
     skip, batches = out.start_epoch(epoch)
     accumulate, optimizers, device = settings.accumulate, run.optimizers, run.device
-    several = run.config.several_optimizers
+    several, log_every = run.config.several_optimizers, settings.log_every
+    channels_last = settings.channels_last
     ctx = step_context(run, out.job, epoch)
     # Under DDP, gradients are all-reduced on a window's last backward only.
     no_sync = run.model.no_sync if isinstance(run.model, DistributedDataParallel) else None
@@ -219,7 +216,7 @@ def train_epoch(out: Output, epoch: int, stop: StopRequests) -> EpochResult:
     run.train_mode()
     started = time.perf_counter()
     for batch_index, batch in enumerate(run.train_loader, start=skip):
-        batch = to_device(batch, device, channels_last=settings.channels_last)
+        batch = to_device(batch, device, channels_last=channels_last)
         samples += batch_size(batch)
         out.report.advance()
 
@@ -227,10 +224,10 @@ def train_epoch(out: Output, epoch: int, stop: StopRequests) -> EpochResult:
         window_start = batch_index - batch_index % accumulate
         window = min(accumulate, batches - window_start)
         last = batch_index + 1 == window_start + window
-        logging = last and (position.step + 1) % settings.log_every == 0
+        logging = last and (position.step + 1) % log_every == 0
         optimizers.start_batch(window, last, measure_norm=logging)
         ctx.batch, ctx.step = batch_index, position.step
-        lrs = optimizers.lrs(several=several) if logging else NO_LRS
+        lrs = optimizers.lrs(several=several) if logging else None
         with no_sync() if no_sync is not None and not last else syncing:
             metrics = run.step(batch, run.model, optimizers, ctx)
         out.sums.add(metrics, skipped=optimizers.skipped_batch)
@@ -240,7 +237,7 @@ def train_epoch(out: Output, epoch: int, stop: StopRequests) -> EpochResult:
         if logging:
             window_means = out.sums.read(out.job, position.step)  # the hot path's host sync
             speed = samples / (time.perf_counter() - started)
-            out.log_step(epoch, window_means, lrs, batch_index + 1, speed)
+            out.log_step(epoch, window_means, lrs or {}, batch_index + 1, speed)
         if batch_index + 1 == batches:
             break
         ended = after_step(batch_index + 1, read=logging)
@@ -273,7 +270,7 @@ class AfterStep:
             stopping = job.any(self.stop.requested, out.run.device)
         else:
             stopping = self.stop.requested and not job.enabled
-        if not read and (stopping or reached_max or save_now):
+        if not read and (stopping or save_now):  # (at max_steps the epoch's end reads them)
             out.sums.read(job, step)  # the window's sums into the epoch's, first
         if stopping:
             out.save(self.epoch - 1, batches_done)
@@ -441,9 +438,15 @@ class Output:
             report,
         )
         self.metrics_file = MetricsFile(run_dir / "metrics.jsonl", enabled=job.is_main)
-        if saved is not None:  # what the resumed run logs again goes, once
-            self.metrics_file.cut_after(step=position.step, epoch=position.epoch)
-        self.loggers = open_loggers(config, run_dir, enabled=job.is_main, start_step=position.step)
+        try:
+            if saved is not None:  # what the resumed run logs again goes, once
+                self.metrics_file.cut_after(step=position.step, epoch=position.epoch)
+            self.loggers = open_loggers(
+                config, run_dir, enabled=job.is_main, start_step=position.step
+            )
+        except BaseException:  # a damaged metrics.jsonl, a logger that cannot start
+            self.metrics_file.close()
+            raise
         if job.is_main and saved is None:
             self.loggers.describe(
                 config_to_yaml(config), groups_json(run.reports, several=config.several_optimizers)

@@ -315,8 +315,10 @@ def load_rng(saved: RunState, *, rank: int, world_size: int, seed: int) -> None:
 
 def _optimizer_section(config: dict[str, Any], name: str, section: str) -> Any:
     """Optimizer `name`'s `optimizer` or `scheduler` section in a config dict, either form."""
-    if config.get("optimizers"):
-        return (config["optimizers"].get(name) or {}).get(section)
+    several = config.get("optimizers")
+    if several:  # a damaged file's sections may be anything: compared, never read into
+        entry = several.get(name) if isinstance(several, dict) else None
+        return entry.get(section) if isinstance(entry, dict) else entry
     return config.get(section)
 
 
@@ -332,8 +334,9 @@ def _state_misfits(
     another optimizer's, or its groups hold other numbers of tensors (what torch refuses)."""
     key = _section_key(config.several_optimizers, name, "optimizer")
     configured = type(optimizer).__name__
-    saved_name = (_optimizer_section(saved.config, name, "optimizer") or {}).get("name")
-    if saved_name is not None and re.split(r"[:.]", saved_name)[-1] != configured:
+    saved_section = _optimizer_section(saved.config, name, "optimizer")
+    saved_name = saved_section.get("name") if isinstance(saved_section, dict) else None
+    if isinstance(saved_name, str) and re.split(r"[:.]", saved_name)[-1] != configured:
         return [
             f"{key}.name: {where} holds {saved_name}'s state, the config names {configured}; "
             f"resume with --reset-optimizer to load the weights only (a fresh {configured} "
