@@ -1,4 +1,4 @@
-"""SIGINT / SIGTERM: the first asks the loop to stop after the current optimizer step;
+"""SIGINT / SIGTERM: the first asks the loop to stop after the current training step;
 a second one exits at once (checkpoints are written atomically, so none is left corrupt).
 
 Before training begins (imports, building), either signal ends the command at once: SIGTERM

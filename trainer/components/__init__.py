@@ -1,3 +1,4 @@
-"""The components a config names and their builders: the registry and trust policy,
-models, datasets, transforms, loaders, param groups, optimizers, schedulers, metrics, and
-the checks that run before building."""
+"""The components a config names and their builders: the registry (names and trusted import
+paths to callables), models, datasets, transforms, loaders, param groups, optimizers,
+schedulers, metrics, the checks that run before building, and the previews of `trainer
+groups` and `trainer schedule`."""

@@ -24,7 +24,7 @@ from trainer.components.optim import (
 )
 from trainer.components.schedulers import (
     ScheduleDriver,
-    build_scheduler,
+    schedule_for,
     steps_per_epoch,
     warnings_for,
 )
@@ -124,17 +124,10 @@ def plan_schedule(config: Config, *, per_step: bool, limit: int) -> SchedulePrev
     drivers, notes = {}, []
     for plan in planned:
         optimizer = build_optimizer(plan.spec, plan.groups)
-        scheduler = build_scheduler(
-            plan.spec.scheduler,
-            optimizer,
-            epochs=settings.epochs,
-            steps=steps,
-            max_steps=settings.max_steps,
-            key=f"{plan.spec.key}scheduler",
-        )
-        drivers[plan.spec.name] = (optimizer, ScheduleDriver(scheduler, plan.spec.scheduler))
+        driver = schedule_for(plan.spec, optimizer, settings, steps=steps)
+        drivers[plan.spec.name] = (optimizer, driver)
         notes += warnings_for(plan.spec.scheduler)
-        if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
+        if isinstance(driver.scheduler, lr_scheduler.ReduceLROnPlateau):
             notes.append(
                 "ReduceLROnPlateau lowers the lr on validation metrics; shown without any reduction"
             )

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.optim import lr_scheduler
 
 from trainer.components import registry
-from trainer.config import SchedulerConfig
+from trainer.config import OptimizerSpec, SchedulerConfig
 from trainer.errors import UserError
+
+if TYPE_CHECKING:
+    from trainer.config.sections import TrainerConfig
 
 # Scheduler → the argument the runner fills in with the schedule's length when it is omitted.
 LENGTH_ARGUMENTS = {
@@ -145,6 +148,26 @@ class ScheduleDriver:
         if self.scheduler is not None and state is not None:
             self.scheduler.load_state_dict(state)
 
+
+
+def schedule_for(
+    spec: OptimizerSpec,
+    optimizer: torch.optim.Optimizer,
+    settings: TrainerConfig,
+    *,
+    steps: int,
+) -> ScheduleDriver:
+    """An optimizer's scheduler, its length filled in from the run (`steps` optimizer steps
+    an epoch), behind its driver: what `fit` steps and `trainer schedule` previews."""
+    scheduler = build_scheduler(
+        spec.scheduler,
+        optimizer,
+        epochs=settings.epochs,
+        steps=steps,
+        max_steps=settings.max_steps,
+        key=f"{spec.key}scheduler",
+    )
+    return ScheduleDriver(scheduler, spec.scheduler)
 
 def warnings_for(config: SchedulerConfig | None) -> list[str]:
     """Advice on a scheduler config that works but is likely not what was meant."""

@@ -25,7 +25,7 @@ from trainer.components.optim import (
     plan_optimizers,
 )
 from trainer.components.param_groups import GroupsReport, held_norms
-from trainer.components.schedulers import ScheduleDriver, build_scheduler, steps_per_epoch
+from trainer.components.schedulers import ScheduleDriver, schedule_for, steps_per_epoch
 from trainer.config import Config, OptimizerSpec, StepConfig, monitors
 from trainer.engine.device import check_precision, grad_scaler
 from trainer.engine.distributed import SINGLE, Distributed
@@ -217,15 +217,8 @@ def build_schedule(
 ) -> ScheduleDriver:
     """An optimizer's scheduler, its length filled in from the run, behind its driver."""
     settings = config.trainer
-    scheduler = build_scheduler(
-        spec.scheduler,
-        optimizer,
-        epochs=settings.epochs,
-        steps=steps_per_epoch(batches_per_epoch(train_loader), settings.accumulate),
-        max_steps=settings.max_steps,
-        key=f"{spec.key}scheduler",
-    )
-    return ScheduleDriver(scheduler, spec.scheduler)
+    steps = steps_per_epoch(batches_per_epoch(train_loader), settings.accumulate)
+    return schedule_for(spec, optimizer, settings, steps=steps)
 
 
 def build_run(

@@ -95,7 +95,7 @@ class StepContext:
     rank: int = 0
     epoch: int = 0  # the epoch being trained, from 1
     batch: int = 0  # the batch's index in its epoch
-    step: int = 0  # optimizer steps taken before this batch (the global step)
+    step: int = 0  # training steps taken before this batch (the global step)
     _generator: torch.Generator | None = field(default=None, repr=False)
     _seeded_for: tuple[int, int] | None = field(default=None, repr=False)
 

@@ -80,7 +80,7 @@ def write_status(run_dir: Path, **fields: Any) -> None:
 def status_recorded(run_dir: Path, *, enabled: bool, step: Callable[[], int]) -> Iterator[None]:
     """status.json says `running` while the block runs, then how it ended: `finished`,
     `stopped` (Interrupted) or `failed` (any other exception, with its message). `step()`
-    gives the optimizer steps done; wall seconds add up over resumed sessions."""
+    gives the training steps done; wall seconds add up over resumed sessions."""
     if not enabled:
         yield
         return
