@@ -18,7 +18,7 @@ from trainer.config.loading import (
 )
 from trainer.config.metric_names import class_name, default_mode
 from trainer.config.monitors import monitors
-from trainer.config.overrides import apply_overrides
+from trainer.config.overrides import apply_overrides, flatten
 from trainer.config.schema import ComponentSections, Config, OptimizerSpec
 from trainer.config.sections import (
     CheckpointConfig,
@@ -58,6 +58,7 @@ __all__ = [
     "class_name",
     "config_to_yaml",
     "default_mode",
+    "flatten",
     "load_config",
     "monitors",
     "parse_yaml",

@@ -49,3 +49,14 @@ def _set_path(node: Any, parts: list[str], value: Any) -> None:
             node[index] = value
         else:
             node = node[index]
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping by dotted keys, the form overrides use: `{"a": {"b": 1}}` ->
+    `{"a.b": 1}`; lists and empty mappings stay values."""
+    if not isinstance(node, dict) or (prefix and not node):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat |= flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    return flat

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from trainer.config import flatten
 from trainer.errors import UserError
 from trainer.runs.rundir import in_use, lock_holder
 from trainer.state.checkpoint import (
@@ -147,7 +148,7 @@ def _candidates(run_dirs: list[Path]) -> list[Path]:
 
 def config_changes(old: dict[str, Any], new: dict[str, Any], *, reset_optimizer: bool) -> list[str]:
     """One line per config key that differs, saying which value wins."""
-    before, after = _flatten(old), _flatten(new)
+    before, after = flatten(old), flatten(new)
     lines = []
     for key in sorted(set(before) | set(after)):
         if before.get(key) == after.get(key):
@@ -163,19 +164,6 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], *, reset_optimizer:
             wins = "config wins"
         lines.append(f"  {key}: {before.get(key)!r} (checkpoint) -> {after.get(key)!r} ({wins})")
     return lines
-
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(node, dict) or not node:
-        return {prefix: node}
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        flat |= (
-            _flatten(value, f"{prefix}{key}.")
-            if isinstance(value, dict)
-            else {f"{prefix}{key}": value}
-        )
-    return {k.rstrip("."): v for k, v in flat.items()}
 
 
 def model_changes(saved: dict[str, torch.Tensor], model: torch.nn.Module) -> list[str]:

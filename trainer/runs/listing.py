@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from trainer.config import flatten
 from trainer.errors import Interrupted, UserError
 from trainer.runs.metrics_file import is_epoch_record, metric_names, read_records
 from trainer.runs.rundir import LOCK_FILE, json_excerpt, json_kind, lock_holder
@@ -248,7 +249,7 @@ def summarize(run_dir: Path, *, name: str | None = None) -> RunSummary:
         best=best,
         last=last,
         seconds=_seconds(run_dir, saved),
-        config=_flatten(config),
+        config=flatten(config),
         warnings=warnings,
     )
 
@@ -316,16 +317,6 @@ def _seconds(run_dir: Path, saved: dict[str, Any]) -> float | None:
     if not metrics.is_file():
         return None
     return metrics.stat().st_mtime - (run_dir / "config.yaml").stat().st_mtime
-
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """`{"a": {"b": 1}}` -> `{"a.b": 1}`; lists stay values."""
-    if not isinstance(node, dict) or (prefix and not node):
-        return {prefix: node}
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        flat |= _flatten(value, f"{prefix}{key}" if not prefix else f"{prefix}.{key}")
-    return flat
 
 
 def compare(runs: dict[str, Path]) -> tuple[list[RunSummary], list[str]]:
