@@ -21,7 +21,13 @@ from trainer.runs.loggers import open_loggers
 from trainer.runs.metrics_file import MetricsFile, mark_epoch
 from trainer.runs.monitor import EarlyStopping, improved_best
 from trainer.runs.report import Reporter, groups_json
-from trainer.state.checkpoint import Position, RunState, rng_state, save_checkpoints
+from trainer.state.checkpoint import (
+    Position,
+    RunState,
+    not_finite,
+    rng_state,
+    save_checkpoints,
+)
 
 
 def update_counts(run: Run) -> dict[str, int]:
@@ -222,7 +228,7 @@ class Output:
         Weights that are not finite are never saved: that is exit 1, the last checkpoint
         written stays the last good one.
         """
-        check_finite_weights(self.run.module, self.job, self.position.step, self.last_checkpoint)
+        check_finite_weights(self.run, self.job, self.position.step, self.last_checkpoint)
         rngs = self.job.gather(rng_state())  # every rank's RNG, for an exact resume on each
         if not self.job.is_main:
             return
@@ -266,17 +272,11 @@ class Output:
         self.loggers.close()
 
 
-def check_finite_weights(
-    module: torch.nn.Module, job: Distributed, step: int, last: Path
-) -> None:
+def check_finite_weights(run: Run, job: Distributed, step: int, last: Path) -> None:
     """A TrainingError naming the first tensor of the model's state that is not finite (one
     host sync; all ranks agree)."""
-    tensors = {k: t for k, t in module.state_dict().items() if t.is_floating_point()}
-    if not tensors:
-        return
-    finite = torch.stack([t.isfinite().all() for t in tensors.values()])
-    bad = [name for name, ok in zip(tensors, finite.tolist(), strict=True) if not ok]
-    if job.any(bool(bad), finite.device):
+    bad = not_finite(run.module.state_dict())
+    if job.any(bool(bad), run.device):
         where = f" (first: {bad[0]})" if bad else " (on another process)"
         kept = f"{last} is kept" if last.is_file() else "no checkpoint was written"
         raise TrainingError(

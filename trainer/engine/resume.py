@@ -22,6 +22,7 @@ from trainer.state.checkpoint import (
     Position,
     RunState,
     load_checkpoint,
+    not_finite,
     set_rng_state,
 )
 
@@ -105,13 +106,7 @@ def _config_name(run_dir: Path) -> str | None:
 def _load_finite(path: str | Path) -> RunState:
     """A checkpoint to resume from: readable, and its model's tensors finite."""
     saved = load_checkpoint(path)
-    bad = [
-        name
-        for name, tensor in saved.model.items()
-        if isinstance(tensor, torch.Tensor)
-        and tensor.is_floating_point()
-        and not bool(tensor.isfinite().all())
-    ]
+    bad = not_finite(saved.model)
     if bad:
         raise UserError(
             f"{path}: the model's weights are not finite ({', '.join(bad[:3])}"

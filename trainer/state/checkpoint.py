@@ -9,7 +9,7 @@ import random
 import reprlib
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
@@ -140,6 +140,20 @@ class RunState:
             metrics=checkpoint["metrics"],
             early_stopping=checkpoint["early_stopping"],
         )
+
+
+def not_finite(state: Mapping[str, object]) -> list[str]:
+    """The names of a state_dict's floating-point tensors holding a NaN or inf (one host
+    sync for all of them): weights that are never saved, and never resumed from."""
+    tensors = {
+        name: tensor
+        for name, tensor in state.items()
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+    }
+    if not tensors:
+        return []
+    finite = torch.stack([tensor.isfinite().all() for tensor in tensors.values()]).tolist()
+    return [name for name, ok in zip(tensors, finite, strict=True) if not ok]
 
 
 def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
