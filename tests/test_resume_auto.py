@@ -185,3 +185,11 @@ def test_fit_resume_auto_never_writes_into_another_runs_directory(
     assert "runs/tiny-2 holds another run's checkpoints, left alone" in result.output
     assert {p: p.read_bytes() for p in files} == files
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["tiny", "tiny-2"]
+
+
+def test_another_runs_directory_being_written_does_not_block_a_new_run(tmp_path: Path) -> None:
+    (tmp_path / "r-2").mkdir()
+    (tmp_path / "r-2" / "config.yaml").write_text("name: r-2\n", encoding="utf-8")
+    with lock_run_dir(tmp_path / "r-2"):  # run r-2 in its first epoch: no checkpoint yet
+        path, checkpoint, _ = find_checkpoint("auto", run_base=tmp_path / "r", name="r")
+    assert (path, checkpoint) == (None, None)

@@ -17,6 +17,7 @@ import torch
 
 from trainer.config import flatten
 from trainer.errors import UserError
+from trainer.runs.listing import read_config
 from trainer.runs.rundir import in_use, lock_holder
 from trainer.state.checkpoint import (
     Position,
@@ -92,15 +93,9 @@ def find_checkpoint(
     ]
 
 
-def _config_name(run_dir: Path) -> str | None:
+def _config_name(run_dir: Path) -> object:
     """The `name` in a run directory's config.yaml; None where there is none to read."""
-    import yaml
-
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    return config.get("name") if isinstance(config, dict) else None
+    return read_config(run_dir / "config.yaml", warn=lambda _: None).get("name")
 
 
 def _load_finite(path: str | Path) -> RunState:
