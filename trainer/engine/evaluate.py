@@ -113,10 +113,7 @@ def evaluate_checkpoint(config: Config, path: str) -> dict[str, float]:
     model.load_state_dict(saved.model)
     _, val_loader = build_loaders(config.data, seed=config.seed, device=device)
     loss_fn = build_loss(config.loss).to(device)
-    ctx = StepContext(
-        device=device, precision=config.trainer.precision, loss_fn=loss_fn, seed=config.seed,
-        epoch=saved.position.epoch,
-    )  # fmt: skip
+    ctx = StepContext.of(config, device, loss_fn, epoch=saved.position.epoch)
     return validate(
         model.to(device),
         val_loader,

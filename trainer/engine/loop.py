@@ -202,7 +202,7 @@ def train_epoch(out: Output, epoch: int, stop: StopRequests) -> EpochResult:
     accumulate, optimizers, device = settings.accumulate, run.optimizers, run.device
     several, log_every = run.config.several_optimizers, settings.log_every
     channels_last = settings.channels_last
-    ctx = step_context(run, out.job, epoch)
+    ctx = StepContext.of(run.config, run.device, run.loss_fn, epoch=epoch, rank=out.job.rank)
     # Under DDP, gradients are all-reduced on a window's last backward only.
     no_sync = run.model.no_sync if isinstance(run.model, DistributedDataParallel) else None
     syncing = contextlib.nullcontext()  # reusable: no allocation per batch
@@ -289,7 +289,7 @@ def epoch_record(
         val_step=run.val_step,
         loss_fn=run.loss_fn,
         metrics=run.metrics,
-        ctx=step_context(run, job, epoch),
+        ctx=StepContext.of(run.config, run.device, run.loss_fn, epoch=epoch, rank=job.rank),
         job=job,
     )
     record = {
@@ -304,15 +304,6 @@ def epoch_record(
     if out.first_epoch:
         check_monitors(run.config, record)
     return record
-
-
-def step_context(run: Run, job: Distributed, epoch: int) -> StepContext:
-    """What a step (or val_step) of this epoch gets besides the batch, model and optimizers."""
-    settings = run.config.trainer
-    return StepContext(
-        device=run.device, precision=settings.precision, loss_fn=run.loss_fn,
-        seed=run.config.seed, rank=job.rank, epoch=epoch,
-    )  # fmt: skip
 
 
 def should_stop(out: Output, record: dict[str, Any]) -> bool:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,9 @@ from torch import nn
 
 from trainer.engine.device import Batch, autocast
 from trainer.engine.handles import Optimizers
+
+if TYPE_CHECKING:
+    from trainer.config import Config
 
 Metrics = Mapping[str, torch.Tensor | float]  # what a step returns, by key
 
@@ -98,6 +101,23 @@ class StepContext:
     step: int = 0  # training steps taken before this batch (the global step)
     _generator: torch.Generator | None = field(default=None, repr=False)
     _seeded_for: tuple[int, int] | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(
+        cls,
+        config: Config,
+        device: torch.device,
+        loss_fn: torch.nn.Module,
+        *,
+        epoch: int,
+        rank: int = 0,
+    ) -> StepContext:
+        """What a run's step (or val_step) gets in `epoch`, in fit, lr-find and eval alike:
+        the device, the config's precision and seed, the loss."""
+        return cls(
+            device=device, precision=config.trainer.precision, loss_fn=loss_fn,
+            seed=config.seed, rank=rank, epoch=epoch,
+        )  # fmt: skip
 
     def autocast(self) -> AbstractContextManager:
         """The forward pass's autocast context for trainer.precision (a no-op for fp32)."""

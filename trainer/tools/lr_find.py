@@ -180,10 +180,10 @@ class RangeUpdates:
     through the run's step and handles, in the training set's order epoch after epoch."""
 
     def __init__(self, run: Run) -> None:
-        from trainer.engine.distributed import SINGLE
-        from trainer.engine.loop import step_context
+        from trainer.engine.steps import StepContext
 
-        self.run, self.context = run, step_context(run, SINGLE, epoch=1)
+        self.run = run
+        self.context = StepContext.of(run.config, run.device, run.loss_fn, epoch=1)
         self.batches = _endless(run)
         self.loss_key = LOSS_KEY
         run.train_mode()
