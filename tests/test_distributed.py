@@ -86,7 +86,7 @@ def test_metrics_are_written_once_and_agree_with_one_process(runs: Path) -> None
 
 def test_the_summary_states_the_global_batch(runs: Path) -> None:
     output = (runs / "two.out").read_text()
-    assert "distributed: 2 processes (gloo), global batch 2 x 8 x 2 = 32" in output
+    assert "distributed: 2 processes (gloo, ddp), global batch 2 x 8 x 2 = 32" in output
     assert output.count("done: step") == 1  # rank 0 alone prints
 
 

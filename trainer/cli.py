@@ -253,13 +253,23 @@ def groups(
     import json
 
     from trainer.components.previews import plan_param_groups
+    from trainer.engine.sharding import matching_modules, units_of
     from trainer.runs import report
 
     loaded = load_checked_config(config, overrides)
     model, planned = plan_param_groups(loaded)
     reports = {plan.spec.name: plan.report for plan in planned}
+    fsdp = loaded.trainer.strategy == "fsdp"
+    units = [(unit.name, unit.parameters) for unit in units_of(model, loaded)] if fsdp else []
+    checkpointed = matching_modules(
+        model, loaded.trainer.activation_checkpointing, key="trainer.activation_checkpointing"
+    )
     if as_json:
         document = report.groups_json(reports, several=loaded.several_optimizers)
+        if fsdp:
+            document["fsdp_units"] = [{"module": n, "parameters": c} for n, c in units]
+        if checkpointed:
+            document["activation_checkpointing"] = checkpointed
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
         return
     console = report.make_console()
@@ -267,6 +277,8 @@ def groups(
         title = name if loaded.several_optimizers else None
         console.print(report.groups_table(groups_report, optimizer=title))
     console.print(report.groups_footer(planned[0].report), markup=False)
+    for line in report.sharding_lines(units, checkpointed):
+        console.print(line, markup=False)
     if names:
         console.print(report.names_table(reports, model))
 

@@ -178,6 +178,8 @@ def _describe(error: ErrorDetails, raw: dict[str, Any]) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if kind in ("model_type", "dict_type") and loc and _keys_at(loc):
         message = f"expected a mapping with keys {', '.join(_keys_at(loc))}"
+    if not loc:  # a check of the whole config: its message names the keys, not the input
+        return message
     got = f"got {echo(error['input'])}"
     if "rules" in loc[:-2]:  # name the rule as well as its index
         rule = _at(raw, loc[: loc.index("rules") + 2])

@@ -18,6 +18,7 @@ from trainer.config.sections import (
     CheckpointConfig,
     Component,
     DataConfig,
+    FsdpConfig,
     LoggingConfig,
     LossConfig,
     MetricConfig,
@@ -118,6 +119,7 @@ class Config(Section):
         default_factory=list
     )
     logging: LoggingConfig = LoggingConfig()
+    fsdp: FsdpConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -143,6 +145,16 @@ class Config(Section):
                     f"(optimizers.<name>.param_groups.{moved[0]}); only freeze is global"
                 )
         return raw
+
+    @model_validator(mode="after")
+    def _fsdp_settings_need_fsdp(self) -> Config:
+        if self.fsdp is not None and self.trainer.strategy != "fsdp":
+            raise ValueError(
+                "fsdp: these settings shard the model under trainer.strategy: fsdp; this "
+                f"config's strategy is {self.trainer.strategy!r} (set trainer.strategy: fsdp, "
+                "or leave fsdp out)"
+            )
+        return self
 
     @field_validator("optimizers")
     @classmethod

@@ -203,6 +203,11 @@ class TrainerConfig(Section):
     log_every: PositiveInt = 50
     out_dir: str | None = None
     dist_timeout: PositiveInt = 600
+    # ddp: every process holds the whole model; fsdp: parameters, gradients and optimizer
+    # state sharded over the processes (FSDP2), settings in the `fsdp` section.
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    # Modules (regexes on module names) whose activations are recomputed in backward.
+    activation_checkpointing: list[Regex] = []
 
     @field_validator("device")
     @classmethod
@@ -210,6 +215,18 @@ class TrainerConfig(Section):
         if not DEVICE_PATTERN.fullmatch(device):
             raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
         return device
+
+
+class FsdpConfig(Section):
+    """`fsdp`: how trainer.strategy: fsdp shards the model (torch's FSDP2, `fully_shard`)."""
+
+    # Regexes on module names: each matching module is a unit (sharded, gathered for its
+    # forward and backward on its own), innermost first; then the root. None: the root alone.
+    units: list[Regex] = []
+    reshard_after_forward: bool = True  # free the gathered parameters after each forward
+    param_dtype: Literal["fp32", "bf16", "fp16"] | None = None  # compute dtype of parameters
+    reduce_dtype: Literal["fp32", "bf16", "fp16"] | None = None  # dtype of gradient reduction
+    cpu_offload: bool = False  # shards (and the optimizer step) in CPU memory; GPU only
 
 
 class CheckpointConfig(Section):

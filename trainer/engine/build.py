@@ -30,6 +30,7 @@ from trainer.config import Config, OptimizerSpec, StepConfig, monitors
 from trainer.engine.device import check_precision, grad_scaler
 from trainer.engine.distributed import SINGLE, Distributed
 from trainer.engine.handles import Clipping, OptimizerHandle, Optimizers, Window
+from trainer.engine.sharding import Unit, checkpoint_activations, fsdp_problems, shard
 from trainer.engine.steps import Metrics, Step, ValStep
 from trainer.errors import UserError, did_you_mean
 from trainer.state.checkpoint import seed_everything
@@ -56,6 +57,13 @@ class Run:
     val_loader: Loader
     notes: list[str]  # what building had to say (init_from's report)
     held_norms: list[torch.nn.Module]  # frozen norm layers kept in eval mode in training
+    units: list[Unit]  # trainer.strategy: fsdp: the modules sharded, the root last; else []
+    checkpointed: list[str]  # modules whose activations are recomputed in backward
+
+    @property
+    def sharded(self) -> bool:
+        """The parameters are FSDP2 shards (DTensors): trainer.strategy: fsdp."""
+        return bool(self.units)
 
     def train_mode(self) -> None:
         """model.train(), the frozen norm layers left in eval mode (freeze_norm_stats)."""
@@ -87,7 +95,7 @@ def check_before_building(
     from trainer.runs.rundir import check_out_dir
 
     check_precision(config.trainer.precision, device)
-    problems = check_components(config)
+    problems = check_components(config) + fsdp_problems(config, device)
     if writes:
         problems += check_out_dir(run_base_of(config)) + check_loggers(config)
     problems += check_metrics(config)
@@ -193,6 +201,11 @@ def _closure_problems(config: Config, spec: OptimizerSpec, job: Distributed) -> 
             f"trainer.precision: fp16 needs a GradScaler, which {name}'s "
             "step(closure) does not support; use bf16 or fp32"
         )
+    if config.trainer.strategy == "fsdp":
+        problems.append(
+            f"{key}: {name} steps with a closure that re-evaluates the loss, which "
+            "trainer.strategy: fsdp does not support; use another optimizer, or strategy: ddp"
+        )
     if config.several_optimizers:
         problems.append(
             f"{key}: {name} re-evaluates the loss itself, which a step shared with other "
@@ -222,12 +235,19 @@ def build_schedule(
 
 
 def build_run(
-    config: Config, device: torch.device, job: Distributed = SINGLE, *, schedules: bool = True
+    config: Config,
+    device: torch.device,
+    job: Distributed = SINGLE,
+    *,
+    schedules: bool = True,
+    sharded: bool = False,
 ) -> Run:
     """Build in the order resume relies on: model → param groups → optimizers → schedulers.
 
     Every rank builds the same model from the same seed; each then gets its own RNG stream.
     `schedules=False` (lr-find) builds no scheduler: the lrs stay where the caller sets them.
+    `sharded` (fit under trainer.strategy: fsdp, in a process group): the model is sharded
+    before the optimizers are built, so they hold the shards.
     """
     seed_everything(config.seed)
     module = build_model(config.model)
@@ -235,6 +255,8 @@ def build_run(
     module = module.to(device)
     if config.trainer.channels_last:
         module = module.to(memory_format=torch.channels_last)
+    checkpointed = checkpoint_activations(module, config.trainer.activation_checkpointing)
+    units = shard(module, config, device) if sharded else []
     planned = plan_optimizers(module, config)
     problems = [problem for plan in planned for problem in check_group_options(plan)]
     if problems:
@@ -249,7 +271,9 @@ def build_run(
         seed_everything(config.seed + job.rank)
     from trainer.components.metrics import build_metrics
 
-    handles = build_handles(config, planned, optimizers, device, job, train_loader, schedules)
+    handles = build_handles(
+        config, planned, optimizers, device, job, train_loader, schedules, sharded=sharded
+    )
     return Run(
         config=config,
         device=device,
@@ -267,6 +291,8 @@ def build_run(
         held_norms=(
             list(held_norms(module).values()) if config.param_groups.freeze_norm_stats else []
         ),
+        units=units,
+        checkpointed=checkpointed,
     )
 
 
@@ -278,6 +304,8 @@ def build_handles(
     job: Distributed,
     train_loader: Loader,
     schedules: bool,
+    *,
+    sharded: bool = False,
 ) -> Optimizers:
     """Each optimizer behind its handle: scheduler (or none), scaler, clipping, one window."""
     settings, window = config.trainer, Window()
@@ -297,8 +325,10 @@ def build_handles(
             closure=needs_closure(plan.spec.optimizer, key=f"{plan.spec.key}optimizer"),
             skip_nonfinite=settings.skip_nonfinite,
             own_grads_only=len(planned) > 1,
-            # A custom step calls submodules past DDP's hooks: its grads are synced here.
-            sync_grads=job.enabled and custom_step,
+            # A custom step calls submodules past DDP's hooks: its grads are synced here
+            # (FSDP reduces every unit's grads itself).
+            sync_grads=job.enabled and custom_step and not sharded,
+            sharded=sharded,
             job=job,
         )
         for plan in planned

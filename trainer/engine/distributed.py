@@ -88,17 +88,21 @@ def from_environment() -> Distributed:
     )
 
 
-def start(job: Distributed, device: torch.device, *, timeout_s: int) -> None:
+def start(job: Distributed, device: torch.device, *, timeout_s: int, alone: bool = False) -> None:
     """init_process_group: nccl on CUDA (one device per local rank), gloo on CPU.
 
     A rank that stops answering ends every rank's collective after `timeout_s`, so a fault
-    on one rank ends the job instead of hanging it.
+    on one rank ends the job instead of hanging it. `alone`: a group of this one process
+    when not under torchrun (fsdp runs the same code on one process as on many).
     """
-    if not job.enabled or dist.is_initialized():
+    if dist.is_initialized() or not (job.enabled or alone):
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if not job.enabled:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        return
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
 
 

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from trainer.components.schedulers import ScheduleDriver
 from trainer.engine.distributed import SINGLE, Distributed
+from trainer.engine.sharding import local, whole
 from trainer.errors import UserError
 from trainer.state.checkpoint import OptimizerState
 
@@ -55,6 +56,7 @@ class OptimizerHandle:
         skip_nonfinite: bool = False,
         own_grads_only: bool = False,
         sync_grads: bool = False,
+        sharded: bool = False,
         job: Distributed = SINGLE,
     ) -> None:
         self.name, self.optimizer, self.schedule, self.scaler = name, optimizer, schedule, scaler
@@ -64,6 +66,10 @@ class OptimizerHandle:
         # Several optimizers: a backward fills only this optimizer's grads (a generator's
         # loss leaves the discriminator's alone); unwrapped DDP: grads all-reduced here.
         self.own_grads_only, self.sync_grads = own_grads_only, sync_grads
+        # FSDP shards: a backward reaches the gathered copies, not these tensors, so it
+        # cannot be limited to them (inputs=); the other optimizers' grads are set aside.
+        self.sharded = sharded
+        self.others: list[torch.Tensor] = []  # the other optimizers' tensors (Optimizers sets)
         self.measure_norm = False  # set on logging steps: clip_grad_value then measures
         self.grad_norm: torch.Tensor | None = None  # pre-clip norm of the last step
         self.updates = 0  # optimizer steps taken (a skipped one is not counted)
@@ -102,9 +108,22 @@ class OptimizerHandle:
         """`loss` scaled (fp16) and divided over the window, into this optimizer's grads."""
         if self.window.size > 1:
             loss = loss / self.window.size
-        inputs = self.params if self.own_grads_only else None
-        self.scaler.scale(loss).backward(inputs=inputs, retain_graph=retain_graph)
+        if self.own_grads_only and self.sharded:
+            self._backward_keeping_others(self.scaler.scale(loss), retain_graph=retain_graph)
+        else:
+            inputs = self.params if self.own_grads_only else None
+            self.scaler.scale(loss).backward(inputs=inputs, retain_graph=retain_graph)
         self.backwards += 1
+
+    def _backward_keeping_others(self, loss: torch.Tensor, *, retain_graph: bool) -> None:
+        """Backward into every tensor, then the other optimizers' grads put back as they
+        were: what this loss put there is dropped (FSDP's reduction of it is wasted)."""
+        kept = [param.grad for param in self.others]
+        for param in self.others:
+            param.grad = None
+        loss.backward(retain_graph=retain_graph)
+        for param, grad in zip(self.others, kept, strict=True):
+            param.grad = grad
 
     def finish_window(self) -> bool:
         """Step if the window had a backward to step with; zero the grads; True if stepped."""
@@ -148,23 +167,27 @@ class OptimizerHandle:
         norm, value = self.clipping.norm, self.clipping.value
         if norm is not None:
             self.scaler.unscale_(self.optimizer)
-            return torch.nn.utils.clip_grad_norm_(self.params, norm)
+            return whole(torch.nn.utils.clip_grad_norm_(self.params, norm))
         if value is None:
             return None
         self.scaler.unscale_(self.optimizer)
         total = None
         if measure:
-            total = torch.nn.utils.get_total_norm(
-                [p.grad for p in self.params if p.grad is not None]
+            total = whole(
+                torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
             )
         torch.nn.utils.clip_grad_value_(self.params, value)
         return total
 
     def grads_finite(self) -> bool:
         """Every grad finite (one host sync; asked with trainer.skip_nonfinite alone). The
-        grads are the same on every rank here (DDP or this handle synced them)."""
-        grads = [p.grad for p in self.params if p.grad is not None]
-        return not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
+        grads are the same on every rank here (DDP or this handle synced them); FSDP shards
+        are checked where they are, and the ranks agree."""
+        grads = [local(p.grad) for p in self.params if p.grad is not None]
+        finite = not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
+        if self.sharded:
+            return not self.job.any(not finite, self.params[0].device)
+        return finite
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -216,6 +239,10 @@ class Optimizers(Mapping[str, OptimizerHandle]):
 
     def __init__(self, handles: dict[str, OptimizerHandle], window: Window) -> None:
         self.handles, self.window = handles, window
+        for handle in handles.values():
+            handle.others = [
+                param for other in handles.values() if other is not handle for param in other.params
+            ]
 
     def __getitem__(self, name: str) -> OptimizerHandle:
         if name not in self.handles:
@@ -276,11 +303,20 @@ class Optimizers(Mapping[str, OptimizerHandle]):
         """Optimizer steps each optimizer has taken, by name."""
         return {name: handle.updates for name, handle in self.handles.items()}
 
-    def states(self, groups: dict[str, dict[str, list[str]]]) -> dict[str, OptimizerState]:
-        """What each optimizer saves, by name; `groups` is each one's manifest."""
+    def states(
+        self, groups: dict[str, dict[str, list[str]]], *, sharded: torch.nn.Module | None = None
+    ) -> dict[str, OptimizerState]:
+        """What each optimizer saves, by name; `groups` is each one's manifest. With the
+        `sharded` model: each optimizer's state of this rank's shards, by parameter name."""
+        if sharded is not None:
+            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
         return {
             name: OptimizerState(
-                optimizer=handle.optimizer.state_dict(),
+                optimizer=(
+                    handle.optimizer.state_dict()
+                    if sharded is None
+                    else get_optimizer_state_dict(sharded, handle.optimizer)
+                ),
                 scheduler=handle.schedule.state_dict(),
                 scaler=handle.scaler.state_dict(),
                 updates=handle.updates,

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +34,12 @@ from trainer.engine.distributed import Distributed
 from trainer.engine.evaluate import validate
 from trainer.engine.output import Output, update_counts
 from trainer.engine.resume import find_checkpoint, restore
+from trainer.engine.sharding import no_gradient_sync
 from trainer.engine.steps import StepContext
 from trainer.errors import Interrupted, UserError
 from trainer.interrupt import StopRequests
 from trainer.runs.listing import status_recorded
-from trainer.runs.report import Reporter
+from trainer.runs.report import Reporter, sharding_lines
 from trainer.runs.rundir import fresh_run_dir, lock_run_dir, replace_config, run_dir_of
 from trainer.state.checkpoint import Position
 
@@ -66,7 +69,8 @@ def fit(
         config.trainer.device, local_rank=job.local_rank, world_size=job.world_size
     )
     check_before_building(config, device, job)
-    distributed.start(job, device, timeout_s=config.trainer.dist_timeout)
+    sharded = config.trainer.strategy == "fsdp"
+    distributed.start(job, device, timeout_s=config.trainer.dist_timeout, alone=sharded)
     try:
         return train(
             config, job, device, reason, resume=resume, reset_optimizer=reset_optimizer,
@@ -102,7 +106,7 @@ def train(
 
         # Build, and restore what the checkpoint holds.
         report.device(device, reason)
-        run = build_run(config, device, job)
+        run = build_run(config, device, job, sharded=config.trainer.strategy == "fsdp")
         position = Position()
         restored: list[str] = []
         if saved is not None:
@@ -121,7 +125,7 @@ def train(
         run_dir = open_run_dir(config, job, checkpoint_path, notes, run_base, step=position.step)
         if job.is_main and resumed_dir is None:  # a fresh directory, claimed atomically
             owned.enter_context(lock_run_dir(run_dir))
-        for note in [*notes, *run_notes(config, job), f"run directory: {run_dir}"]:
+        for note in [*notes, *run_notes(config, job, run), f"run directory: {run_dir}"]:
             report.note(note)
 
         wrap_model(run, job)
@@ -203,8 +207,8 @@ def train_epoch(out: Output, epoch: int, stop: StopRequests) -> EpochResult:
     several, log_every = run.config.several_optimizers, settings.log_every
     channels_last = settings.channels_last
     ctx = StepContext.of(run.config, run.device, run.loss_fn, epoch=epoch, rank=out.job.rank)
-    # Under DDP, gradients are all-reduced on a window's last backward only.
-    no_sync = run.model.no_sync if isinstance(run.model, DistributedDataParallel) else None
+    # Under DDP and FSDP, gradients are reduced on a window's last backward only.
+    no_sync = gradient_sync_pause(run) if accumulate > 1 else None
     syncing = contextlib.nullcontext()  # reusable: no allocation per batch
     after_step = AfterStep(out, epoch, stop)
     samples, batch_index, ended = 0, skip - 1, None
@@ -353,9 +357,12 @@ def resumed_note(path: Path | None, position: Position) -> str:
     )
 
 
-def run_notes(config: Config, job: Distributed) -> list[str]:
-    """What a run says before training: its processes, and its schedulers' warnings."""
+def run_notes(config: Config, job: Distributed, run: Run) -> list[str]:
+    """What a run says before training: its processes, its units and recomputed modules,
+    and its schedulers' warnings."""
     notes = distributed_notes(config, job)
+    units = [(unit.name, unit.parameters) for unit in run.units]
+    notes += sharding_lines(units, run.checkpointed)
     for spec in config.optimizer_specs():
         notes += warnings_for(spec.scheduler)
     return notes
@@ -366,16 +373,27 @@ def distributed_notes(config: Config, job: Distributed) -> list[str]:
         return []
     accumulate, batch_size = config.trainer.accumulate, config.data.batch_size
     return [
-        f"distributed: {job.world_size} processes ({dist.get_backend()}), global "
+        f"distributed: {job.world_size} processes ({dist.get_backend()}, "
+        f"{config.trainer.strategy}), global "
         f"batch {job.world_size} x {batch_size} x {accumulate}"
         f" = {job.world_size * batch_size * accumulate}"
     ]
 
 
+def gradient_sync_pause(run: Run) -> Callable[[], contextlib.AbstractContextManager[Any]] | None:
+    """What holds back the gradient reduction for a window's batches before its last: DDP's
+    no_sync, FSDP's set_requires_gradient_sync(False); None on one process without either."""
+    if isinstance(run.model, DistributedDataParallel):
+        return run.model.no_sync
+    if run.sharded:
+        return functools.partial(no_gradient_sync, run.module)
+    return None
+
+
 def wrap_model(run: Run, job: Distributed) -> None:
-    """DDP for the supervised step (a custom step's grads are synced by its handles), then
-    torch.compile when asked."""
-    if job.enabled and run.config.step.name == "supervised":
+    """DDP for the supervised step (a custom step's grads are synced by its handles; FSDP
+    shards in place, when the run is built), then torch.compile when asked."""
+    if job.enabled and run.config.step.name == "supervised" and not run.sharded:
         device = run.device
         run.model = DistributedDataParallel(
             run.module, device_ids=[device.index] if device.type == "cuda" else None

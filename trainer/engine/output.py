@@ -15,6 +15,7 @@ from trainer.components.data import start_epoch
 from trainer.config import config_to_yaml
 from trainer.engine.build import Run
 from trainer.engine.distributed import Distributed
+from trainer.engine.sharding import local
 from trainer.engine.steps import Metrics
 from trainer.errors import TrainingError
 from trainer.runs.loggers import open_loggers
@@ -28,6 +29,7 @@ from trainer.state.checkpoint import (
     rng_state,
     save_checkpoints,
 )
+from trainer.state.sharded import save_sharded_checkpoints
 
 
 def update_counts(run: Run) -> dict[str, int]:
@@ -36,6 +38,15 @@ def update_counts(run: Run) -> dict[str, int]:
     if run.config.step.name == "supervised":
         return {}
     return {f"updates/{name}": count for name, count in run.optimizers.updates().items()}
+
+
+def model_state(module: torch.nn.Module, *, sharded: bool) -> dict[str, Any]:
+    """The model's state_dict by parameter name: this rank's shards (DTensors) when sharded."""
+    if not sharded:
+        return module.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(module)
 
 
 class StepSums:
@@ -230,12 +241,13 @@ class Output:
         """
         check_finite_weights(self.run, self.job, self.position.step, self.last_checkpoint)
         rngs = self.job.gather(rng_state())  # every rank's RNG, for an exact resume on each
-        if not self.job.is_main:
-            return
-        state = self.run_state(epoch_done, batch_in_epoch, rngs)
-        save_checkpoints(
-            self.run_dir / "checkpoints", state, self.run.config.checkpoint, is_best=is_best
-        )
+        directory, policy = self.run_dir / "checkpoints", self.run.config.checkpoint
+        if self.run.sharded:  # every rank writes its shards
+            state = self.run_state(epoch_done, batch_in_epoch, rngs)
+            save_sharded_checkpoints(directory, state, policy, is_best=is_best)
+        elif self.job.is_main:
+            state = self.run_state(epoch_done, batch_in_epoch, rngs)
+            save_checkpoints(directory, state, policy, is_best=is_best)
 
     def run_state(
         self, epoch_done: int, batch_in_epoch: int, rngs: list[dict[str, Any]]
@@ -252,10 +264,11 @@ class Output:
             epoch_counted=self.sums.epoch_counted,
             best=self.best,
         )
+        sharded = run.module if run.sharded else None
         return RunState(
-            model=run.module.state_dict(),
+            model=model_state(run.module, sharded=run.sharded),
             position=position,
-            optimizers=run.optimizers.states(run.manifest()),
+            optimizers=run.optimizers.states(run.manifest(), sharded=sharded),
             rngs=rngs,
             config=run.config.to_dict(),
             metrics=dict(self.record),
@@ -275,7 +288,7 @@ class Output:
 def check_finite_weights(run: Run, job: Distributed, step: int, last: Path) -> None:
     """A TrainingError naming the first tensor of the model's state that is not finite (one
     host sync; all ranks agree)."""
-    bad = not_finite(run.module.state_dict())
+    bad = not_finite({name: local(value) for name, value in run.module.state_dict().items()})
     if job.any(bool(bad), run.device):
         where = f" (first: {bad[0]})" if bad else " (on another process)"
         kept = f"{last} is kept" if last.is_file() else "no checkpoint was written"

@@ -26,6 +26,7 @@ from trainer.state.checkpoint import (
     not_finite,
     set_rng_state,
 )
+from trainer.state.sharded import full_to_sharded
 
 if TYPE_CHECKING:
     from trainer.config import Config
@@ -194,7 +195,11 @@ def restore(
     state is loaded.
     """
     check_fit(saved, run, reset_optimizer=reset_optimizer, where=path or "the checkpoint")
-    run.module.load_state_dict(saved.model)
+    if run.sharded:  # each rank takes its shards of the whole state (any strategy saved it)
+        optimizers = {} if reset_optimizer else {n: h.optimizer for n, h in run.optimizers.items()}
+        full_to_sharded(run.module, optimizers, saved)
+    else:
+        run.module.load_state_dict(saved.model)
     notes, resolved = [], run.config.to_dict()
     changes = config_changes(saved.config, resolved, reset_optimizer=reset_optimizer)
     if changes:
@@ -243,14 +248,15 @@ def check_fit(saved: RunState, run: Run, *, reset_optimizer: bool, where: Path |
 
 
 def load_optimizers(saved: RunState, run: Run, *, reset_optimizer: bool) -> None:
-    """Each optimizer's update count, and (unless reset_optimizer) its and its scaler's state."""
+    """Each optimizer's update count, and (unless reset_optimizer) its and its scaler's
+    state (a sharded run's optimizer states are loaded with its model's shards)."""
     for name, handle in run.optimizers.items():
         state = saved.optimizers[name]
         handle.updates = state.updates
-        if not reset_optimizer:
+        if not reset_optimizer and not run.sharded:
             handle.optimizer.load_state_dict(state.optimizer)
-            if state.scaler:
-                handle.scaler.load_state_dict(state.scaler)
+        if not reset_optimizer and state.scaler:
+            handle.scaler.load_state_dict(state.scaler)
 
 
 def load_schedulers(saved: RunState, run: Run, *, reset_optimizer: bool) -> list[str]:

@@ -78,6 +78,22 @@ def groups_footer(report: GroupsReport) -> str:
     return "\n".join(lines)
 
 
+def sharding_lines(units: list[tuple[str, int]], checkpointed: list[str]) -> list[str]:
+    """trainer.strategy: fsdp's units (module, parameters it holds; the root last) and the
+    modules whose activations are recomputed, below the groups table."""
+    lines = []
+    if units:
+        total = sum(count for _, count in units)
+        listed = ", ".join(f"{name or '(root)'} {count:,}" for name, count in units)
+        lines.append(f"fsdp units ({len(units)}, {total:,} parameters): {listed}")
+        if len(units) == 1:
+            lines.append("fsdp: no fsdp.units: the root alone is sharded (gathered whole)")
+    if checkpointed:
+        shown = ", ".join(checkpointed[:8]) + (", ..." if len(checkpointed) > 8 else "")
+        lines.append(f"activation checkpointing ({len(checkpointed)} modules): {shown}")
+    return lines
+
+
 def groups_json(reports: dict[str, GroupsReport], *, several: bool) -> dict[str, Any]:
     """`trainer groups --json`: one optimizer's document, or `optimizers: {name: ...}` too."""
     first = next(iter(reports.values())).to_json()
