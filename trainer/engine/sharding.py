@@ -99,8 +99,16 @@ def shard(module: nn.Module, config: Config, device: torch.device) -> list[Unit]
             )
         if settings.cpu_offload:
             options["offload_policy"] = CPUOffloadPolicy()
-    for unit in units:
+    for unit in units[:-1]:
         fully_shard(module.get_submodule(unit.name), **options)
+    if "mp_policy" in options:  # the model's outputs (and so the loss) in fp32
+        policy = options["mp_policy"]
+        options["mp_policy"] = MixedPrecisionPolicy(
+            param_dtype=policy.param_dtype,
+            reduce_dtype=policy.reduce_dtype,
+            output_dtype=torch.float32,
+        )
+    fully_shard(module, **options)
     return units
 
 
