@@ -4,6 +4,8 @@ numbers, read with weights_only), older layouts converted on reading, atomic wri
 A checkpoint is a .pt file (one process, DDP) or, under fsdp, a directory of the same name
 holding the same layout (trainer.state.sharded). `load_checkpoint` reads either in one
 process; `save_checkpoints` writes files, `save_sharded_checkpoints` (collective) directories.
+trainer.state.sharded (torch.distributed.checkpoint, seconds to import) is imported where a
+directory is met, so a run and a command that never meet one do not pay for it.
 """
 
 from __future__ import annotations
@@ -18,18 +20,10 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from trainer.errors import UserError
 from trainer.state import files
-from trainer.state.sharded import (
-    TENSOR_KEYS,
-    load_full_states,
-    optimizer_state_by_index,
-    optimizer_state_by_name,
-    read_sharded,
-    save_sharded,
-)
+from trainer.state.optimizer_keys import optimizer_state_by_index, optimizer_state_by_name
 
 if TYPE_CHECKING:
     from trainer.config import CheckpointConfig
@@ -259,6 +253,8 @@ def read_checkpoint_shapes(path: str | Path, *, option: str = "--resume") -> Run
 def _read(path: Path, *, option: str, tensors: bool) -> dict[str, Any]:
     """The dict a checkpoint file or directory holds, optimizer states keyed by index."""
     if path.is_dir():
+        from trainer.state.sharded import read_sharded  # DCP: seconds to import; when needed
+
         return _by_index(path, read_sharded(path, tensors=tensors))
     if not path.is_file():
         aside = files.moved_aside(path)
@@ -527,9 +523,11 @@ def save_sharded_checkpoints(
     the other fields matter on rank 0 only. A kill -9 at any moment leaves the previous
     last.pt loadable (or its moved-aside copy, which the next save puts back); a failed
     write is a TrainingError on every rank."""
+    from trainer.state.sharded import TENSOR_KEYS, save_sharded
+
     checkpoint = state.to_checkpoint()
     tensors = {key: checkpoint.pop(key) for key in TENSOR_KEYS}
-    if dist.get_rank() == 0:
+    if torch.distributed.get_rank() == 0:
         directory.mkdir(parents=True, exist_ok=True)
         files.clean(directory)
     save_sharded(
@@ -546,6 +544,8 @@ def full_to_sharded(
     """Collective: a full checkpoint's states (`load_checkpoint` of a .pt, the same on every
     rank) loaded into a sharded `model` and its `optimizers` (by name); each optimizer state
     keyed by parameter name through the checkpoint's groups manifest first."""
+    from trainer.state.sharded import load_full_states
+
     load_full_states(
         model,
         optimizers,

@@ -10,9 +10,8 @@ directory holding:
 - `trainer.pt` (torch.save, weights_only-loadable): every other key of the layout, and
   `"sharded": {"world_size": N}`, the marker of a sharded checkpoint.
 
-A `.pt` file holds optimizer states keyed by parameter index (Optimizer.state_dict()). The
-checkpoint's `groups` manifest (group name -> parameter names, in param_groups order) maps
-one to the other: `optimizer_state_by_name` and `optimizer_state_by_index`.
+A `.pt` file holds optimizer states keyed by parameter index (Optimizer.state_dict()); the
+checkpoint's `groups` manifest maps one to the other (trainer.state.optimizer_keys).
 
 What this module does (checkpoint.py, the owner of the layout, builds on it):
 - `save_sharded(path, tensors, rest, then=...)`: collective; written under a temporary
@@ -34,7 +33,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import (
     DefaultLoadPlanner,
     _EmptyStateDictLoadPlanner,
@@ -63,69 +63,6 @@ from trainer.state import files
 RUNNER_FILE = "trainer.pt"  # the layout's keys other than the tensors' (model, optimizers)
 MARKER = "sharded"  # trainer.pt's key: {"world_size": N}
 TENSOR_KEYS = ("model", "optimizers")  # what the DCP files hold
-
-
-def optimizer_state_by_name(
-    state: Mapping[str, Any], groups: Mapping[str, Sequence[str]]
-) -> dict[str, Any]:
-    """An Optimizer.state_dict() (parameters by index) keyed by parameter name, as
-    get_optimizer_state_dict gives it; `groups` (group name -> parameter names, in the
-    optimizer's param_groups order) names the i-th parameter of each group. A ValueError
-    when the groups do not fit the state."""
-    _check_sizes(state, groups)
-    names = {
-        index: name
-        for group, group_names in zip(state["param_groups"], groups.values(), strict=True)
-        for index, name in zip(group["params"], group_names, strict=True)
-    }
-    unknown = [index for index in state["state"] if index not in names]
-    if unknown:
-        raise ValueError(f"the state holds parameters {unknown} that no group has")
-    return {
-        "state": {names[index]: value for index, value in state["state"].items()},
-        "param_groups": [
-            {**group, "params": [names[index] for index in group["params"]]}
-            for group in state["param_groups"]
-        ],
-    }
-
-
-def optimizer_state_by_index(
-    state: Mapping[str, Any], groups: Mapping[str, Sequence[str]]
-) -> dict[str, Any]:
-    """A state keyed by parameter name (get_optimizer_state_dict's) keyed by index as
-    Optimizer.state_dict() keys it: 0, 1, ... across the param_groups in order. Each group's
-    names must be the manifest's (`groups`), in order; else a ValueError."""
-    _check_sizes(state, groups)
-    for number, (group, (name, group_names)) in enumerate(
-        zip(state["param_groups"], groups.items(), strict=True)
-    ):
-        if list(group["params"]) != list(group_names):
-            raise ValueError(
-                f"param group {number} holds {group['params']}, the groups manifest's "
-                f"{name!r} {list(group_names)}"
-            )
-    order = [name for group in state["param_groups"] for name in group["params"]]
-    index = {name: number for number, name in enumerate(order)}
-    unknown = [name for name in state["state"] if name not in index]
-    if unknown:
-        raise ValueError(f"the state holds parameters {unknown} that no group has")
-    return {
-        "state": {index[name]: value for name, value in state["state"].items()},
-        "param_groups": [
-            {**group, "params": [index[name] for name in group["params"]]}
-            for group in state["param_groups"]
-        ],
-    }
-
-
-def _check_sizes(state: Mapping[str, Any], groups: Mapping[str, Sequence[str]]) -> None:
-    sizes = [len(group["params"]) for group in state["param_groups"]]
-    manifest = [len(names) for names in groups.values()]
-    if sizes != manifest:
-        raise ValueError(
-            f"its param_groups hold {sizes} parameters, the groups manifest {manifest}"
-        )
 
 
 # ---------------------------------------------------------------- writing (collective)
@@ -150,7 +87,7 @@ def save_sharded(
     failure: BaseException | None = None
     try:
         dcp.save(tensors, storage_writer=dcp.FileSystemWriter(temporary, sync_files=True))
-    except dcp.api.CheckpointException as err:
+    except CheckpointException as err:
         failure = _cause(err)
     if failure is None and rank == 0:
         failure = _finish(temporary, path, rest | {MARKER: {"world_size": dist.get_world_size()}})
@@ -192,7 +129,7 @@ def _failure(action: Callable[[], None]) -> BaseException | None:
     return None
 
 
-def _cause(err: dcp.api.CheckpointException) -> BaseException:
+def _cause(err: CheckpointException) -> BaseException:
     """The first rank's exception inside a DCP CheckpointException."""
     for failure in err.failures.values():  # (exception, traceback) by rank
         if isinstance(failure, tuple) and isinstance(failure[0], BaseException):
@@ -278,8 +215,8 @@ def read_sharded(path: Path, *, tensors: bool = True) -> dict[str, Any]:
         raise UserError(
             f"{path}: not a whole sharded checkpoint (no {Path(str(err.filename)).name})"
         ) from None
-    except Exception as err:
-        cause = _cause(err) if isinstance(err, dcp.api.CheckpointException) else err
+    except (Exception, CheckpointException) as err:  # CheckpointException: a BaseException
+        cause = _cause(err) if isinstance(err, CheckpointException) else err
         raise UserError(
             f"{path}: not a readable sharded checkpoint ({type(cause).__name__}: "
             f"{str(cause).strip().splitlines()[0] if str(cause).strip() else ''})"
@@ -346,7 +283,7 @@ def load_sharded_states(
     }
     try:
         dcp.load(state, storage_reader=_Reader(path), planner=_WeightsOnly())
-    except dcp.api.CheckpointException as err:
+    except CheckpointException as err:
         cause = _cause(err)
         raise UserError(
             f"{path}: its states do not load into the run ({type(cause).__name__}: "
@@ -365,7 +302,7 @@ def load_full_states(
 ) -> None:
     """Collective: full (unsharded) states, the same on every rank, loaded into a sharded
     `model` and its `optimizers`; `optimizer_states` keyed by parameter name
-    (`optimizer_state_by_name`). Each rank keeps its own shards."""
+    (optimizer_keys.optimizer_state_by_name). Each rank keeps its own shards."""
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, dict(model_state), options=options)
     for name, optimizer in optimizers.items():
