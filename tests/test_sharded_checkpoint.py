@@ -17,6 +17,7 @@ import torch.distributed as dist
 from helpers.sharded import GROUPS, NAME, adamw, job, save_one, spawn, tiny, train
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
+from trainer.engine.resume import find_checkpoint
 from trainer.errors import UserError
 from trainer.state.checkpoint import (
     load_checkpoint,
@@ -282,6 +283,13 @@ def test_a_kill_during_a_sharded_save_leaves_the_previous_last_loadable(
     for name in ("last.pt", "best.pt"):
         saved = load_checkpoint(readable(checkpoints / name))
         assert equal_models(saved.model, weights_of(2 if name in new else 1)), name
+    # --resume auto and --resume PATH find it, where last.pt is or where it was moved aside.
+    last = checkpoints / "last.pt"
+    found, _, _ = find_checkpoint("auto", run_base=checkpoints.parent, name="tiny")
+    assert found == readable(last)
+    found, _, notes = find_checkpoint(str(last), run_base=tmp_path, name="tiny")
+    assert found == readable(last)
+    assert bool(notes) == (kill == "rename:3")
     save_one(checkpoints, 3)  # the next save cleans up what the kill left
     names = sorted(p.name for p in checkpoints.iterdir())
     assert names == ["best.pt", "epoch-0001.pt", "epoch-0003.pt", "last.pt"], names
