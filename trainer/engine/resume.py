@@ -43,9 +43,8 @@ def find_checkpoint(
     aside by a save killed between its renames; unreadable ones are skipped and reported; a
     `-N` directory holding another run's checkpoints is left alone: it merely shares the
     prefix). PATH, missing where its moved-aside copy is there, means that copy (noted).
-    It starts a new run only
-    when the run has no checkpoint file at all and no live process is writing it; when
-    every file is unreadable it is a UserError.
+    It starts a new run only when the run has no checkpoint at all and no live process is
+    writing it; when every checkpoint is unreadable it is a UserError.
     """
     if resume != "auto":
         path, aside = Path(resume), moved_aside(Path(resume))
@@ -95,14 +94,10 @@ def find_checkpoint(
         if holder is not None:
             raise UserError(f"--resume auto: {in_use(run_dir, holder)}")
     notes = [f"--resume auto: {d} holds another run's checkpoints, left alone" for d in others]
-    return (
-        None,
-        None,
-        [
-            *notes,
-            f"--resume auto: no checkpoint of run {name!r} under {run_base}[-N]; starting a new run",
-        ],
+    notes.append(
+        f"--resume auto: no checkpoint of run {name!r} under {run_base}[-N]; starting a new run"
     )
+    return None, None, notes
 
 
 def _config_name(run_dir: Path) -> object:

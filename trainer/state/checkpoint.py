@@ -250,6 +250,21 @@ def read_checkpoint_shapes(path: str | Path, *, option: str = "--resume") -> Run
     return saved
 
 
+def load_model_state(path: str | Path, *, option: str = "CHECKPOINT") -> dict[str, Any]:
+    """The model's state dict (full, plain tensors) of a checkpoint file or directory; of a
+    directory only the model's tensors are read, not the optimizer states."""
+    path = Path(path)
+    if not path.is_dir():
+        return load_checkpoint(path, option=option).model
+    from trainer.state.sharded import read_sharded  # DCP: seconds to import; when needed
+
+    model = read_sharded(path, parts=("model",))["model"]
+    check, expected = _SHAPES["model"]
+    if not check(model):
+        raise UserError(f"{path}: not a trainer checkpoint: 'model' is not {expected}")
+    return model
+
+
 def _read(path: Path, *, option: str, tensors: bool) -> dict[str, Any]:
     """The dict a checkpoint file or directory holds, optimizer states keyed by index."""
     if path.is_dir():

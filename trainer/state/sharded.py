@@ -196,19 +196,20 @@ class _WholeState(_WeightsOnly, _EmptyStateDictLoadPlanner):
     """The whole saved state rebuilt from the metadata, non-tensor values weights_only."""
 
 
-def read_sharded(path: Path, *, tensors: bool = True) -> dict[str, Any]:
+def read_sharded(
+    path: Path, *, tensors: bool = True, parts: tuple[str, ...] = TENSOR_KEYS
+) -> dict[str, Any]:
     """The checkpoint dict of directory `path` in this process (no process group): trainer.pt's
-    keys, `model` and `optimizers` (states keyed by parameter name, as saved). With
-    tensors=False every tensor is on the meta device (saved shape and dtype, nothing read).
-    A UserError naming `path` when it is not a whole, readable sharded checkpoint."""
+    keys, `model` and `optimizers` (states keyed by parameter name, as saved), or of those only
+    `parts`. With tensors=False every tensor is on the meta device (saved shape and dtype,
+    nothing read). A UserError naming `path` when it is not a whole, readable checkpoint."""
     rest = _runner_part(path)
     try:
         metadata = _Reader(path).read_metadata()
         state: dict[str, Any] = {}
         if tensors:
-            _load_state_dict(
-                state, storage_reader=_Reader(path), planner=_WholeState(), no_dist=True
-            )
+            planner = _WholeState(keys=set(parts))
+            _load_state_dict(state, storage_reader=_Reader(path), planner=planner, no_dist=True)
         else:
             state = _meta_state(path, metadata)
     except FileNotFoundError as err:
@@ -221,10 +222,10 @@ def read_sharded(path: Path, *, tensors: bool = True) -> dict[str, Any]:
             f"{path}: not a readable sharded checkpoint ({type(cause).__name__}: "
             f"{str(cause).strip().splitlines()[0] if str(cause).strip() else ''})"
         ) from None
-    missing = [key for key in TENSOR_KEYS if key not in state]
+    missing = [key for key in parts if key not in state]
     if missing:
         raise UserError(f"{path}: not a trainer checkpoint (its DCP files lack {missing})")
-    return rest | {key: state[key] for key in TENSOR_KEYS}
+    return rest | {key: state[key] for key in parts}
 
 
 def _runner_part(path: Path) -> dict[str, Any]:
