@@ -21,7 +21,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Train PyTorch models from a YAML config: fit, groups, schedule, inspect.",
+    help="Train PyTorch models from a YAML config: fit, groups, schedule, inspect, export.",
 )
 
 ConfigPath = Annotated[str, typer.Argument(metavar="CONFIG", help="YAML config file.")]
@@ -147,7 +147,9 @@ def evaluate(
     config: ConfigPath,
     overrides: Overrides = None,
     *,
-    checkpoint: Annotated[str, typer.Option(help="The checkpoint to evaluate.")],
+    checkpoint: Annotated[
+        str, typer.Option(help="The checkpoint to evaluate: .pt file or sharded directory.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Validation metrics of a checkpoint's weights on the config's validation data."""
@@ -166,13 +168,43 @@ def evaluate(
 @app.command()
 @user_errors
 def inspect(
-    checkpoint: Annotated[str, typer.Argument(metavar="CHECKPOINT", help="A .pt checkpoint.")],
+    checkpoint: Annotated[
+        str,
+        typer.Argument(metavar="CHECKPOINT", help="A checkpoint: .pt file or sharded directory."),
+    ],
 ) -> None:
     """Epoch, step, lr per group, metrics, best and config of a checkpoint."""
     from trainer.runs.report import checkpoint_summary
     from trainer.state.checkpoint import load_checkpoint
 
     sys.stdout.write(checkpoint_summary(load_checkpoint(checkpoint, option="CHECKPOINT")) + "\n")
+
+
+@app.command()
+@user_errors
+def export(
+    checkpoint: Annotated[
+        str,
+        typer.Argument(metavar="CHECKPOINT", help="A checkpoint: .pt file or sharded directory."),
+    ],
+    out: Annotated[
+        str, typer.Argument(metavar="OUT", help="The file to write: .safetensors or .pt.")
+    ],
+    prefix: Annotated[
+        str | None,
+        typer.Option(
+            help="Keep only the keys that start with PREFIX, without it (e.g. module., "
+            "generator.); a prefix no key has is an error."
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Write a checkpoint's model weights as one file that needs no runner: OUT.safetensors
+    (safetensors.torch.load_file) or OUT.pt (model.load_state_dict(torch.load(OUT,
+    weights_only=True))). An existing OUT is replaced only with --force."""
+    from trainer.tools.export import export_weights
+
+    sys.stdout.write(export_weights(checkpoint, out, prefix=prefix, force=force) + "\n")
 
 
 @app.command()

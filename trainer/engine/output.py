@@ -28,8 +28,8 @@ from trainer.state.checkpoint import (
     not_finite,
     rng_state,
     save_checkpoints,
+    save_sharded_checkpoints,
 )
-from trainer.state.sharded import save_sharded_checkpoints
 
 
 def update_counts(run: Run) -> dict[str, int]:
@@ -291,7 +291,7 @@ def check_finite_weights(run: Run, job: Distributed, step: int, last: Path) -> N
     bad = not_finite({name: local(value) for name, value in run.module.state_dict().items()})
     if job.any(bool(bad), run.device):
         where = f" (first: {bad[0]})" if bad else " (on another process)"
-        kept = f"{last} is kept" if last.is_file() else "no checkpoint was written"
+        kept = f"{last} is kept" if last.exists() else "no checkpoint was written"
         raise TrainingError(
             f"the model's weights are not finite at step {step}{where}: not saved; {kept} "
             "(trainer.skip_nonfinite: true skips steps whose loss or gradients are not finite)"

@@ -22,11 +22,12 @@ from trainer.runs.rundir import in_use, lock_holder
 from trainer.state.checkpoint import (
     Position,
     RunState,
+    full_to_sharded,
     load_checkpoint,
     not_finite,
     set_rng_state,
 )
-from trainer.state.sharded import full_to_sharded
+from trainer.state.files import moved_aside
 
 if TYPE_CHECKING:
     from trainer.config import Config
@@ -39,13 +40,19 @@ def find_checkpoint(
     """(path, saved state, notes) for `--resume PATH|auto`.
 
     `auto` takes the newest readable checkpoint of run `name` under `run_base` or
-    `run_base-N` (unreadable ones are skipped and reported; a `-N` directory holding another
-    run's checkpoints is left alone: it merely shares the prefix). It starts a new run only
-    when the run has no checkpoint file at all and no live process is writing it; when
-    every file is unreadable it is a UserError.
+    `run_base-N` (files and sharded checkpoint directories alike, and a checkpoint moved
+    aside by a save killed between its renames; unreadable ones are skipped and reported; a
+    `-N` directory holding another run's checkpoints is left alone: it merely shares the
+    prefix). PATH, missing where its moved-aside copy is there, means that copy (noted).
+    It starts a new run only when the run has no checkpoint at all and no live process is
+    writing it; when every checkpoint is unreadable it is a UserError.
     """
     if resume != "auto":
-        return Path(resume), _load_finite(resume), []
+        path, aside = Path(resume), moved_aside(Path(resume))
+        if not path.exists() and aside.exists():  # a save killed between its renames
+            note = f"--resume: {path} is missing (a save was interrupted); resuming from {aside}"
+            return aside, _load_finite(aside), [note]
+        return path, _load_finite(path), []
     run_dirs = _run_dirs(run_base)
     skipped: list[str] = []
     others: list[str] = []
@@ -88,10 +95,10 @@ def find_checkpoint(
         if holder is not None:
             raise UserError(f"--resume auto: {in_use(run_dir, holder)}")
     notes = [f"--resume auto: {d} holds another run's checkpoints, left alone" for d in others]
-    return None, None, [
-        *notes,
-        f"--resume auto: no checkpoint of run {name!r} under {run_base}[-N]; starting a new run",
-    ]
+    notes.append(
+        f"--resume auto: no checkpoint of run {name!r} under {run_base}[-N]; starting a new run"
+    )
+    return None, None, notes
 
 
 def _config_name(run_dir: Path) -> object:
@@ -118,7 +125,8 @@ def _run_dirs(base: Path) -> list[Path]:
 
     def written(run_dir: Path) -> float:
         times = [0.0]
-        for path in (run_dir / "checkpoints").glob("*.pt"):
+        checkpoints = run_dir / "checkpoints"
+        for path in [*checkpoints.glob("*.pt"), *checkpoints.glob(".*.pt.previous")]:
             with contextlib.suppress(OSError):  # pruned while we look
                 times.append(path.stat().st_mtime)
         return max(times)
@@ -127,13 +135,15 @@ def _run_dirs(base: Path) -> list[Path]:
 
 
 def _candidates(run_dirs: list[Path]) -> list[Path]:
-    """Checkpoints to resume from, best first: in each directory last.pt, the epoch files
-    (newest first), then best.pt."""
+    """Checkpoints to resume from, best first: in each directory last.pt (or, where a save
+    was killed between its renames, the previous one moved aside), the epoch checkpoints
+    (newest first), then best.pt (or its moved-aside copy); files or directories alike."""
     ordered = []
     for directory in (run_dir / "checkpoints" for run_dir in run_dirs):
         epochs = sorted(directory.glob("epoch-*.pt"), reverse=True)
         last, best = directory / "last.pt", directory / "best.pt"
-        ordered += [path for path in (last, *epochs, best) if path.is_file()]
+        found = (last, moved_aside(last), *epochs, best, moved_aside(best))
+        ordered += [path for path in found if path.exists()]
     return ordered
 
 

@@ -1,15 +1,19 @@
 """Checkpoints: what one holds (`RunState`), its one layout on disk (plain dicts of tensors and
-numbers, read with weights_only), older layouts converted on reading, atomic writes."""
+numbers, read with weights_only), older layouts converted on reading, atomic writes.
+
+A checkpoint is a .pt file (one process, DDP) or, under fsdp, a directory of the same name
+holding the same layout (trainer.state.sharded). `load_checkpoint` reads either in one
+process; `save_checkpoints` writes files, `save_sharded_checkpoints` (collective) directories.
+trainer.state.sharded (torch.distributed.checkpoint, seconds to import) is imported where a
+directory is met, so a run and a command that never meet one do not pay for it.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import reprlib
-import secrets
-import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
@@ -17,7 +21,9 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 import numpy as np
 import torch
 
-from trainer.errors import TrainingError, UserError
+from trainer.errors import UserError
+from trainer.state import files
+from trainer.state.optimizer_keys import optimizer_state_by_index, optimizer_state_by_name
 
 if TYPE_CHECKING:
     from trainer.config import CheckpointConfig
@@ -213,64 +219,100 @@ def _samples_trained(checkpoint: dict[str, Any]) -> int | None:
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
     """Write atomically (temporary file, fsync, rename); a failed write leaves `path` as it
     was and no temporary file, and is a TrainingError."""
-    with _writing(path) as temporary:
+    with files.writing(path) as temporary:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "wb") as file:
             torch.save(checkpoint, file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)
-        _fsync_dir(path.parent)
-
-
-@contextlib.contextmanager
-def _writing(path: Path) -> Iterator[Path]:
-    """A temporary name beside `path`, unique to this writer (pid and a random suffix);
-    removed, and the OSError turned into a one-line TrainingError, if the block fails."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        yield temporary
-    except (OSError, RuntimeError) as err:
-        cause = _os_error(err)  # torch.save reports a failed write as a RuntimeError
-        if cause is None:
-            raise
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
-        raise TrainingError(
-            f"could not write {path}: {cause.strerror or cause}; the checkpoints written "
-            "before are intact"
-        ) from None
-
-
-def _os_error(err: BaseException | None) -> OSError | None:
-    """The OSError that `err` is, or that it was raised while handling."""
-    while err is not None and not isinstance(err, OSError):
-        err = err.__cause__ or err.__context__
-    return err
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        files.put_in_place(temporary, path)
 
 
 def load_checkpoint(path: str | Path, *, option: str = "--resume") -> RunState:
-    """A checkpoint read with weights_only=True, in the one layout; a UserError if it is
-    missing, not a trainer checkpoint, or has a key of the wrong type (naming each)."""
+    """A checkpoint in the one layout: a .pt file read with weights_only=True, or a sharded
+    checkpoint directory read whole in this process (no process group), its optimizer states
+    keyed by index as a file's are. A UserError if it is missing, not a trainer checkpoint,
+    or has a key of the wrong type (naming each)."""
     path = Path(path)
+    return _checked(path, _read(path, option=option, tensors=True))
+
+
+def read_checkpoint_shapes(path: str | Path, *, option: str = "--resume") -> RunState:
+    """What `load_checkpoint` gives, with every tensor on the meta device (saved shape and
+    dtype): for a directory, no tensor is read; to check a checkpoint fits a model."""
+    path = Path(path)
+    saved = _checked(path, _read(path, option=option, tensors=False))
+    if path.is_file():
+        saved.model = {
+            name: value.to("meta") if isinstance(value, torch.Tensor) else value
+            for name, value in saved.model.items()
+        }
+    return saved
+
+
+def load_model_state(path: str | Path, *, option: str = "CHECKPOINT") -> dict[str, Any]:
+    """The model's state dict (full, plain tensors) of a checkpoint file or directory; of a
+    directory only the model's tensors are read, not the optimizer states."""
+    path = Path(path)
+    if not path.is_dir():
+        return load_checkpoint(path, option=option).model
+    from trainer.state.sharded import read_sharded  # DCP: seconds to import; when needed
+
+    model = read_sharded(path, parts=("model",))["model"]
+    check, expected = _SHAPES["model"]
+    if not check(model):
+        raise UserError(f"{path}: not a trainer checkpoint: 'model' is not {expected}")
+    return model
+
+
+def _read(path: Path, *, option: str, tensors: bool) -> dict[str, Any]:
+    """The dict a checkpoint file or directory holds, optimizer states keyed by index."""
+    if path.is_dir():
+        from trainer.state.sharded import read_sharded  # DCP: seconds to import; when needed
+
+        return _by_index(path, read_sharded(path, tensors=tensors))
     if not path.is_file():
-        raise UserError(f"{option}: no checkpoint at {str(path)!r}")
+        aside = files.moved_aside(path)
+        hint = f" (a save was interrupted; the previous one is {aside})" if aside.exists() else ""
+        raise UserError(f"{option}: no checkpoint at {str(path)!r}{hint}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=not tensors)
     except Exception as err:
         raise UserError(
             f"{path}: not a readable checkpoint ({type(err).__name__}: {err})"
         ) from None
     if not isinstance(checkpoint, dict):
         raise UserError(f"{path}: not a trainer checkpoint (a {type(checkpoint).__name__})")
+    return checkpoint
+
+
+def _by_index(path: Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A directory's optimizer states (keyed by parameter name) keyed by index through the
+    checkpoint's groups manifest; what does not fit is a UserError naming the optimizer."""
+    states, groups = checkpoint.get("optimizers"), checkpoint.get("groups")
+    if not (
+        isinstance(states, dict)
+        and isinstance(groups, dict)
+        and _groups(groups)
+        and set(groups) == set(states)
+    ):
+        return checkpoint  # the checks name what is wrong
+    keyed = {}
+    for name, state in states.items():
+        if not _optimizer_state(state):
+            return checkpoint
+        try:
+            keyed[name] = optimizer_state_by_index(state, groups[name])
+        except ValueError as err:
+            raise UserError(
+                f"{path}: not a trainer checkpoint: optimizer {name!r}'s state does not fit "
+                f"its groups: {err}"
+            ) from None
+    return checkpoint | {"optimizers": keyed}
+
+
+def _checked(path: Path, checkpoint: dict[str, Any]) -> RunState:
+    """The RunState of a read checkpoint dict, upgraded; a UserError naming what is wrong."""
     checkpoint = upgrade(checkpoint)
     missing = [key for key in KEYS if key not in checkpoint]
     if missing:
@@ -480,28 +522,70 @@ def save_checkpoints(
     directory: Path, state: RunState, policy: CheckpointConfig, *, is_best: bool
 ) -> None:
     """last.pt always; epoch-NNNN.pt per `every_epochs`, pruned to `keep_last`; best.pt."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files.clean(directory)  # one writer per run: leftovers are a killed save's
+    save_checkpoint(directory / "last.pt", state.to_checkpoint())
+    _copies(directory, state, policy, is_best=is_best)
+
+
+def save_sharded_checkpoints(
+    directory: Path, state: RunState, policy: CheckpointConfig, *, is_best: bool
+) -> None:
+    """Collective (every rank of the process group calls it): what save_checkpoints writes,
+    each checkpoint a directory (see trainer.state.sharded). On every rank `state.model` is
+    this rank's model state dict (get_model_state_dict of the sharded model) and each
+    `state.optimizers[name].optimizer` its get_optimizer_state_dict (keyed by parameter name);
+    the other fields matter on rank 0 only. A kill -9 at any moment leaves the previous
+    last.pt loadable (or its moved-aside copy, which the next save puts back); a failed
+    write is a TrainingError on every rank."""
+    from trainer.state.sharded import TENSOR_KEYS, save_sharded
+
+    checkpoint = state.to_checkpoint()
+    tensors = {key: checkpoint.pop(key) for key in TENSOR_KEYS}
+    if torch.distributed.get_rank() == 0:
+        directory.mkdir(parents=True, exist_ok=True)
+        files.clean(directory)
+    save_sharded(
+        directory / "last.pt",
+        tensors,
+        checkpoint,
+        then=lambda: _copies(directory, state, policy, is_best=is_best),
+    )
+
+
+def full_to_sharded(
+    model: torch.nn.Module, optimizers: Mapping[str, torch.optim.Optimizer], saved: RunState
+) -> None:
+    """Collective: a full checkpoint's states (`load_checkpoint` of a .pt, the same on every
+    rank) loaded into a sharded `model` and its `optimizers` (by name); each optimizer state
+    keyed by parameter name through the checkpoint's groups manifest first."""
+    from trainer.state.sharded import load_full_states
+
+    load_full_states(
+        model,
+        optimizers,
+        saved.model,
+        {
+            name: optimizer_state_by_name(state.optimizer, state.groups)
+            for name, state in saved.optimizers.items()
+            if name in optimizers
+        },
+    )
+
+
+def _copies(directory: Path, state: RunState, policy: CheckpointConfig, *, is_best: bool) -> None:
+    """best.pt and epoch-NNNN.pt as copies of the last.pt just written; old epochs pruned."""
     last = directory / "last.pt"
-    for leftover in directory.glob(".*.tmp"):  # one writer per run: a .tmp is a killed one's
-        leftover.unlink(missing_ok=True)
-    save_checkpoint(last, state.to_checkpoint())
     epoch = state.position.epoch
     if is_best:
-        _atomic_copy(last, directory / "best.pt")
+        files.copy(last, directory / "best.pt")
     if (
         policy.every_epochs
         and epoch % policy.every_epochs == 0
         and state.position.batch_in_epoch == 0
     ):
-        _atomic_copy(last, directory / f"epoch-{epoch:04d}.pt")
+        files.copy(last, directory / f"epoch-{epoch:04d}.pt")
         if policy.keep_last is not None:
             kept = sorted(directory.glob("epoch-*.pt"))
             for old in kept[: max(len(kept) - policy.keep_last, 0)]:
-                old.unlink()
-
-
-def _atomic_copy(source: Path, target: Path) -> None:
-    with _writing(target) as temporary:
-        shutil.copyfile(source, temporary)
-        with open(temporary, "rb+") as file:
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
+                files.remove(old)

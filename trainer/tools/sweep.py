@@ -34,6 +34,7 @@ from trainer.errors import UserError
 from trainer.interrupt import PARENT_ENV
 from trainer.runs.listing import read_status
 from trainer.runs.metrics_file import MetricsTail, is_epoch_record
+from trainer.state.files import moved_aside
 from trainer.tools.search_space import (
     Space,
     build_component,
@@ -443,7 +444,9 @@ def _prepare(sweep: Sweep, trial: Any, space: Space) -> tuple[Path, list[str], P
     if "run_dir" in attrs:
         run_dir, overrides = Path(attrs["run_dir"]), list(attrs["overrides"])
         last = run_dir / "checkpoints" / "last.pt"
-        resume = last if last.is_file() else None
+        # A file, or a sharded directory (moved aside if a save was killed between renames:
+        # --resume last.pt finds it there).
+        resume = last if last.exists() or moved_aside(last).exists() else None
         if resume is None:  # stopped before its first checkpoint: start again
             shutil.rmtree(run_dir, ignore_errors=True)
     else:
@@ -556,7 +559,7 @@ def _ending(
     stopped = code == INTERRUPTED or code < 0  # by its signal handler, or by the signal
     if stopped and sweep.stop.is_set() and not finished:  # the sweep's stop: back to the queue
         last = run_dir / "checkpoints" / "last.pt"
-        saved = f"saved {last}" if last.is_file() else "no checkpoint yet: it starts again"
+        saved = f"saved {last}" if last.exists() else "no checkpoint yet: it starts again"
         return Outcome("interrupted", reason=f"exit {code}; {saved}")
     if code == 1 and errors:  # training failed (a NaN loss): the lr diverged, a bad region
         return Outcome("pruned", reason=f"training failed: {errors[-1]}")
