@@ -95,8 +95,11 @@ def train(
     run_base = run_base_of(config)
     checkpoint_path, saved, notes = None, None, []
     if resume:
+        sharded = config.trainer.strategy == "fsdp"
         found = (
-            find_checkpoint(resume, run_base=run_base, name=config.name) if job.is_main else None
+            find_checkpoint(resume, run_base=run_base, name=config.name, sharded=sharded)
+            if job.is_main
+            else None
         )
         checkpoint_path, saved, notes = job.broadcast(found)
     with contextlib.ExitStack() as owned:
@@ -111,9 +114,8 @@ def train(
         restored: list[str] = []
         if saved is not None:
             position, restored = restore(
-                saved, run, reset_optimizer=reset_optimizer, rank=job.rank,
-                world_size=job.world_size, path=checkpoint_path,
-            )  # fmt: skip
+                saved, run, reset_optimizer=reset_optimizer, job=job, path=checkpoint_path
+            )
             restored.insert(0, resumed_note(checkpoint_path, position))
         # The lrs training goes on with (a resumed run's, not the config's).
         report.groups(run.reports, lrs={name: h.lrs for name, h in run.optimizers.items()})

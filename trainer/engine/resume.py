@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from trainer.config import flatten
+from trainer.engine.distributed import SINGLE, Distributed
+from trainer.engine.sharding import local
 from trainer.errors import UserError
 from trainer.runs.listing import read_config
 from trainer.runs.rundir import in_use, lock_holder
@@ -25,6 +27,7 @@ from trainer.state.checkpoint import (
     full_to_sharded,
     load_checkpoint,
     not_finite,
+    read_checkpoint_shapes,
     set_rng_state,
 )
 from trainer.state.files import moved_aside
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
 
 
 def find_checkpoint(
-    resume: str, *, run_base: Path, name: str
+    resume: str, *, run_base: Path, name: str, sharded: bool = False
 ) -> tuple[Path | None, RunState | None, list[str]]:
     """(path, saved state, notes) for `--resume PATH|auto`.
 
@@ -45,14 +48,16 @@ def find_checkpoint(
     `-N` directory holding another run's checkpoints is left alone: it merely shares the
     prefix). PATH, missing where its moved-aside copy is there, means that copy (noted).
     It starts a new run only when the run has no checkpoint at all and no live process is
-    writing it; when every checkpoint is unreadable it is a UserError.
+    writing it; when every checkpoint is unreadable it is a UserError. `sharded` (a run
+    under fsdp): of a checkpoint directory only the shapes are read here; each process
+    loads its own shards in `restore`.
     """
     if resume != "auto":
         path, aside = Path(resume), moved_aside(Path(resume))
         if not path.exists() and aside.exists():  # a save killed between its renames
             note = f"--resume: {path} is missing (a save was interrupted); resuming from {aside}"
-            return aside, _load_finite(aside), [note]
-        return path, _load_finite(path), []
+            return aside, _load_finite(aside, sharded), [note]
+        return path, _load_finite(path, sharded), []
     run_dirs = _run_dirs(run_base)
     skipped: list[str] = []
     others: list[str] = []
@@ -60,7 +65,7 @@ def find_checkpoint(
         if any(path.is_relative_to(other) for other in others):
             continue
         try:
-            saved = _load_finite(path)
+            saved = _load_finite(path, sharded)
         except UserError as err:
             skipped += err.problems
             continue
@@ -106,16 +111,22 @@ def _config_name(run_dir: Path) -> object:
     return read_config(run_dir / "config.yaml", warn=lambda _: None).get("name")
 
 
-def _load_finite(path: str | Path) -> RunState:
-    """A checkpoint to resume from: readable, and its model's tensors finite."""
+def _load_finite(path: str | Path, sharded: bool = False) -> RunState:
+    """A checkpoint to resume from: readable, and its model's tensors finite (a directory
+    read for a sharded run: its shapes, the tensors checked once loaded)."""
+    if sharded and Path(path).is_dir():
+        return read_checkpoint_shapes(path)
     saved = load_checkpoint(path)
-    bad = not_finite(saved.model)
+    _refuse_non_finite(path, not_finite(saved.model))
+    return saved
+
+
+def _refuse_non_finite(path: str | Path, bad: list[str]) -> None:
     if bad:
         raise UserError(
             f"{path}: the model's weights are not finite ({', '.join(bad[:3])}"
             f"{', ...' if len(bad) > 3 else ''}); resume from an earlier checkpoint"
         )
-    return saved
 
 
 def _run_dirs(base: Path) -> list[Path]:
@@ -193,8 +204,7 @@ def restore(
     run: Run,
     *,
     reset_optimizer: bool,
-    rank: int = 0,
-    world_size: int = 1,
+    job: Distributed = SINGLE,
     path: Path | None = None,
 ) -> tuple[Position, list[str]]:
     """Load the checkpoint's states into the built run; returns (position, notes).
@@ -205,9 +215,8 @@ def restore(
     state is loaded.
     """
     check_fit(saved, run, reset_optimizer=reset_optimizer, where=path or "the checkpoint")
-    if run.sharded:  # each rank takes its shards of the whole state (any strategy saved it)
-        optimizers = {} if reset_optimizer else {n: h.optimizer for n, h in run.optimizers.items()}
-        full_to_sharded(run.module, optimizers, saved)
+    if run.sharded:
+        load_shards(saved, run, job, reset_optimizer=reset_optimizer, path=path)
     else:
         run.module.load_state_dict(saved.model)
     notes, resolved = [], run.config.to_dict()
@@ -218,8 +227,26 @@ def restore(
         notes.append("--reset-optimizer: loaded the weights only; fresh optimizer state")
     load_optimizers(saved, run, reset_optimizer=reset_optimizer)
     notes += load_schedulers(saved, run, reset_optimizer=reset_optimizer)
-    load_rng(saved, rank=rank, world_size=world_size, seed=run.config.seed)
+    load_rng(saved, rank=job.rank, world_size=job.world_size, seed=run.config.seed)
     return saved.position, notes
+
+
+def load_shards(
+    saved: RunState, run: Run, job: Distributed, *, reset_optimizer: bool, path: Path | None
+) -> None:
+    """Each process's shards of the model and optimizer states (collective): from a sharded
+    checkpoint directory by DCP, at any process count; from a whole state (a file that ddp
+    or one process wrote) by slicing it."""
+    optimizers = {} if reset_optimizer else {n: h.optimizer for n, h in run.optimizers.items()}
+    if path is None or not path.is_dir():
+        full_to_sharded(run.module, optimizers, saved)
+        return
+    from trainer.state.sharded import load_sharded_states  # DCP: seconds to import
+
+    load_sharded_states(path, run.module, optimizers)
+    bad = not_finite({name: local(value) for name, value in run.module.state_dict().items()})
+    if job.any(bool(bad), run.device):
+        _refuse_non_finite(path, bad or ["on another process"])
 
 
 def check_fit(saved: RunState, run: Run, *, reset_optimizer: bool, where: Path | str) -> None:
