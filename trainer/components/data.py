@@ -295,6 +295,18 @@ def _indexable(dataset: Dataset) -> TypeGuard[TensorDataset]:
     return plain and getattr(dataset, "transform", None) is None
 
 
+def dataset_notes(*loaders: Loader) -> list[str]:
+    """What the datasets behind `loaders` say for the run's log (a dataset's `notes`, a list
+    of strings: markov_text's entropy rate), each note once."""
+    notes: list[str] = []
+    for loader in loaders:
+        dataset = loader.dataset
+        while not hasattr(dataset, "notes") and hasattr(dataset, "dataset"):
+            dataset = dataset.dataset  # SeededSamples, Subset
+        notes += getattr(dataset, "notes", [])
+    return list(dict.fromkeys(notes))
+
+
 def dataset_size(dataset: Dataset) -> int:
     """Samples in a map-style dataset (torch's Dataset type does not promise a length)."""
     return len(cast(Sized, dataset))

@@ -1,4 +1,5 @@
-"""Datasets by name: the built-in offline `shapes`, torchvision's, and ImageFolder.
+"""Datasets by name: the built-in offline `shapes`, `ring` and `markov_text`
+(trainer.components.language), torchvision's, and ImageFolder.
 
 Each is called once per split with `train=True` / `train=False` (the torchvision convention),
 plus `transform` (built by trainer.components.transforms) and the config's keyword arguments.
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from trainer.components.language import markov_text
 from trainer.errors import UserError
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond")
@@ -239,6 +241,7 @@ def fake_data(
 BUILT_IN: dict[str, Callable[..., Dataset]] = {
     "shapes": shapes,
     "ring": ring,
+    "markov_text": markov_text,
     "mnist": mnist,
     "fashion_mnist": fashion_mnist,
     "cifar10": cifar10,

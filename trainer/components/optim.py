@@ -167,8 +167,12 @@ REDUCTIONS = ("none", "mean", "sum")
 
 def build_loss(config: LossConfig) -> torch.nn.Module:
     """The configured loss module (a torch loss's `reduction`, which torch checks only when
-    the loss is first called, is checked here)."""
+    the loss is first called, is checked here). CrossEntropyLoss and NLLLoss also take a
+    sequence's (batch, seq, classes) logits with (batch, seq) targets, over the tokens: in
+    training, validation and `trainer eval` alike."""
     import torch
+
+    from trainer.components.language import TokenLoss
 
     loss = registry.build("losses", config.name, config.kwargs, key="loss")
     reduction = getattr(loss, "reduction", None)
@@ -178,4 +182,6 @@ def build_loss(config: LossConfig) -> torch.nn.Module:
             f"loss.reduction: {reduction!r} is not a reduction of {config.name} "
             f"(allowed: {', '.join(allowed)})"
         )
+    if isinstance(loss, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)):
+        return TokenLoss(loss)
     return loss

@@ -37,6 +37,7 @@ BUILT_IN = {
     "models": {
         "small_cnn": "trainer.components.models:small_cnn",
         "gan_mlp": "trainer.components.models:gan_mlp",
+        "tiny_gpt": "trainer.components.language:tiny_gpt",
     },
     "steps": {
         "supervised": "trainer.engine.steps:supervised",

@@ -6,12 +6,13 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-EPOCH_METRICS = ("train/loss", "val/loss", "val/acc")
+EPOCH_METRICS = ("train/loss", "val/loss", "val/acc", "val/perplexity")
 MONITOR_PATTERN = re.compile(r"(train|val)/[A-Za-z0-9_.-]+")
 
 
 def default_mode(monitor: str) -> Literal["min", "max"]:
-    """Higher is better for accuracy and what counts modes or scores, lower for the rest."""
+    """Higher is better for accuracy and what counts modes or scores, lower for the rest
+    (losses, perplexity, distances)."""
     higher = ("acc", "accuracy", "f1", "score", "covered", "auroc", "precision", "recall")
     return "max" if monitor.rpartition("/")[2].lower().endswith(higher) else "min"
 

@@ -13,7 +13,7 @@ import torch
 
 from trainer.components import registry
 from trainer.components.checks import check_components
-from trainer.components.data import Loader, batches_per_epoch, build_loaders
+from trainer.components.data import Loader, batches_per_epoch, build_loaders, dataset_notes
 from trainer.components.models import build_model, load_initial_weights
 from trainer.components.optim import (
     PlannedOptimizer,
@@ -55,7 +55,7 @@ class Run:
     metrics: MetricSet | None  # the configured validation metrics
     train_loader: Loader
     val_loader: Loader
-    notes: list[str]  # what building had to say (init_from's report)
+    notes: list[str]  # what building had to say (init_from's report, the datasets' notes)
     held_norms: list[torch.nn.Module]  # frozen norm layers kept in eval mode in training
     units: list[Unit]  # trainer.strategy: fsdp: the modules sharded, the root last; else []
     checkpointed: list[str]  # modules whose activations are recomputed in backward
@@ -160,8 +160,9 @@ def unlogged_monitors(config: Config) -> list[str]:
 
 
 def epoch_metrics(config: Config) -> list[str] | None:
-    """The metrics an epoch record will hold (val/acc where targets are class indices), or
-    None where a step or val_step does not declare what it returns (`logs`)."""
+    """The metrics an epoch record will hold (val/acc where targets are class indices,
+    val/perplexity where they are sequences of them), or None where a step or val_step does
+    not declare what it returns (`logs`)."""
     steps = [registry.resolve("steps", section.name, key=f"{key}.name")
              for key, section in (("step", config.step), ("val_step", config.val_step))
              if section is not None]  # fmt: skip
@@ -177,7 +178,8 @@ def epoch_metrics(config: Config) -> list[str] | None:
     if config.val_step is not None:
         return [*trained, *(f"val/{name}" for name in declared[1])]
     if config.step.name == "supervised":
-        return [*trained, "val/loss", "val/acc", *(m.logged_as for m in config.metrics)]
+        validated = ["val/loss", "val/acc", "val/perplexity"]
+        return [*trained, *validated, *(m.logged_as for m in config.metrics)]
     return trained
 
 
@@ -287,7 +289,7 @@ def build_run(
         metrics=build_metrics(config.metrics, device=device),
         train_loader=train_loader,
         val_loader=val_loader,
-        notes=notes,
+        notes=[*notes, *dataset_notes(train_loader, val_loader)],
         held_norms=(
             list(held_norms(module).values()) if config.param_groups.freeze_norm_stats else []
         ),

@@ -1,13 +1,15 @@
-"""Validation: `val/loss`, `val/acc` for class-index targets, the configured metrics;
-`trainer eval`."""
+"""Validation: `val/loss`, `val/acc` for class-index targets, `val/perplexity` for
+sequences of them, the configured metrics; `trainer eval`."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import torch
 
+from trainer.components.language import classes_last
 from trainer.config import Config
 from trainer.engine.device import autocast, batch_size, check_precision, pick_device, to_device
 from trainer.engine.distributed import SINGLE, Distributed
@@ -30,7 +32,9 @@ def evaluate(
     metrics: MetricSet | None = None,
 ) -> dict[str, float]:
     """`val/loss`, `val/acc` when targets are class indices, and `metrics` (`val/<key>`);
-    without metrics, one host sync at the end.
+    without metrics, one host sync at the end. For a sequence's logits (classes last, see
+    trainer.components.language) loss and accuracy are per token, weighted by tokens, the
+    metrics see the tokens, and `val/perplexity` is exp(val/loss).
 
     Under torch.distributed each rank sees its share and the sums are all-reduced (the
     metrics gather their states), so every rank reports the same numbers.
@@ -38,15 +42,20 @@ def evaluate(
     model.eval()
     totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
     loss_sum, correct, count = totals[0], totals[1], 0
-    classify = True
+    classify, sequences = True, True
     for inputs, targets in loader:
         inputs = inputs.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with autocast(precision, device):
             outputs = model(inputs)
             loss = loss_fn(outputs, targets)
-        loss_sum += loss.double() * inputs.shape[0]
-        count += inputs.shape[0]
+        sequence = classes_last(outputs, targets)
+        if sequence:  # tokens, with the classes last
+            outputs, targets = outputs.flatten(0, 1), targets.flatten()
+        size = targets.shape[0] if sequence else inputs.shape[0]  # tokens, or samples
+        loss_sum += loss.double() * size
+        count += size
+        sequences = sequences and sequence
         classify = classify and not targets.is_floating_point()
         classify = classify and outputs.dim() == targets.dim() + 1
         if classify:
@@ -58,7 +67,14 @@ def evaluate(
     values = {"val/loss": loss_total / max(count_total, 1)}
     if classify and count_total:
         values["val/acc"] = correct_total / count_total
+    if sequences and count_total:
+        values["val/perplexity"] = perplexity(values["val/loss"])
     return values | (metrics.compute() if metrics is not None else {})
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), infinite where that overflows a float."""
+    return math.exp(loss) if loss < math.log(1.7e308) else math.inf
 
 
 def validate(
