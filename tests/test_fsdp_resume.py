@@ -1,6 +1,7 @@
-"""Resuming sharded runs through the CLI (gloo, CPU): at the same process count bit for bit,
-at another count (2 -> 1; 1 -> 2 in test_sharded_checkpoint.py) and across strategies (ddp <-> fsdp) equal to the straight
-run within 1e-5; a sharded run's weights exported and read back without the runner."""
+"""Resuming sharded runs through the CLI (gloo, CPU): at the same process count bit for bit;
+on one process (2 -> 1; 1 -> 2 is in test_sharded_checkpoint.py) and across strategies
+(ddp <-> fsdp) equal to the straight run within 1e-5; a sharded run's weights exported and
+read back without the runner."""
 
 from __future__ import annotations
 
