@@ -398,7 +398,9 @@ def wrap_model(run: Run, job: Distributed) -> None:
     if job.enabled and run.config.step.name == "supervised" and not run.sharded:
         device = run.device
         run.model = DistributedDataParallel(
-            run.module, device_ids=[device.index] if device.type == "cuda" else None
+            run.module,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            gradient_as_bucket_view=True,  # the grads live in DDP's buckets: no second copy
         )
     if run.config.trainer.compile:
         # torch.compile of a Module returns an OptimizedModule (a Module); its stub says Callable.
