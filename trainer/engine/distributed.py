@@ -156,8 +156,10 @@ def launch(nproc: int, argv: list[str], *, shutdown_timeout_s: int) -> int:
         codes = {failure.exitcode for failure in failures.values()}
         # Ranks that stopped together exit 130 after last.pt is written; one torchrun ended
         # (SIGTERM) as it saw the first of them leave was stopping anyway.
-        stopped = {130, -signal.SIGTERM, -signal.SIGINT}
-        if 130 in codes and codes <= stopped:
+        ended = {-signal.SIGTERM, -signal.SIGINT}
+        if 130 in codes and codes <= {130, *ended}:
             return 130
-        return 2 if codes == {2} else 1
+        # Bad input every rank finds (a regex checked against the built model): torchrun may
+        # end a rank before it exits 2 itself.
+        return 2 if 2 in codes and codes <= {2, *ended} else 1
     return 0
