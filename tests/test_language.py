@@ -20,7 +20,7 @@ from trainer.components.optim import build_loss
 from trainer.config import LossConfig, validate_config
 from trainer.config.metric_names import default_mode
 from trainer.engine.build import unlogged_monitors
-from trainer.engine.evaluate import evaluate
+from trainer.engine.evaluate import evaluate, perplexity
 from trainer.runs.metrics_file import is_epoch_record, read_metrics
 
 SMALL = {"vocab_size": 11, "dim": 16, "depth": 2, "heads": 2, "seq_len": 12}
@@ -231,6 +231,11 @@ def test_evaluate_logs_per_token_loss_accuracy_and_perplexity() -> None:
     assert values["val/loss"] == pytest.approx(float(flat.double().mean()), rel=1e-6)
     correct = (logits.argmax(dim=-1) == targets).double().mean()
     assert values["val/acc"] == float(correct)
+
+
+def test_perplexity_of_a_huge_loss_is_infinite() -> None:
+    assert perplexity(1000.0) == math.inf
+    assert math.isnan(perplexity(math.nan))
 
 
 def test_evaluate_logs_no_perplexity_for_classes() -> None:
