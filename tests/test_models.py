@@ -206,8 +206,9 @@ def test_list_models_describes_each_name(run_cli) -> None:
         cells = [cell.strip() for cell in line.split("│")]
         if len(cells) == 4 and cells[1]:
             rows[cells[1]] = cells[2]
-    assert set(rows) == {"small_cnn", "gan_mlp", *TORCHVISION_MODELS}
+    assert set(rows) == {"small_cnn", "gan_mlp", "tiny_gpt", *TORCHVISION_MODELS}
     assert rows["small_cnn"].startswith("Small three-block CNN")
+    assert rows["tiny_gpt"].startswith("A small decoder-only transformer")
     assert all(rows.values())
 
 

@@ -67,7 +67,7 @@ def test_regression_targets_log_no_accuracy_and_refuse_an_accuracy_monitor(
             [
                 "checkpoint.monitor: 'train/lss' is not logged by this run; did you mean "
                 "'train/loss'? (its epoch metrics: train/loss, train/samples_per_s, val/loss, "
-                "val/acc)"
+                "val/acc, val/perplexity)"
             ],
         ),
         (

@@ -104,13 +104,14 @@ class TinyGPT(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab_size)
-        for name, param in self.named_parameters():  # GPT-2's initialisation
+        # GPT-2's initialisation: the projections into the residual stream scaled with depth.
+        residual = ("attn.proj.weight", "mlp.2.weight")
+        for name, param in self.named_parameters():
             if name.endswith("bias"):
                 nn.init.zeros_(param)
             elif param.dim() > 1:
-                # Residual projections scaled down with depth, as GPT-2 does.
-                std = 0.02 / math.sqrt(2 * depth) if name.endswith(("proj.weight", "2.weight")) else 0.02
-                nn.init.normal_(param, std=std)
+                scale = 1 / math.sqrt(2 * depth) if name.endswith(residual) else 1.0
+                nn.init.normal_(param, std=0.02 * scale)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids (batch, seq) → next-token logits (batch, seq, vocab_size)."""
@@ -168,7 +169,7 @@ class MarkovChain:
             if np.abs(new - pi).max() < tolerance:
                 return new / new.sum()
             pi = new
-        raise ValueError(f"the chain's stationary distribution did not converge in {max_iterations} steps")
+        raise ValueError(f"the stationary distribution did not converge in {max_iterations} steps")
 
     def entropy_rate(self) -> float:
         """H = -sum_c pi(c) sum_x P(x|c) log P(x|c), in nats: the mean cross-entropy of the
@@ -256,7 +257,7 @@ def markov_text(
     notes = [
         f"markov_text: entropy rate {rate:.4f} nats/token (perplexity {math.exp(rate):.3f}; "
         f"uniform: {math.log(vocab_size):.4f}); best possible val/loss over {seq_len} positions "
-        f"{best:.4f} (the first {order - 1} see fewer than {order} tokens)"
+        f"{best:.4f} (the first {order - 1} of them see fewer than {order} tokens)"
     ]
     return MarkovText(tokens, chain, notes)
 

@@ -74,7 +74,10 @@ def evaluate(
 
 def perplexity(loss: float) -> float:
     """exp(loss), infinite where that overflows a float."""
-    return math.exp(loss) if loss < math.log(1.7e308) else math.inf
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
 
 
 def validate(
