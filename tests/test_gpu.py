@@ -427,3 +427,29 @@ def test_activation_checkpointing_lowers_the_peak_memory_of_a_training_step() ->
 
     without, with_recompute = peak(False), peak(True)
     assert with_recompute < 0.7 * without, (with_recompute, without)
+
+
+def test_a_sharded_gpu_checkpoint_exports_and_is_read_on_a_machine_without_cuda(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "cfg.yaml").write_text(textwrap.dedent(SMALL_CNN).lstrip(), encoding="utf-8")
+    common = {"cwd": tmp_path, "capture_output": True, "text": True, "timeout": 240}
+    fitted = subprocess.run(
+        [sys.executable, "-m", "trainer", "fit", "cfg.yaml", "trainer.device=cuda",
+         "trainer.epochs=1", "trainer.strategy=fsdp"],
+        env=subprocess_env(), **common,
+    )  # fmt: skip
+    assert fitted.returncode == 0, fitted.stdout + fitted.stderr
+    last = tmp_path / "runs/cnn/checkpoints/last.pt"
+    assert last.is_dir()
+    no_cuda = subprocess_env(CUDA_VISIBLE_DEVICES="")
+    exported = subprocess.run(
+        [sys.executable, "-m", "trainer", "export", str(last), "w.pt"], env=no_cuda, **common
+    )
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    weights = torch.load(tmp_path / "w.pt", map_location="cpu", weights_only=True)
+    from trainer.state.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(last).model
+    assert weights.keys() == saved.keys()
+    assert all(weights[k].device.type == "cpu" and torch.equal(weights[k], saved[k]) for k in saved)

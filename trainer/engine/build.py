@@ -332,6 +332,7 @@ def build_handles(
             sync_grads=job.enabled and custom_step and not sharded,
             sharded=sharded,
             job=job,
+            device=device,
         )
         for plan in planned
     }

@@ -45,11 +45,15 @@ class Distributed:
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """True on every rank when it is True on any (e.g. a stop request)."""
+        return bool(self.most(int(flag), device))
+
+    def most(self, value: int, device: torch.device) -> int:
+        """The largest of every rank's `value` (one all-reduce; the value on one process)."""
         if not self.enabled:
-            return flag
-        value = torch.tensor(int(flag), device=device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
+            return value
+        largest = torch.tensor(value, device=device)
+        dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+        return int(largest.item())
 
     def barrier(self) -> None:
         """Every rank waits here for the others (nothing on one process)."""

@@ -4,7 +4,7 @@ sequences of them, the configured metrics; `trainer eval`."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -13,11 +13,37 @@ from trainer.components.language import classes_last
 from trainer.config import Config
 from trainer.engine.device import autocast, batch_size, check_precision, pick_device, to_device
 from trainer.engine.distributed import SINGLE, Distributed
+from trainer.engine.sharding import is_sharded
 from trainer.engine.steps import Batch, StepContext, ValStep
 from trainer.errors import UserError
 
 if TYPE_CHECKING:
     from trainer.components.metrics import MetricSet
+
+
+def forwards(
+    loader: Iterable[Batch], model: torch.nn.Module, job: Distributed, device: torch.device
+) -> Iterator[tuple[Batch, bool]]:
+    """The loader's batches, each marked counted. Under fsdp every forward is a collective
+    (each unit gathers its parameters from all ranks), so a rank with fewer validation
+    batches than another runs its last batch again, not counted, until every rank has run
+    as many forwards (one all-reduce before the first)."""
+    if not (job.enabled and is_sharded(model)):
+        yield from ((batch, True) for batch in loader)
+        return
+    batches = len(loader)  # type: ignore[arg-type]  # the runner's loaders have a length
+    most, least = job.most(batches, device), -job.most(-batches, device)
+    if least == 0 and most > 0:  # every rank knows: all of them stop
+        raise UserError(
+            f"data: a process has no validation batch while another has {most}: under "
+            "trainer.strategy: fsdp every process runs each validation forward; use fewer "
+            "processes or more validation samples"
+        )
+    last = None
+    for last in loader:
+        yield last, True
+    for _ in range(most - batches):
+        yield last, False
 
 
 @torch.no_grad()
@@ -43,12 +69,14 @@ def evaluate(
     totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
     loss_sum, correct, count = totals[0], totals[1], 0
     classify, sequences = True, True
-    for inputs, targets in loader:
+    for (inputs, targets), counted in forwards(loader, model, job, device):
         inputs = inputs.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with autocast(precision, device):
             outputs = model(inputs)
             loss = loss_fn(outputs, targets)
+        if not counted:
+            continue
         sequence = classes_last(outputs, targets)
         if sequence:  # tokens, with the classes last
             outputs, targets = outputs.flatten(0, 1), targets.flatten()
@@ -158,12 +186,14 @@ def evaluate_step(
     model.eval()
     sums: dict[str, torch.Tensor] = {}
     count = 0
-    for index, batch in enumerate(loader):
+    for index, (batch, counted) in enumerate(forwards(loader, model, job, ctx.device)):
         batch = to_device(batch, ctx.device)
         ctx.batch = index
         size = batch_size(batch)
         with ctx.autocast():
             metrics = val_step(batch, model, ctx)
+        if not counted:
+            continue
         for key, value in metrics.items():
             total = sums.setdefault(key, torch.zeros((), device=ctx.device, dtype=torch.float64))
             total += torch.as_tensor(value, device=ctx.device).double() * size

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -20,6 +21,7 @@ from trainer.engine.distributed import SINGLE, Distributed
 from trainer.engine.sharding import local, whole
 from trainer.errors import UserError
 from trainer.state.checkpoint import OptimizerState
+from trainer.state.optimizer_keys import optimizer_state_by_name
 
 Loss = torch.Tensor | Callable[[], torch.Tensor]
 
@@ -58,10 +60,13 @@ class OptimizerHandle:
         sync_grads: bool = False,
         sharded: bool = False,
         job: Distributed = SINGLE,
+        device: torch.device | None = None,
     ) -> None:
         self.name, self.optimizer, self.schedule, self.scaler = name, optimizer, schedule, scaler
         self.window, self.clipping, self.closure = window, clipping, closure
         self.skip_nonfinite, self.job = skip_nonfinite, job
+        # Where the ranks' agreements run: the run's device (shards may sit in CPU memory).
+        self.device = device or torch.device("cpu")
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         # Several optimizers: a backward fills only this optimizer's grads (a generator's
         # loss leaves the discriminator's alone); unwrapped DDP: grads all-reduced here.
@@ -186,7 +191,7 @@ class OptimizerHandle:
         grads = [local(p.grad) for p in self.params if p.grad is not None]
         finite = not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
         if self.sharded:
-            return not self.job.any(not finite, self.params[0].device)
+            return not self.job.any(not finite, self.device)
         return finite
 
     def zero_grad(self) -> None:
@@ -308,14 +313,12 @@ class Optimizers(Mapping[str, OptimizerHandle]):
     ) -> dict[str, OptimizerState]:
         """What each optimizer saves, by name; `groups` is each one's manifest. With the
         `sharded` model: each optimizer's state of this rank's shards, by parameter name."""
-        if sharded is not None:
-            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
         return {
             name: OptimizerState(
                 optimizer=(
                     handle.optimizer.state_dict()
                     if sharded is None
-                    else get_optimizer_state_dict(sharded, handle.optimizer)
+                    else sharded_optimizer_state(sharded, handle.optimizer, groups[name])
                 ),
                 scheduler=handle.schedule.state_dict(),
                 scaler=handle.scaler.state_dict(),
@@ -324,3 +327,16 @@ class Optimizers(Mapping[str, OptimizerHandle]):
             )
             for name, handle in self.handles.items()
         }
+
+
+def sharded_optimizer_state(
+    module: torch.nn.Module, optimizer: torch.optim.Optimizer, groups: dict[str, list[str]]
+) -> dict[str, Any]:
+    """An optimizer's state of this rank's shards, keyed by parameter name. One that has not
+    stepped yet is saved as it is (its groups, no state): get_optimizer_state_dict would
+    first give it a state by a step of lr 0, changing the training it is saved from."""
+    if not optimizer.state:
+        return optimizer_state_by_name(optimizer.state_dict(), groups)
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(module, optimizer)

@@ -387,7 +387,11 @@ def gradient_sync_pause(run: Run) -> Callable[[], contextlib.AbstractContextMana
     no_sync, FSDP's set_requires_gradient_sync(False); None on one process without either."""
     if isinstance(run.model, DistributedDataParallel):
         return run.model.no_sync
-    if run.sharded:
+    # Under FSDP the unreduced grads live on the gathered copies, out of the handles' reach:
+    # several optimizers (a loss's grads set aside per optimizer) and skip_nonfinite (a
+    # skipped batch's window dropped) need them reduced into the shards at every batch.
+    settings = run.config.trainer
+    if run.sharded and not (run.config.several_optimizers or settings.skip_nonfinite):
         return functools.partial(no_gradient_sync, run.module)
     return None
 

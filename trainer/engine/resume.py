@@ -238,6 +238,10 @@ def load_shards(
     checkpoint directory by DCP, at any process count; from a whole state (a file that ddp
     or one process wrote) by slicing it."""
     optimizers = {} if reset_optimizer else {n: h.optimizer for n, h in run.optimizers.items()}
+    for name in [n for n in optimizers if not saved.optimizers[n].optimizer["state"]]:
+        # Saved before its first step: its groups alone (torch's sharded loading would first
+        # give it a state by a step of lr 0).
+        optimizers.pop(name).load_state_dict(saved.optimizers[name].optimizer)
     if path is None or not path.is_dir():
         full_to_sharded(run.module, optimizers, saved)
         return

@@ -542,13 +542,16 @@ def save_sharded_checkpoints(
 
     checkpoint = state.to_checkpoint()
     tensors = {key: checkpoint.pop(key) for key in TENSOR_KEYS}
-    if torch.distributed.get_rank() == 0:
+
+    def prepare() -> None:  # on rank 0, before any rank writes
         directory.mkdir(parents=True, exist_ok=True)
         files.clean(directory)
+
     save_sharded(
         directory / "last.pt",
         tensors,
         checkpoint,
+        prepare=prepare,
         then=lambda: _copies(directory, state, policy, is_best=is_best),
     )
 

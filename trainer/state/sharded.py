@@ -73,6 +73,7 @@ def save_sharded(
     tensors: dict[str, Any],
     rest: dict[str, Any],
     *,
+    prepare: Callable[[], None] = lambda: None,
     then: Callable[[], None] = lambda: None,
 ) -> None:
     """Write checkpoint directory `path`; every rank calls it with its shards in `tensors`
@@ -81,10 +82,15 @@ def save_sharded(
     marker), puts the directory in place (files.put_in_place) and runs `then` (the copies).
     A failed write on any rank is a TrainingError on every rank; `path` stays as it was."""
     rank = dist.get_rank()
-    chosen = [str(files.temporary_name(path)) if rank == 0 else None]
-    dist.broadcast_object_list(chosen, src=0)
-    temporary = Path(str(chosen[0]))
-    failure: BaseException | None = None
+    failure: BaseException | None = _failure(prepare) if rank == 0 else None
+    chosen: list[Any] = [None]
+    if rank == 0:
+        chosen = [(str(files.temporary_name(path)), None if failure is None else str(failure))]
+    dist.broadcast_object_list(chosen, src=0)  # rank 0's name, or why it could not start
+    name, refused = chosen[0]
+    if refused is not None:
+        raise files.write_error(path, RuntimeError(refused))
+    temporary = Path(name)
     try:
         dcp.save(tensors, storage_writer=dcp.FileSystemWriter(temporary, sync_files=True))
     except CheckpointException as err:
@@ -116,16 +122,15 @@ def _finish(temporary: Path, path: Path, rest: dict[str, Any]) -> BaseException 
 
 
 def _failure(action: Callable[[], None]) -> BaseException | None:
-    """The OSError (or TrainingError) `action` failed with; None when it did not."""
+    """What `action` failed with (the OSError beneath, where there is one); None when it did
+    not. Caught whatever it is: rank 0 alone runs these, and the other ranks wait for its
+    outcome, so nothing may leave rank 0 before the broadcast."""
     try:
         action()
     except TrainingError as err:
         return err
-    except (OSError, RuntimeError) as err:
-        cause = files.os_error(err)
-        if cause is None:
-            raise
-        return cause
+    except Exception as err:
+        return files.os_error(err) or err
     return None
 
 
