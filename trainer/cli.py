@@ -291,7 +291,7 @@ def groups(
     loaded = load_checked_config(config, overrides)
     model, planned = plan_param_groups(loaded)
     reports = {plan.spec.name: plan.report for plan in planned}
-    fsdp = loaded.trainer.strategy == "fsdp"
+    fsdp = loaded.trainer.sharded
     units = [(unit.name, unit.parameters) for unit in units_of(model, loaded)] if fsdp else []
     checkpointed = matching_modules(
         model, loaded.trainer.activation_checkpointing, key="trainer.activation_checkpointing"

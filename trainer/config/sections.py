@@ -216,6 +216,11 @@ class TrainerConfig(Section):
             raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
         return device
 
+    @property
+    def sharded(self) -> bool:
+        """strategy: fsdp — parameters, grads and optimizer state sharded over the processes."""
+        return self.strategy == "fsdp"
+
 
 class FsdpConfig(Section):
     """`fsdp`: how trainer.strategy: fsdp shards the model (torch's FSDP2, `fully_shard`)."""

@@ -203,7 +203,7 @@ def _closure_problems(config: Config, spec: OptimizerSpec, job: Distributed) -> 
             f"trainer.precision: fp16 needs a GradScaler, which {name}'s "
             "step(closure) does not support; use bf16 or fp32"
         )
-    if config.trainer.strategy == "fsdp":
+    if config.trainer.sharded:
         problems.append(
             f"{key}: {name} steps with a closure that re-evaluates the loss, which "
             "trainer.strategy: fsdp does not support; use another optimizer, or strategy: ddp"

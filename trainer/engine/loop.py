@@ -69,8 +69,9 @@ def fit(
         config.trainer.device, local_rank=job.local_rank, world_size=job.world_size
     )
     check_before_building(config, device, job)
-    sharded = config.trainer.strategy == "fsdp"
-    distributed.start(job, device, timeout_s=config.trainer.dist_timeout, alone=sharded)
+    distributed.start(
+        job, device, timeout_s=config.trainer.dist_timeout, alone=config.trainer.sharded
+    )
     try:
         return train(
             config, job, device, reason, resume=resume, reset_optimizer=reset_optimizer,
@@ -95,9 +96,10 @@ def train(
     run_base = run_base_of(config)
     checkpoint_path, saved, notes = None, None, []
     if resume:
-        sharded = config.trainer.strategy == "fsdp"
         found = (
-            find_checkpoint(resume, run_base=run_base, name=config.name, sharded=sharded)
+            find_checkpoint(
+                resume, run_base=run_base, name=config.name, sharded=config.trainer.sharded
+            )
             if job.is_main
             else None
         )
@@ -109,7 +111,7 @@ def train(
 
         # Build, and restore what the checkpoint holds.
         report.device(device, reason)
-        run = build_run(config, device, job, sharded=config.trainer.strategy == "fsdp")
+        run = build_run(config, device, job, sharded=config.trainer.sharded)
         position = Position()
         restored: list[str] = []
         if saved is not None:

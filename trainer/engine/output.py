@@ -15,7 +15,7 @@ from trainer.components.data import start_epoch
 from trainer.config import config_to_yaml
 from trainer.engine.build import Run
 from trainer.engine.distributed import Distributed
-from trainer.engine.sharding import local
+from trainer.engine.sharding import non_finite_weights
 from trainer.engine.steps import Metrics
 from trainer.errors import TrainingError
 from trainer.runs.loggers import open_loggers
@@ -25,7 +25,6 @@ from trainer.runs.report import Reporter, groups_json
 from trainer.state.checkpoint import (
     Position,
     RunState,
-    not_finite,
     rng_state,
     save_checkpoints,
     save_sharded_checkpoints,
@@ -288,8 +287,8 @@ class Output:
 def check_finite_weights(run: Run, job: Distributed, step: int, last: Path) -> None:
     """A TrainingError naming the first tensor of the model's state that is not finite (one
     host sync; all ranks agree)."""
-    bad = not_finite({name: local(value) for name, value in run.module.state_dict().items()})
-    if job.any(bool(bad), run.device):
+    bad = non_finite_weights(run.module, job, run.device)
+    if bad is not None:
         where = f" (first: {bad[0]})" if bad else " (on another process)"
         kept = f"{last} is kept" if last.exists() else "no checkpoint was written"
         raise TrainingError(

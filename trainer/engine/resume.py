@@ -17,7 +17,7 @@ import torch
 
 from trainer.config import flatten
 from trainer.engine.distributed import SINGLE, Distributed
-from trainer.engine.sharding import local
+from trainer.engine.sharding import non_finite_weights
 from trainer.errors import UserError
 from trainer.runs.listing import read_config
 from trainer.runs.rundir import in_use, lock_holder
@@ -248,8 +248,8 @@ def load_shards(
     from trainer.state.sharded import load_sharded_states  # DCP: seconds to import
 
     load_sharded_states(path, run.module, optimizers)
-    bad = not_finite({name: local(value) for name, value in run.module.state_dict().items()})
-    if job.any(bool(bad), run.device):
+    bad = non_finite_weights(run.module, job, run.device)
+    if bad is not None:
         _refuse_non_finite(path, bad or ["on another process"])
 
 

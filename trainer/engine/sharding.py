@@ -22,7 +22,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from trainer.engine.distributed import Distributed
 from trainer.errors import UserError
+from trainer.state.checkpoint import not_finite
 
 if TYPE_CHECKING:
     from trainer.config import Config
@@ -137,7 +139,7 @@ def _recomputed(forward: Callable[..., Any]) -> Callable[..., Any]:
 def fsdp_problems(config: Config, device: torch.device) -> list[str]:
     """What trainer.strategy: fsdp cannot do with this config, by key (before building)."""
     settings, trainer = config.fsdp, config.trainer
-    if trainer.strategy != "fsdp":
+    if not trainer.sharded:
         return []
     found = []
     if device.type not in ("cpu", "cuda"):
@@ -171,6 +173,15 @@ def whole(tensor: torch.Tensor) -> torch.Tensor:
     """A DTensor's full value (a collective when it is sharded), or the tensor."""
     full_tensor = getattr(tensor, "full_tensor", None)
     return full_tensor() if full_tensor is not None else tensor
+
+
+def non_finite_weights(
+    module: nn.Module, job: Distributed, device: torch.device
+) -> list[str] | None:
+    """None when every rank's weights are finite; else the names of this rank's tensors (its
+    shards) that are not, [] when only another rank's are (one host sync, one all-reduce)."""
+    bad = not_finite({name: local(value) for name, value in module.state_dict().items()})
+    return bad if job.any(bool(bad), device) else None
 
 
 def is_sharded(module: nn.Module) -> bool:
