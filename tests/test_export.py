@@ -15,9 +15,8 @@ import torch
 import torch.distributed as dist
 from helpers.resume import write_config
 from safetensors.torch import load_file
-from typer.testing import CliRunner, Result
+from test_cli_checkpoint import assert_user_error, cli
 
-from trainer.cli import app
 from trainer.config import CheckpointConfig
 from trainer.state.checkpoint import load_checkpoint, save_sharded_checkpoints
 from trainer.state.optimizer_keys import optimizer_state_by_name
@@ -26,18 +25,6 @@ from trainer.state.optimizer_keys import optimizer_state_by_name
 @pytest.fixture(autouse=True)
 def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-
-
-def cli(*args: str | Path) -> Result:
-    return CliRunner().invoke(app, [str(arg) for arg in args])
-
-
-def assert_user_error(result: Result, *fragments: str) -> None:
-    assert result.exit_code == 2, (result.exception, result.output)
-    assert isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in result.stderr, f"{fragment!r} not in:\n{result.stderr}"
 
 
 @pytest.fixture(scope="module")
