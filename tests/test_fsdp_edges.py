@@ -14,6 +14,7 @@ from test_distributed import trainer
 from test_fsdp import CONFIG, FSDP, GAN, assert_close, records, weights
 
 from trainer.runs.metrics_file import is_epoch_record
+from trainer.state.checkpoint import load_checkpoint
 
 
 def test_uneven_validation_shares_under_fsdp_validate_as_ddp(tmp_path: Path) -> None:
@@ -67,3 +68,42 @@ def test_saving_an_optimizer_that_has_not_stepped_leaves_it_unstepped(
     assert not optimizer.state  # no step of lr 0 was taken to give it a state
     assert saved["state"] == {}
     assert saved["param_groups"][0]["params"] == groups["default"]
+
+
+ONLY_DISCRIMINATOR = '''
+import torch.nn.functional as F
+
+
+def only_discriminator(batch, model, optimizers, ctx):
+    """A GAN step whose generator never steps: its optimizer is saved without a state."""
+    real = batch[0] if isinstance(batch, (list, tuple)) else batch
+    loss = F.softplus(-model.discriminator(real)).mean()
+    optimizers["discriminator"].update(loss)
+    return {"d_loss": loss}
+'''
+
+
+def test_a_sharded_checkpoint_of_an_optimizer_that_never_stepped_resumes(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "mysteps.py").write_text(ONLY_DISCRIMINATOR)
+    (tmp_path / "c.yaml").write_text(
+        textwrap.dedent(GAN).replace(
+            "step: {name: gan}", 'step: {name: "mysteps:only_discriminator"}'
+        )
+    )
+    sharded = ["trainer.strategy=fsdp", "fsdp.units=[^generator$, ^discriminator$]"]
+    first = trainer(tmp_path, "fit", "c.yaml", "trainer.out_dir=run", *sharded)
+    assert first.returncode == 0, first.stdout + first.stderr
+    last = tmp_path / "run/checkpoints/last.pt"
+    saved = load_checkpoint(last)  # read whole, in this process
+    assert saved.optimizers["generator"].optimizer["state"] == {}
+    assert saved.optimizers["discriminator"].optimizer["state"]
+    resumed = trainer(
+        tmp_path, "fit", "c.yaml", "trainer.out_dir=run", "trainer.epochs=2", *sharded,
+        "--resume", "run/checkpoints/last.pt",
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    [*_, record] = [r for r in records(tmp_path / "run") if is_epoch_record(r)]
+    assert record["epoch"] == 2
+    assert record["updates/generator"] == 0 and record["updates/discriminator"] == 2 * 16

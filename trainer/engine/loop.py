@@ -393,7 +393,7 @@ def gradient_sync_pause(run: Run) -> Callable[[], contextlib.AbstractContextMana
     # several optimizers (a loss's grads set aside per optimizer) and skip_nonfinite (a
     # skipped batch's window dropped) need them reduced into the shards at every batch.
     settings = run.config.trainer
-    if run.sharded and not (run.config.several_optimizers or settings.skip_nonfinite):
+    if run.sharded and not (len(run.optimizers) > 1 or settings.skip_nonfinite):
         return functools.partial(no_gradient_sync, run.module)
     return None
 

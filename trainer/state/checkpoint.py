@@ -299,6 +299,10 @@ def _by_index(path: Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
         return checkpoint  # the checks name what is wrong
     keyed = {}
     for name, state in states.items():
+        if isinstance(state, dict) and "param_groups" in state:
+            # DCP keeps a dict's leaves: an optimizer saved before its first step (no state
+            # yet) comes back without its empty `state`.
+            state = {"state": {}, **state}
         if not _optimizer_state(state):
             return checkpoint
         try:

@@ -49,7 +49,12 @@ def writing(path: Path) -> Iterator[Path]:
 
 def write_error(path: Path, cause: BaseException) -> TrainingError:
     """The one-line error of a checkpoint that could not be written."""
-    reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else cause
+    if isinstance(cause, OSError) and cause.strerror:
+        reason: object = cause.strerror
+    elif isinstance(cause, (OSError, TrainingError)):
+        reason = cause
+    else:  # not the file system's: say what it was
+        reason = f"{type(cause).__name__}: {cause}"
     return TrainingError(
         f"could not write {path}: {reason}; the checkpoints written before are intact"
     )

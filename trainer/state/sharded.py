@@ -85,11 +85,12 @@ def save_sharded(
     failure: BaseException | None = _failure(prepare) if rank == 0 else None
     chosen: list[Any] = [None]
     if rank == 0:
-        chosen = [(str(files.temporary_name(path)), None if failure is None else str(failure))]
+        refused = None if failure is None else str(files.write_error(path, failure))
+        chosen = [(str(files.temporary_name(path)), refused)]
     dist.broadcast_object_list(chosen, src=0)  # rank 0's name, or why it could not start
     name, refused = chosen[0]
     if refused is not None:
-        raise files.write_error(path, RuntimeError(refused))
+        raise TrainingError(refused)
     temporary = Path(name)
     try:
         dcp.save(tensors, storage_writer=dcp.FileSystemWriter(temporary, sync_files=True))
