@@ -58,7 +58,7 @@ def test_saving_an_optimizer_that_has_not_stepped_leaves_it_unstepped(
 ) -> None:
     from torch.distributed.fsdp import fully_shard
 
-    from trainer.engine.handles import sharded_optimizer_state
+    from trainer.engine.sharding import sharded_optimizer_state
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
     fully_shard(model)

@@ -292,7 +292,7 @@ def groups(
     model, planned = plan_param_groups(loaded)
     reports = {plan.spec.name: plan.report for plan in planned}
     fsdp = loaded.trainer.sharded
-    units = [(unit.name, unit.parameters) for unit in units_of(model, loaded)] if fsdp else []
+    units = units_of(model, loaded) if fsdp else []
     checkpointed = matching_modules(
         model, loaded.trainer.activation_checkpointing, key="trainer.activation_checkpointing"
     )

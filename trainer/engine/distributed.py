@@ -45,15 +45,16 @@ class Distributed:
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """True on every rank when it is True on any (e.g. a stop request)."""
-        return bool(self.most(int(flag), device))
+        return bool(self.most([int(flag)], device)[0])
 
-    def most(self, value: int, device: torch.device) -> int:
-        """The largest of every rank's `value` (one all-reduce; the value on one process)."""
+    def most(self, values: list[int], device: torch.device) -> list[int]:
+        """The largest of every rank's value, for each of `values` (one all-reduce; the
+        values themselves on one process)."""
         if not self.enabled:
-            return value
-        largest = torch.tensor(value, device=device)
+            return values
+        largest = torch.tensor(values, device=device)
         dist.all_reduce(largest, op=dist.ReduceOp.MAX)
-        return int(largest.item())
+        return largest.tolist()
 
     def barrier(self) -> None:
         """Every rank waits here for the others (nothing on one process)."""

@@ -32,7 +32,8 @@ def forwards(
         yield from ((batch, True) for batch in loader)
         return
     batches = len(loader)  # type: ignore[arg-type]  # the runner's loaders have a length
-    most, least = job.most(batches, device), -job.most(-batches, device)
+    most, negated_least = job.most([batches, -batches], device)
+    least = -negated_least
     if least == 0 and most > 0:  # every rank knows: all of them stop
         raise UserError(
             f"data: a process has no validation batch while another has {most}: under "

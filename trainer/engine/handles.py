@@ -11,17 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from trainer.components.schedulers import ScheduleDriver
 from trainer.engine.distributed import SINGLE, Distributed
-from trainer.engine.sharding import local, whole
+from trainer.engine.sharding import local, sharded_optimizer_state, whole
 from trainer.errors import UserError
 from trainer.state.checkpoint import OptimizerState
-from trainer.state.optimizer_keys import optimizer_state_by_name
 
 Loss = torch.Tensor | Callable[[], torch.Tensor]
 
@@ -327,16 +325,3 @@ class Optimizers(Mapping[str, OptimizerHandle]):
             )
             for name, handle in self.handles.items()
         }
-
-
-def sharded_optimizer_state(
-    module: torch.nn.Module, optimizer: torch.optim.Optimizer, groups: dict[str, list[str]]
-) -> dict[str, Any]:
-    """An optimizer's state of this rank's shards, keyed by parameter name. One that has not
-    stepped yet is saved as it is (its groups, no state): get_optimizer_state_dict would
-    first give it a state by a step of lr 0, changing the training it is saved from."""
-    if not optimizer.state:
-        return optimizer_state_by_name(optimizer.state_dict(), groups)
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-    return get_optimizer_state_dict(module, optimizer)

@@ -365,8 +365,7 @@ def run_notes(config: Config, job: Distributed, run: Run) -> list[str]:
     """What a run says before training: its processes, its units and recomputed modules,
     and its schedulers' warnings."""
     notes = distributed_notes(config, job)
-    units = [(unit.name, unit.parameters) for unit in run.units]
-    notes += sharding_lines(units, run.checkpointed)
+    notes += sharding_lines(run.units, run.checkpointed)
     for spec in config.optimizer_specs():
         notes += warnings_for(spec.scheduler)
     return notes

@@ -15,7 +15,7 @@ from trainer.components.data import start_epoch
 from trainer.config import config_to_yaml
 from trainer.engine.build import Run
 from trainer.engine.distributed import Distributed
-from trainer.engine.sharding import non_finite_weights
+from trainer.engine.sharding import non_finite_weights, sharded_model_state
 from trainer.engine.steps import Metrics
 from trainer.errors import TrainingError
 from trainer.runs.loggers import open_loggers
@@ -37,15 +37,6 @@ def update_counts(run: Run) -> dict[str, int]:
     if run.config.step.name == "supervised":
         return {}
     return {f"updates/{name}": count for name, count in run.optimizers.updates().items()}
-
-
-def model_state(module: torch.nn.Module, *, sharded: bool) -> dict[str, Any]:
-    """The model's state_dict by parameter name: this rank's shards (DTensors) when sharded."""
-    if not sharded:
-        return module.state_dict()
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-    return get_model_state_dict(module)
 
 
 class StepSums:
@@ -265,7 +256,7 @@ class Output:
         )
         sharded = run.module if run.sharded else None
         return RunState(
-            model=model_state(run.module, sharded=run.sharded),
+            model=sharded_model_state(run.module) if run.sharded else run.module.state_dict(),
             position=position,
             optimizers=run.optimizers.states(run.manifest(), sharded=sharded),
             rngs=rngs,

@@ -15,8 +15,7 @@ import contextlib
 import functools
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -25,6 +24,7 @@ from torch import nn
 from trainer.engine.distributed import Distributed
 from trainer.errors import UserError
 from trainer.state.checkpoint import not_finite
+from trainer.state.optimizer_keys import optimizer_state_by_name
 
 if TYPE_CHECKING:
     from trainer.config import Config
@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@dataclass(frozen=True)
-class Unit:
-    """A module FSDP gathers on its own: its name ('' for the root) and parameter count."""
+class Unit(NamedTuple):
+    """A module FSDP gathers on its own: its name ('' for the root) and parameter count (a
+    pair, as `trainer groups` and the run's notes print it)."""
 
     name: str
     parameters: int  # parameters it holds that no inner unit holds
@@ -182,6 +182,26 @@ def non_finite_weights(
     shards) that are not, [] when only another rank's are (one host sync, one all-reduce)."""
     bad = not_finite({name: local(value) for name, value in module.state_dict().items()})
     return bad if job.any(bool(bad), device) else None
+
+
+def sharded_model_state(module: nn.Module) -> dict[str, Any]:
+    """The model's state by parameter name: this rank's shards (DTensors), as DCP saves it."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(module)
+
+
+def sharded_optimizer_state(
+    module: nn.Module, optimizer: torch.optim.Optimizer, groups: dict[str, list[str]]
+) -> dict[str, Any]:
+    """An optimizer's state of this rank's shards, keyed by parameter name. One that has not
+    stepped yet is saved as it is (its groups, no state): get_optimizer_state_dict would
+    first give it a state by a step of lr 0, changing the training it is saved from."""
+    if not optimizer.state:
+        return optimizer_state_by_name(optimizer.state_dict(), groups)
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(module, optimizer)
 
 
 def is_sharded(module: nn.Module) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -78,7 +79,7 @@ def groups_footer(report: GroupsReport) -> str:
     return "\n".join(lines)
 
 
-def sharding_lines(units: list[tuple[str, int]], checkpointed: list[str]) -> list[str]:
+def sharding_lines(units: Sequence[tuple[str, int]], checkpointed: list[str]) -> list[str]:
     """trainer.strategy: fsdp's units (module, parameters it holds; the root last) and the
     modules whose activations are recomputed, below the groups table."""
     lines = []
