@@ -61,7 +61,10 @@ def _for_files(schema: Schema) -> Schema:
     defs["SchedulerConfig"]["allOf"] = [
         {"if": _given("monitor"), "then": {"properties": {"name": {"const": "ReduceLROnPlateau"}}}},
         {
-            "if": {"required": ["warmup"], "properties": {"warmup": _given("steps")}},
+            "if": {
+                "required": ["warmup"],
+                "properties": {"warmup": {"type": "object", **_given("steps")}},
+            },
             "then": {"required": ["interval"], "properties": {"interval": {"const": "step"}}},
         },
     ]

@@ -86,7 +86,7 @@ def _metric_modes(raw: dict[str, Any]) -> dict[str, Any]:
 
 def _with_mode(section: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
     monitor = section.get("monitor")
-    if section.get("mode") is not None or monitor not in names:
+    if section.get("mode") is not None or not isinstance(monitor, str) or monitor not in names:
         return section
     return dict(section, mode=default_mode(names[monitor]))
 
