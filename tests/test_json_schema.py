@@ -91,6 +91,22 @@ def test_trainer_schema_out_to_a_missing_directory_is_exit_2(run_cli) -> None:
     assert "--out no/such/dir/schema.json: cannot write" in result.stderr
 
 
+def test_every_runner_key_is_described() -> None:
+    """Editors show a key's description on hover: give a new key `Field(description=...)`
+    (a section's own description is its class docstring)."""
+    schema = config_json_schema()
+    undescribed = [
+        f"{name}.{key}"
+        for name, definition in schema["$defs"].items()
+        for key, field in definition.get("properties", {}).items()
+        if "description" not in field
+        and "$ref" not in field
+        and not any("$ref" in option for option in field.get("anyOf", []))
+    ]
+    assert undescribed == []
+    assert [n for n, d in schema["$defs"].items() if "description" not in d] == []
+
+
 EXAMPLES = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.endswith("_space.yaml"))
 
 

@@ -78,7 +78,7 @@ def _for_files(schema: Schema) -> Schema:
         "title": "Transform",
         "description": "A torchvision.transforms.v2 transform by name, with its keyword arguments.",
         "required": ["name"],
-        "properties": {"name": {"type": "string"}},
+        "properties": {"name": {"type": "string", "description": "A transform's class name."}},
     }
     for key in ("train_transforms", "val_transforms"):
         listed = defs["DataConfig"]["properties"][key]["anyOf"][0]

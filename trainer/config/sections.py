@@ -35,12 +35,15 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+NAME = "A name that `trainer list` shows, or an import path: `pkg.module:callable`."
+
+
 class Component(BaseModel):
     """`{name: ..., <keyword arguments>}`: every key but the reserved ones goes to the callable."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 
-    name: str
+    name: str = Field(description=NAME)
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -104,14 +107,14 @@ class DataConfig(Component):
 class LossConfig(Component):
     """`loss`: any torch.nn loss, or `pkg.module:callable`, with its keyword arguments."""
 
-    name: str = "CrossEntropyLoss"
+    name: str = Field(default="CrossEntropyLoss", description=NAME)
 
 
 class OptimizerConfig(Component):
     """`optimizer`: any torch.optim optimizer, or `pkg.module:callable`, with its keyword
     arguments (lr, momentum, weight_decay, ...)."""
 
-    name: str = "SGD"
+    name: str = Field(default="SGD", description=NAME)
 
 
 class WarmupConfig(Section):
@@ -360,7 +363,7 @@ class CheckpointConfig(Section):
 class StepConfig(Component):
     """The training step (or `val_step`): `supervised`, `gan`, or a `pkg.module:callable`."""
 
-    name: str = "supervised"
+    name: str = Field(default="supervised", description=NAME)
 
 
 class OptimizerEntry(Section):
