@@ -8,8 +8,9 @@ checks that a schema cannot express (regex safety, monitors of metrics nothing l
 names, one clipping across sections, 2.0 given for an integer) stays the loader's alone.
 
 A file that names a `base` holds only what it changes (composition merges it over the base
-before validation), so it is checked against the same sections with nothing required and no
-rule between keys: its `Partial` definitions.
+before validation), so it is checked against its `Partial` definitions: the same sections with
+nothing required and none of the rules the base could complete (if/then, exactly one of);
+rules on values and "not both" still hold.
 """
 
 from __future__ import annotations
