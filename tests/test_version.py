@@ -39,10 +39,11 @@ def test_version_names_package_python_and_torch() -> None:
     ("built", "available", "count", "expected"),
     [
         ("12.4", True, 2, "(CUDA 12.4 available: yes, 2 devices; MPS available: no)"),
+        ("12.4", True, 1, "(CUDA 12.4 available: yes, 1 device; MPS available: no)"),
         ("12.4", False, 0, "(CUDA 12.4 available: no; MPS available: no)"),
         (None, False, 0, "(CUDA: not built in; MPS available: no)"),
     ],
-    ids=["cuda", "cuda-build-without-gpu", "cpu-build"],
+    ids=["cuda", "one-gpu", "cuda-build-without-gpu", "cpu-build"],
 )
 def test_version_says_what_cuda_torch_sees(
     monkeypatch: pytest.MonkeyPatch, built: str | None, available: bool, count: int, expected: str

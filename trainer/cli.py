@@ -55,7 +55,8 @@ def version_lines() -> list[str]:
     if torch.version.cuda is None:
         cuda = "CUDA: not built in"
     elif torch.cuda.is_available():
-        cuda = f"CUDA {torch.version.cuda} available: yes, {torch.cuda.device_count()} devices"
+        count = torch.cuda.device_count()
+        cuda = f"CUDA {torch.version.cuda} available: yes, {count} device{'s' * (count != 1)}"
     else:
         cuda = f"CUDA {torch.version.cuda} available: no"
     mps = "yes" if torch.backends.mps.is_available() else "no"
