@@ -208,7 +208,7 @@ def test_component_problems_are_reported_together(tiny_yaml, write_config, user_
 @pytest.mark.parametrize(
     ("override", "expect"),
     [
-        ("optimizer.lr", ["override 'optimizer.lr': expected KEY=VALUE"]),
+        ("optimizer.lr", ["config optimizer.lr: no such file", "an override is KEY=VALUE"]),
         ("trainer.epochs.max=3", ["override 'trainer.epochs.max=3'", "trainer.epochs is a value"]),
         ("trainer.epochs=ten", ["trainer.epochs:", "'ten'"]),
         ("trainer.epoch=3", ["trainer.epoch: unknown key", "did you mean 'epochs'?"]),
