@@ -159,7 +159,7 @@ def load_checked_config(config: str, rest: list[str] | None) -> Config:
 
 def checked_config_and_origins(config: str, rest: list[str] | None) -> tuple[Config, Origins]:
     """load_checked_config, and where each key of the raw config came from."""
-    from trainer.config import ConfigError, read_configs, validate_config
+    from trainer.config import ConfigError, name_origins, read_configs, validate_config
 
     files, overrides = config_arguments(config, rest)
     composed = read_configs(files, overrides)
@@ -168,7 +168,8 @@ def checked_config_and_origins(config: str, rest: list[str] | None) -> tuple[Con
     except ConfigError as err:
         from trainer.components.checks import check_components  # imports torch: errors only
 
-        raise UserError(err.problems + check_components(err.components)) from None
+        named = name_origins(check_components(err.components), composed.origins)
+        raise UserError(err.problems + named) from None
 
 
 def warn(line: str) -> None:

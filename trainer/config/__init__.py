@@ -10,7 +10,7 @@ safety), `metric_names` and `monitors` (what a config monitors), `sections` and 
 `trust` (which import paths a config may name).
 """
 
-from trainer.config.compose import MAX_BASE_DEPTH, Composed, origin_yaml
+from trainer.config.compose import MAX_BASE_DEPTH, Composed, name_origins, origin_yaml
 from trainer.config.loading import (
     ConfigError,
     config_to_yaml,
@@ -69,6 +69,7 @@ __all__ = [
     "flatten",
     "load_config",
     "monitors",
+    "name_origins",
     "origin_yaml",
     "parse_yaml",
     "read_config_file",

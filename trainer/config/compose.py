@@ -13,6 +13,7 @@ under `optimizer:` delete the same key). `key: null` stays a value.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,9 @@ def compose_files(paths: Sequence[str | Path]) -> Composed:
     return composed
 
 
-def read_config_mapping(path: Path, *, label: str = "config") -> tuple[dict[str, Any], Any]:
+def read_config_mapping(
+    path: Path, *, label: str = "config"
+) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     """The raw top-level mapping of one YAML config file and its key lines (UserError else)."""
     if not path.is_file():
         if path.is_dir():
@@ -72,7 +75,7 @@ def _merge_file(
     path: Path, composed: Composed, *, chain: tuple[Path, ...], named_by: str | None
 ) -> None:
     """Merge `path` (its bases first, then its deletions, then its keys) into `composed`."""
-    label = f"base {path} (of {named_by})" if named_by else "config"
+    label = f"{named_by}: base" if named_by else "config"
     raw, lines = read_config_mapping(path, label=label)
     composed.files.append(path)
     chain = (*chain, path)
@@ -182,6 +185,20 @@ def origin_of(origins: Origins, path: tuple[str, ...]) -> str:
     )
     inside = [origins[p] for p in origins if len(p) > len(path) and p[: len(path)] == path]
     return ", ".join(dict.fromkeys([own, *inside]))
+
+
+PROBLEM_KEY = re.compile(r"([A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*): ")
+
+
+def name_origins(problems: list[str], origins: Origins) -> list[str]:
+    """Problems that start with a config key (`optimizer.lr: ...`), each with ` (set in
+    small.yaml:3)` where a file or an override set that key's value."""
+    named = []
+    for problem in problems:
+        key = PROBLEM_KEY.match(problem)
+        origin = origin_of(origins, tuple(key.group(1).split("."))) if key else "default"
+        named.append(problem if origin.startswith("default") else f"{problem} (set in {origin})")
+    return named
 
 
 def origin_yaml(data: dict[str, Any], origins: Origins) -> str:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from trainer.config import trust
-from trainer.config.compose import Composed, compose_files, origin_of
+from trainer.config.compose import Composed, compose_files, name_origins
 from trainer.config.monitors import monitor_problems
 from trainer.config.overrides import Origins, apply_overrides
 from trainer.config.schema import (
@@ -81,20 +81,23 @@ def load_config(paths: str | Path | Sequence[str | Path], overrides: Sequence[st
 def validate_config(raw: dict[str, Any], origins: Origins | None = None) -> Config:
     """The schema's verdict on a raw mapping, as a Config or a ConfigError listing all problems
     (a problem with a value names the file and line that set it, given `origins`)."""
+    try:
+        return _validate(raw)
+    except ConfigError as err:
+        raise ConfigError(name_origins(err.problems, origins or {}), raw) from None
+
+
+def _validate(raw: dict[str, Any]) -> Config:
     not_finite = dict(_non_finite(raw, ()))
     problems = [
         f"{'.'.join(map(str, loc))}: {value} is not a finite number; NaN and infinity are "
-        f"not allowed in a config{_set_in(origins, loc)}"
+        "not allowed in a config"
         for loc, value in not_finite.items()
     ]
     try:
         config = Config.model_validate(raw)
     except ValidationError as err:
-        described = [
-            _describe(e, raw) + _set_in(origins, tuple(e["loc"]))
-            for e in err.errors()
-            if tuple(e["loc"]) not in not_finite
-        ]
+        described = [_describe(e, raw) for e in err.errors() if tuple(e["loc"]) not in not_finite]
         raise ConfigError(problems + described, raw) from None
     if problems:
         raise ConfigError(problems, raw)
@@ -102,15 +105,6 @@ def validate_config(raw: dict[str, Any], origins: Origins | None = None) -> Conf
     if problems:
         raise ConfigError(problems, raw)
     return config
-
-
-def _set_in(origins: Origins | None, loc: tuple[Any, ...]) -> str:
-    """` (set in small.yaml:3)` for the value at `loc` where a file or override set it."""
-    path = tuple(map(str, loc))
-    if not origins or not path:
-        return ""
-    origin = origin_of(origins, path)
-    return "" if origin.startswith("default") else f" (set in {origin})"
 
 
 def clipping_problems(config: Config) -> list[str]:
