@@ -63,6 +63,15 @@ def test_mappings_merge_deeply_lists_and_scalars_replace_null_stays_a_value(
     assert load_config(write_config(base_yaml, "plain.yaml")).checkpoint.keep_last == 3
 
 
+def test_a_merge_into_an_aliased_mapping_changes_that_use_alone(
+    write_config: Callable[..., Path], base_yaml: str
+) -> None:
+    write_config(base_yaml + "first: &shared {a: 1, b: 1}\nsecond: *shared\n", "base.yaml")
+    child = write_config("base: base.yaml\nfirst: {a: 2}\n~second.b:\n", "child.yaml")
+    raw = read_configs(child).raw
+    assert (raw["first"], raw["second"]) == ({"a": 2, "b": 1}, {"a": 1})
+
+
 def test_bases_merge_in_order_relative_to_the_file_that_names_them(
     tmp_path: Path, write_config: Callable[..., Path], base_yaml: str, monkeypatch
 ) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from trainer.config.overrides import Origins, delete_path, set_origins
 from trainer.config.yaml_files import dump_yaml, parse_yaml_lines, yaml_file_text
-from trainer.errors import UserError
+from trainer.errors import UserError, echo
 
 MAX_BASE_DEPTH = 16  # a config, its base, the base's base, ...: 16 files in a chain at most
 BASE = "base"
@@ -77,6 +77,7 @@ def _merge_file(
     """Merge `path` (its bases first, then its deletions, then its keys) into `composed`."""
     label = f"{named_by}: base" if named_by else "config"
     raw, lines = read_config_mapping(path, label=label)
+    raw = _unshared(raw)  # merging into an aliased mapping must not change its other uses
     composed.files.append(path)
     chain = (*chain, path)
     where = _line_of(path, lines)
@@ -108,6 +109,16 @@ def _merge_file(
     _merge(composed.raw, raw, (), composed.origins, where)
 
 
+def _unshared(node: Any) -> Any:
+    """A copy of parsed YAML in which no mapping or list appears twice (an alias `*a` of an
+    anchor `&a` becomes a copy); loading bounded its expanded size."""
+    if isinstance(node, dict):
+        return {key: _unshared(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_unshared(value) for value in node]
+    return node
+
+
 Where = Callable[[tuple[str, ...]], str]  # a key path -> `file:line` (or `file`)
 
 
@@ -126,7 +137,7 @@ def _base_names(value: Any, where: str) -> list[str]:
     if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
         raise UserError(
             f"{where}: base: expected a file name or a list of file names (relative to this "
-            f"file), got {value!r}"
+            f"file), got {echo(value)}"
         )
     return names
 
@@ -148,7 +159,7 @@ def _pop_deletions(
                 problems.append(f"{shown}: expected ~KEY with a dotted key")
             elif value is not None:
                 problems.append(
-                    f"{shown}: a deletion takes no value, got {value!r}; to replace a section, "
+                    f"{shown}: a deletion takes no value, got {echo(value)}; to replace a section, "
                     f"write `{key}:` and then the key with its new value"
                 )
             else:
