@@ -353,6 +353,27 @@ def test_the_runs_config_yaml_is_the_merged_config_standing_alone(
     assert alone == load_config(["small.yaml", "quick.yaml"], ["trainer.epochs=1"])
 
 
+def test_nproc_relaunches_fit_with_the_same_files_and_overrides(
+    write_config: Callable[..., Path],
+    base_yaml: str,
+    run_cli: Callable,
+    user_error: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from trainer.engine import distributed
+
+    launched: list[list[str]] = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(distributed, "launch", lambda n, argv, **_: launched.append(argv) or 0)
+    write_config(base_yaml, "base.yaml")
+    write_config("seed: 1\n", "small.yaml")
+    result = run_cli("fit", "base.yaml", "small.yaml", "~optimizer.momentum", "--nproc", "2")
+    assert result.exit_code == 0, result.output
+    assert launched == [["fit", "base.yaml", "small.yaml", "~optimizer.momentum"]]
+    user_error("fit", "base.yaml", "seed=2", "small.yaml", "--nproc", "2", expect=["come before"])
+    assert len(launched) == 1  # checked before anything starts
+
+
 NET = "import torch\n\n\ndef net():\n    return torch.nn.Linear(3, 2)\n"
 
 
