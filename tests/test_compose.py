@@ -174,6 +174,15 @@ def test_config_arguments_split_files_from_overrides() -> None:
         config_arguments("a.yaml", ["x=1", "b.yaml"])
 
 
+@pytest.mark.parametrize(
+    "command", ["fit", "eval", "groups", "schedule", "config", "lr-find", "sweep"]
+)
+def test_every_command_taking_config_shows_the_form(command: str, run_cli: Callable) -> None:
+    result = run_cli(command, "--help")
+    assert result.exit_code == 0, result.output
+    assert f"{command} [OPTIONS] CONFIG [CONFIG...] [KEY=VALUE]..." in result.stdout
+
+
 # ---------------------------------------------------------------- where each value came from
 
 
