@@ -112,7 +112,8 @@ def test_a_deletion_removes_a_key_and_with_the_key_replaces_a_section(
         """
         base: base.yaml
         ~optimizer.momentum:
-        model: {~width: , num_classes: 4}
+        ~model.width:
+        model: {num_classes: 4}
         ~loss:
         """,
         "deleted.yaml",
@@ -274,7 +275,7 @@ BAD = [
     ),
     (
         "delete-nothing",
-        {"child.yaml": "base: base.yaml\noptimizer:\n  ~momentun:\n"},
+        {"child.yaml": "base: base.yaml\n\n~optimizer.momentun:\n"},
         ["child.yaml"],
         [
             "child.yaml:3: ~optimizer.momentun: nothing to delete: no key optimizer.momentun is "
@@ -282,10 +283,19 @@ BAD = [
         ],
     ),
     (
+        "delete-inside-a-section",
+        {"child.yaml": "base: base.yaml\noptimizer:\n  lr: 0.2\n  ~momentum:\n"},
+        ["child.yaml"],
+        [
+            "child.yaml:4: optimizer.~momentum: a deletion stands at the top of a file, its key "
+            "dotted: ~optimizer.momentum:"
+        ],
+    ),
+    (
         "delete-with-a-value",
         {"child.yaml": "base: base.yaml\n~optimizer: {name: Adam}\n"},
         ["child.yaml"],
-        ["~optimizer: a deletion takes no value, got {'name': 'Adam'}"],
+        ["child.yaml:2: ~optimizer: a deletion takes no value, got {'name': 'Adam'}"],
     ),
     (
         "delete-override-nothing",
@@ -450,4 +460,4 @@ def test_the_quickstart_adamw_example(run_cli: Callable) -> None:
     assert config["scheduler"]["name"] == "StepLR"  # the base's, kept
     assert config["trainer"]["epochs"] == 4
     origin = run_cli("config", example, "--origin").stdout
-    assert re.search(r"^  name: StepLR +# .*configs/quickstart\.yaml:8$", origin, re.MULTILINE)
+    assert re.search(r"^  name: StepLR +# .*configs/quickstart\.yaml:9$", origin, re.MULTILINE)

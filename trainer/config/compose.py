@@ -5,9 +5,9 @@ A file is read, then its bases (`base: a.yaml` or a list, relative to the file),
 order, merged into what is already there (the files before it on the command line, or its
 sibling bases): mappings merge key by key at every depth, any other value (a list, a scalar,
 null) replaces. Then its `~key:` entries delete keys from that, and last its own keys merge.
-A `~key` may stand at any level of a mapping, and its name may be dotted: it deletes the key
-at its mapping's path plus its name (`~optimizer.momentum:` at the top and `~momentum:`
-under `optimizer:` delete the same key). `key: null` stays a value.
+A `~key:` stands at the top of a file, its key dotted (`~optimizer.momentum:`), with no
+value; one inside a section is an error that names the dotted form. `key: null` stays a
+value.
 """
 
 from __future__ import annotations
@@ -99,11 +99,11 @@ def _merge_file(
             )
         _merge_file(target, composed, chain=chain, named_by=str(path))
     problems = []
-    for deleted, key in _pop_deletions(raw, ()):
+    for deleted, place in _pop_deletions(raw, where):
         before = "by its bases or the config files before it"
         problem = delete_path(composed.raw, list(deleted), composed.origins, before)
         if problem:
-            problems.append(f"{where(key)}: ~{'.'.join(deleted)}: {problem}")
+            problems.append(f"{place}: ~{'.'.join(deleted)}: {problem}")
     if problems:
         raise UserError(problems)
     _merge(composed.raw, raw, (), composed.origins, where)
@@ -142,32 +142,42 @@ def _base_names(value: Any, where: str) -> list[str]:
     return names
 
 
-def _pop_deletions(
-    raw: dict[str, Any], at: tuple[str, ...]
-) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
-    """Take the `~key` entries out of a file's mappings: (the path each deletes, the `~key`'s
-    own path), in file order; a `~key` with a value is an error."""
-    found: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
-    problems = []
-    for key in list(raw):
-        value = raw[key]
-        if isinstance(key, str) and key.startswith("~"):
-            del raw[key]
-            parts = key[1:].split(".")
-            shown = ".".join((*at, key))
-            if not all(parts):
-                problems.append(f"{shown}: expected ~KEY with a dotted key")
-            elif value is not None:
-                problems.append(
-                    f"{shown}: a deletion takes no value, got {echo(value)}; to replace a section, "
-                    f"write `{key}:` and then the key with its new value"
-                )
-            else:
-                found.append(((*at, *parts), (*at, key)))
-        elif isinstance(value, dict):
-            found += _pop_deletions(value, (*at, str(key)))
+def _pop_deletions(raw: dict[str, Any], where: Where) -> list[tuple[tuple[str, ...], str]]:
+    """Take a file's `~key:` entries out of it: (the dotted path each deletes, its place); one
+    with a value, or one inside a section, is an error."""
+    found, problems = [], []
+    for key in [k for k in raw if isinstance(k, str) and k.startswith("~")]:
+        value = raw.pop(key)
+        parts = tuple(key[1:].split("."))
+        if not all(parts):
+            problems.append(f"{where((key,))}: {key}: expected ~KEY with a dotted key")
+        elif value is not None:
+            problems.append(
+                f"{where((key,))}: {key}: a deletion takes no value, got {echo(value)}; to "
+                f"replace a section, write `{key}:` and then the key with its new value"
+            )
+        else:
+            found.append((parts, where((key,))))
+    for path in _nested_deletions(raw, ()):
+        dotted = ".".join((*path[:-1], path[-1][1:]))
+        problems.append(
+            f"{where(path)}: {'.'.join(path)}: a deletion stands at the top of a file, its "
+            f"key dotted: ~{dotted}:"
+        )
     if problems:
         raise UserError(problems)
+    return found
+
+
+def _nested_deletions(node: Any, at: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The paths of `~key` entries inside the sections of a file (misplaced deletions)."""
+    if not isinstance(node, dict):
+        return []
+    found = []
+    for key, value in node.items():
+        if at and isinstance(key, str) and key.startswith("~"):
+            found.append((*at, key))
+        found += _nested_deletions(value, (*at, str(key)))
     return found
 
 
