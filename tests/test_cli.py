@@ -208,7 +208,7 @@ def test_component_problems_are_reported_together(tiny_yaml, write_config, user_
 @pytest.mark.parametrize(
     ("override", "expect"),
     [
-        ("optimizer.lr", ["override 'optimizer.lr': expected KEY=VALUE"]),
+        ("optimizer.lr", ["config optimizer.lr: no such file", "an override is KEY=VALUE"]),
         ("trainer.epochs.max=3", ["override 'trainer.epochs.max=3'", "trainer.epochs is a value"]),
         ("trainer.epochs=ten", ["trainer.epochs:", "'ten'"]),
         ("trainer.epoch=3", ["trainer.epoch: unknown key", "did you mean 'epochs'?"]),
@@ -295,11 +295,21 @@ assert not torch_modules, torch_modules
 
 
 @pytest.mark.parametrize(
-    "args", [["config", "CFG"], ["--help"], ["fit", "--help"]], ids=["config", "help", "fit-help"]
+    "args",
+    [
+        ["config", "CFG"],
+        ["config", "CFG", "SMALL", "seed=2", "--origin"],
+        ["--help"],
+        ["fit", "--help"],
+    ],
+    ids=["config", "config-composed", "help", "fit-help"],
 )
 def test_config_and_help_do_not_import_torch(args, tiny_yaml, write_config) -> None:
-    path = write_config(tiny_yaml)
-    args = [str(path) if arg == "CFG" else arg for arg in args]
+    paths = {
+        "CFG": write_config(tiny_yaml),
+        "SMALL": write_config("base: cfg.yaml\n", "small.yaml"),
+    }
+    args = [str(paths[arg]) if arg in paths else arg for arg in args]
     script = textwrap.dedent(NO_TORCH_SCRIPT.format(args=args))
     process = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60

@@ -179,7 +179,6 @@ def test_changed_param_groups_are_an_error_until_reset_optimizer(copied: Path) -
     assert record["lr/head"] == step_lrs(1, 3, lr=0.2)[2]
 
 
-
 def test_an_optimizer_state_for_fewer_tensors_is_an_error_naming_the_file(copied: Path) -> None:
     checkpoint = load(copied / "checkpoints/last.pt")
     head = checkpoint["optimizers"]["optimizer"]["param_groups"][0]
@@ -212,6 +211,7 @@ def test_another_optimizer_is_an_error_until_reset_optimizer(copied: Path) -> No
     assert result.exit_code == 0, result.output
     assert load(copied / "checkpoints/last.pt")["epoch"] == 3
 
+
 @pytest.mark.parametrize("junk", ["junk", 3, ["a"]])
 def test_a_checkpoint_config_with_sections_of_another_type_resumes_without_a_traceback(
     copied: Path, junk: object
@@ -238,17 +238,18 @@ class Signalled:
 
 @pytest.fixture(scope="module")
 def signalled(tmp_path_factory: pytest.TempPathFactory) -> Signalled:
-    """`python -m trainer fit` sent SIGTERM while it is held in its 14th training forward
-    (the 4th batch of epoch 2), then let go."""
+    """`python -m trainer fit cfg.yaml log.yaml ...` sent SIGTERM while it is held in its 14th
+    training forward (the 4th batch of epoch 2), then let go."""
     root = tmp_path_factory.mktemp("signalled")
     write_config(root)
+    (root / "log.yaml").write_text("trainer: {log_every: 1}\n", encoding="utf-8")
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         "OMP_NUM_THREADS": "1",
     }
-    command = [sys.executable, "-m", "trainer", "fit", "cfg.yaml"]
-    overrides = ["model.pause_after=14", "trainer.log_every=1"]
+    command = [sys.executable, "-m", "trainer", "fit", "cfg.yaml", "log.yaml"]  # two files
+    overrides = ["model.pause_after=14"]
     process = subprocess.Popen(
         command + overrides,
         cwd=root,
@@ -279,8 +280,8 @@ def test_sigterm_saves_last_pt_and_exits_130_with_the_resume_command(
     assert signalled.returncode == 130, signalled.stderr
     assert "SIGTERM: finishing the current step" in signalled.stderr
     assert (
-        f"resume with: trainer fit cfg.yaml model.pause_after=14 trainer.log_every=1 "
-        f"--resume {LAST}" in signalled.stderr
+        f"resume with: trainer fit cfg.yaml log.yaml model.pause_after=14 --resume {LAST}"
+        in signalled.stderr
     )
     assert "Traceback" not in signalled.stderr
     last = load(signalled.root / LAST)

@@ -30,7 +30,7 @@ def places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]
     monkeypatch.chdir(work)
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setattr(sys, "path", [*sys.path, str(work)])  # what main() does
-    monkeypatch.setattr(trust, "_config_directory", None)
+    monkeypatch.setattr(trust, "_config_directories", ())
     importlib.invalidate_caches()
     return work, site
 

@@ -29,8 +29,8 @@ def shadowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(sys, "path", [str(site), *sys.path])
     monkeypatch.delitem(sys.modules, "shadowed_pkg", raising=False)
     monkeypatch.delitem(sys.modules, "users_own", raising=False)
-    monkeypatch.setattr(trust, "_config_directory", None)
-    monkeypatch.setattr(trust, "_added_to_path", None)
+    monkeypatch.setattr(trust, "_config_directories", ())
+    monkeypatch.setattr(trust, "_added_to_path", [])
     return site
 
 

@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 
 from trainer.errors import ERROR_PREFIX, Interrupted, TrainingError, UserError
 from trainer.user_path import current_directory_last
 
 if TYPE_CHECKING:
-    from trainer.config import Config
+    from trainer.config import Config, Origins
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -23,11 +24,29 @@ app = typer.Typer(
     help="Train PyTorch models from a YAML config: fit, groups, schedule, inspect, export.",
 )
 
-ConfigPath = Annotated[str, typer.Argument(metavar="CONFIG", help="YAML config file.")]
+MORE = "[CONFIG...] [KEY=VALUE]..."
+ConfigPath = Annotated[
+    str, typer.Argument(metavar="CONFIG", help="YAML config file (it may name a `base:`).")
+]
 Overrides = Annotated[
     list[str] | None,
-    typer.Argument(metavar="[KEY=VALUE]...", help="Dotted overrides, e.g. optimizer.lr=0.1"),
+    typer.Argument(
+        metavar=MORE,
+        help="More config files, merged left to right over the first, then dotted overrides "
+        "(optimizer.lr=0.1) and deletions (~optimizer.momentum), applied in order.",
+    ),
 ]
+
+
+class ConfigCommand(TyperCommand):
+    """A command taking `CONFIG [CONFIG...] [KEY=VALUE]...`, shown so in its usage line."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:  # ctx: typer's own click.Context
+        shown = {"config": "CONFIG", "overrides": MORE}
+        pieces = [self.options_metavar or ""]
+        for param in self.get_params(ctx):
+            pieces += [shown[param.name]] if param.name in shown else param.get_usage_pieces(ctx)
+        return pieces
 
 
 class Kind(str, Enum):
@@ -113,17 +132,44 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def load_checked_config(config: str, overrides: list[str] | None) -> Config:
-    """The config, validated; where the schema refuses it, the components its valid sections
-    name are checked too, so one run lists every problem (exit 2)."""
-    from trainer.config import ConfigError, load_config
+def config_arguments(config: str, rest: list[str] | None) -> tuple[list[str], list[str]]:
+    """`CONFIG [CONFIG...] [KEY=VALUE]...` as (config files, overrides): after the first
+    CONFIG, an argument with `=` or starting with `~` is an override, any other a config file;
+    a config file after an override is an error."""
+    files, overrides = [config], []
+    for argument in rest or []:
+        if "=" in argument or argument.startswith("~"):
+            overrides.append(argument)
+        elif overrides:
+            raise UserError(
+                f"{argument}: config files come before KEY=VALUE overrides (it follows "
+                f"{overrides[0]!r}); an override is KEY=VALUE, a deletion ~KEY"
+            )
+        else:
+            files.append(argument)
+    return files, overrides
 
+
+def load_checked_config(config: str, rest: list[str] | None) -> Config:
+    """The config files merged, overridden and validated; where the schema refuses them, the
+    components its valid sections name are checked too, so one run lists every problem
+    (exit 2)."""
+    return checked_config_and_origins(config, rest)[0]
+
+
+def checked_config_and_origins(config: str, rest: list[str] | None) -> tuple[Config, Origins]:
+    """load_checked_config, and where each key of the raw config came from."""
+    from trainer.config import ConfigError, name_origins, read_configs, validate_config
+
+    files, overrides = config_arguments(config, rest)
+    composed = read_configs(files, overrides)
     try:
-        return load_config(config, overrides or [])
+        return validate_config(composed.raw, composed.origins), composed.origins
     except ConfigError as err:
         from trainer.components.checks import check_components  # imports torch: errors only
 
-        raise UserError(err.problems + check_components(err.components)) from None
+        named = name_origins(check_components(err.components), composed.origins)
+        raise UserError(err.problems + named) from None
 
 
 def warn(line: str) -> None:
@@ -140,7 +186,7 @@ FIT_HELP = (
 )
 
 
-@app.command(help=FIT_HELP)
+@app.command(help=FIT_HELP, cls=ConfigCommand)
 @user_errors
 def fit(
     config: ConfigPath,
@@ -188,7 +234,7 @@ def fit(
         raise typer.Exit(130) from None
 
 
-@app.command("eval")
+@app.command("eval", cls=ConfigCommand)
 @user_errors
 def evaluate(
     config: ConfigPath,
@@ -320,7 +366,7 @@ def plot(
         console.print(curves.chart(series, title=name, x=x.value), markup=False)
 
 
-@app.command()
+@app.command(cls=ConfigCommand)
 @user_errors
 def groups(
     config: ConfigPath,
@@ -362,7 +408,7 @@ def groups(
         console.print(report.names_table(reports, model))
 
 
-@app.command()
+@app.command(cls=ConfigCommand)
 @user_errors
 def schedule(
     config: ConfigPath,
@@ -395,7 +441,7 @@ def schedule(
         console.print(note, markup=False)
 
 
-@app.command("lr-find")
+@app.command("lr-find", cls=ConfigCommand)
 @user_errors
 def lr_find(
     config: ConfigPath,
@@ -435,7 +481,7 @@ def lr_find(
         console.print(line, markup=False)
 
 
-@app.command()
+@app.command(cls=ConfigCommand)
 @user_errors
 def sweep(
     config: ConfigPath,
@@ -464,9 +510,10 @@ def sweep(
     """Hyperparameter search on Optuna: each trial a `trainer fit` run, pruned per epoch."""
     from trainer.tools.sweep import sweep as run_sweep
 
+    files, sweep_overrides = config_arguments(config, overrides)
     code = run_sweep(
-        config,
-        overrides or [],
+        files,
+        sweep_overrides,
         space_path=space,
         trials=trials,
         jobs=jobs,
@@ -478,13 +525,26 @@ def sweep(
     raise typer.Exit(code)
 
 
-@app.command("config")
+@app.command("config", cls=ConfigCommand)
 @user_errors
-def show_config(config: ConfigPath, overrides: Overrides = None) -> None:
-    """Validate a config and print it fully resolved (builds nothing, imports no torch)."""
-    from trainer.config import config_to_yaml
+def show_config(
+    config: ConfigPath,
+    overrides: Overrides = None,
+    origin: Annotated[
+        bool,
+        typer.Option(
+            "--origin",
+            help="Say where each value came from: `# file:line`, `# override KEY=VALUE` or "
+            "`# default`.",
+        ),
+    ] = False,
+) -> None:
+    """Validate the merged config and print it fully resolved (builds nothing, imports no
+    torch)."""
+    from trainer.config import config_to_yaml, origin_yaml
 
-    sys.stdout.write(config_to_yaml(load_checked_config(config, overrides)))
+    checked, origins = checked_config_and_origins(config, overrides)
+    sys.stdout.write(origin_yaml(checked.to_dict(), origins) if origin else config_to_yaml(checked))
 
 
 @app.command()

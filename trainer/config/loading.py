@@ -1,5 +1,6 @@
-"""Loading a config: read the file, apply the overrides, validate, and describe every problem
-by config key at once; and the resolved config as YAML.
+"""Loading a config: read and merge the files (`compose`), apply the overrides, validate, and
+describe every problem by config key (and the file that set it) at once; and the resolved
+config as YAML.
 
 Components are checked by the layers above: where the schema refuses a config, the
 ConfigError holds its sections that pass on their own, so the caller can check their
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -18,8 +20,9 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from trainer.config import trust
+from trainer.config.compose import Composed, compose_files, name_origins
 from trainer.config.monitors import monitor_problems
-from trainer.config.overrides import apply_overrides
+from trainer.config.overrides import Origins, apply_overrides
 from trainer.config.schema import (
     COMPONENT_SECTIONS,
     Component,
@@ -27,7 +30,7 @@ from trainer.config.schema import (
     Config,
     OptimizerEntry,
 )
-from trainer.config.yaml_files import dump_yaml, parse_yaml, yaml_file_text
+from trainer.config.yaml_files import dump_yaml
 from trainer.errors import UserError, did_you_mean, echo
 
 
@@ -45,35 +48,46 @@ class ConfigError(UserError):
         return _valid_component_sections(self.raw)
 
 
+def read_configs(
+    paths: str | Path | Sequence[str | Path], overrides: Sequence[str] = ()
+) -> Composed:
+    """The raw mapping of config files merged left to right (each with its bases), `name`
+    defaulting to the last file's stem, the overrides applied; with each key's origin. The
+    directories of every file read are the user's own (trust)."""
+    files = [paths] if isinstance(paths, str | Path) else list(paths)
+    if not files:
+        raise UserError("CONFIG: at least one config file is needed")
+    composed = compose_files(files)
+    if "name" not in composed.raw:
+        last = Path(files[-1])
+        composed.raw["name"] = last.stem
+        composed.origins[("name",)] = f"default: the stem of {last}"
+    apply_overrides(composed.raw, list(overrides), composed.origins)
+    trust.use_config_directories(path.parent for path in composed.files)
+    return composed
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The raw mapping of a config file, with `name` defaulting to the file's stem."""
-    path = Path(path)
-    if not path.is_file():
-        if path.is_dir():
-            what = "is a directory"
-        elif path.exists():  # a FIFO, a socket, a device: reading it could block or never end
-            what = "not a regular file"
-        else:
-            what = "no such file"
-        raise UserError(f"config {path}: {what}")
-    raw = parse_yaml(yaml_file_text(path), source=str(path))
-    if raw is None:
-        raise UserError(f"config {path}: the file is empty; expected a mapping with model and data")
-    if not isinstance(raw, dict):
-        kind = type(raw).__name__
-        raise UserError(f"config {path}: expected a mapping of sections at the top, got a {kind}")
-    raw.setdefault("name", path.stem)
-    trust.use_config_directory(path.parent)
-    return raw
+    """The raw mapping of a config file (with its bases), `name` defaulting to its stem."""
+    return read_configs(path).raw
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read, override and validate a config; every problem is reported at once."""
-    return validate_config(apply_overrides(read_config_file(path), list(overrides)))
+def load_config(paths: str | Path | Sequence[str | Path], overrides: Sequence[str] = ()) -> Config:
+    """Read, merge, override and validate config files; every problem is reported at once."""
+    composed = read_configs(paths, overrides)
+    return validate_config(composed.raw, composed.origins)
 
 
-def validate_config(raw: dict[str, Any]) -> Config:
-    """The schema's verdict on a raw mapping, as a Config or a ConfigError listing all problems."""
+def validate_config(raw: dict[str, Any], origins: Origins | None = None) -> Config:
+    """The schema's verdict on a raw mapping, as a Config or a ConfigError listing all problems
+    (a problem with a value names the file and line that set it, given `origins`)."""
+    try:
+        return _validate(raw)
+    except ConfigError as err:
+        raise ConfigError(name_origins(err.problems, origins or {}), raw) from None
+
+
+def _validate(raw: dict[str, Any]) -> Config:
     not_finite = dict(_non_finite(raw, ()))
     problems = [
         f"{'.'.join(map(str, loc))}: {value} is not a finite number; NaN and infinity are "

@@ -1,7 +1,8 @@
 """Which import paths a config may name: a config is data people share, so only trusted code.
 
 Trusted: the user's own modules (a `.py` file or package directly in the current directory or
-in the config file's directory), the public torch scopes in `RUNNER_TRUST` for the objects a
+in the directory of a config file the command read: each file on the command line and each
+of their bases), the public torch scopes in `RUNNER_TRUST` for the objects a
 key is for (`RUNNER_KINDS`: a model, a dataset class, ...; never their helper functions), and
 packages the user trusts from outside any config (`TRAINER_TRUST=pkg1,pkg2`, or `trust = [...]`
 under `[tool.trainer]` in ./pyproject.toml). Never, even when trusted: the standard library,
@@ -121,20 +122,23 @@ HOW_TO_TRUST = (
     'trust = ["{0}"] under [tool.trainer] in ./pyproject.toml'
 )
 
-_config_directory: Path | None = None
-_added_to_path: str | None = None
+_config_directories: tuple[Path, ...] = ()
+_added_to_path: list[str] = []
 
 
-def use_config_directory(directory: Path) -> None:
-    """Record the loaded config's directory: its modules are the user's own, and importable."""
-    global _config_directory, _added_to_path
-    _config_directory = directory.resolve()
-    if _added_to_path is not None and _added_to_path in sys.path:
-        sys.path.remove(_added_to_path)
-    _added_to_path = None
-    if str(_config_directory) not in sys.path:
-        _added_to_path = str(_config_directory)
-        sys.path.append(_added_to_path)  # last: it never shadows an installed package
+def use_config_directories(directories: Iterable[Path]) -> None:
+    """Record the loaded config files' directories (the command line's and their bases'):
+    their modules are the user's own, and importable."""
+    global _config_directories, _added_to_path
+    _config_directories = tuple(dict.fromkeys(d.resolve() for d in directories))
+    for added in _added_to_path:
+        if added in sys.path:
+            sys.path.remove(added)
+    _added_to_path = []
+    for directory in map(str, _config_directories):
+        if directory not in sys.path:
+            _added_to_path.append(directory)
+            sys.path.append(directory)  # last: it never shadows an installed package
 
 
 def check_path(module: str, attr: str, *, key: str) -> None:
@@ -165,7 +169,7 @@ def check_path(module: str, attr: str, *, key: str) -> None:
     if not (_is_own(dotted[0]) or _within(".".join(dotted), _trusted())):
         raise UserError(
             f"{key}: {path!r} is not trusted: {dotted[0]!r} is neither your own module (a .py "
-            "file or package in the current directory or the config's directory) nor a "
+            "file or package in the current directory or a config file's directory) nor a "
             f"trusted package; {HOW_TO_TRUST.format(dotted[0])}"
         )
 
@@ -304,11 +308,8 @@ def _model_builders() -> set[Any]:
 
 
 def _directories() -> list[Path]:
-    """The user's own directories: the current one and the loaded config's."""
-    found = [Path.cwd().resolve()]
-    if _config_directory is not None and _config_directory not in found:
-        found.append(_config_directory)
-    return found
+    """The user's own directories: the current one and the loaded config files'."""
+    return list(dict.fromkeys([Path.cwd().resolve(), *_config_directories]))
 
 
 def _is_own(top: str) -> bool:

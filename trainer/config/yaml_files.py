@@ -137,8 +137,16 @@ for _yaml_class in (_SafeLoader, _SafeDumper):
 
 def parse_yaml(text: str, *, source: str) -> Any:
     """Parse YAML with safe loading only; errors name the line and column."""
+    return parse_yaml_lines(text, source=source)[0]
+
+
+def parse_yaml_lines(text: str, *, source: str) -> tuple[Any, dict[tuple[str, ...], int]]:
+    """parse_yaml, and the line (from 1) of every key of its mappings by key path (lists are
+    not entered: their items have no key)."""
+    loader = _SafeLoader(text)
     try:
-        return yaml.load(text, Loader=_SafeLoader)
+        node = loader.get_single_node()
+        data = None if node is None else loader.construct_document(node)
     except _Refused as err:
         problems = [f"{source}{_mark(mark)}: {problem}" for mark, problem in err.problems]
         raise UserError(problems) from None
@@ -157,6 +165,25 @@ def parse_yaml(text: str, *, source: str) -> Any:
         where = _mark(getattr(err, "problem_mark", None))
         problem = getattr(err, "problem", None) or str(err)
         raise UserError(f"{source}{where}: not valid YAML: {problem}") from None
+    finally:
+        loader.dispose()
+    return data, _key_lines(node)
+
+
+def _key_lines(root: yaml.Node | None) -> dict[tuple[str, ...], int]:
+    """The line of each mapping key by its path; a merged (`<<`) key has its anchor's line.
+    The construction flattened merge keys in place and bounded the size (_check_expansion)."""
+    lines: dict[tuple[str, ...], int] = {}
+    stack: list[tuple[yaml.Node | None, tuple[str, ...]]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                lines.setdefault((*path, key.value), key.start_mark.line + 1)
+                stack.append((value, (*path, key.value)))
+    return lines
 
 
 def _mark(mark: yaml.Mark | None) -> str:
@@ -194,6 +221,11 @@ def yaml_file_text(path: Path, *, label: str = "config") -> str:
         ) from None
 
 
-def dump_yaml(data: Any) -> str:
-    """Plain data as YAML in the given key order, quoted where parse_yaml would misread it."""
+def dump_yaml(data: Any, *, flow: bool = False) -> str:
+    """Plain data as YAML in the given key order, quoted where parse_yaml would misread it;
+    with `flow`, on one line (`{a: 1, b: [2, 3]}`)."""
+    if flow:
+        return yaml.dump(
+            data, Dumper=_SafeDumper, sort_keys=False, default_flow_style=True, width=2**31
+        )
     return yaml.dump(data, Dumper=_SafeDumper, sort_keys=False, width=100)

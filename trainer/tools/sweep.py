@@ -1,8 +1,8 @@
 """`trainer sweep`: hyperparameter search on Optuna.
 
-Each trial is an ordinary run: `python -m trainer fit CONFIG <overrides> <sampled values>
-trainer.out_dir=runs/<study>/trial-NNNN`, in a process of its own (so `--jobs J` runs J at
-once, and a crash ends one trial, not the sweep). Its epoch records are read from its
+Each trial is an ordinary run: `python -m trainer fit CONFIG [CONFIG...] <overrides> <sampled
+values> trainer.out_dir=runs/<study>/trial-NNNN`, in a process of its own (so `--jobs J` runs
+J at once, and a crash ends one trial, not the sweep). Its epoch records are read from its
 metrics.jsonl as they are appended and reported to Optuna; a trial the pruner gives up on
 gets SIGTERM (it saves last.pt and exits 130).
 
@@ -55,7 +55,7 @@ INTERRUPTED = 130
 class Sweep:
     """What the trials of one `trainer sweep` command share."""
 
-    fit: list[str]  # `python -m trainer fit CONFIG <the command's KEY=VALUE>`
+    fit: list[str]  # `python -m trainer fit CONFIG [CONFIG...] <the command's KEY=VALUE>`
     study_dir: Path
     monitor: str
     mode: str  # min | max: checkpoint.mode
@@ -80,7 +80,7 @@ class Outcome:
 
 
 def sweep(
-    config_path: str,
+    config_paths: list[str],
     overrides: list[str],
     *,
     space_path: str | None,
@@ -92,11 +92,12 @@ def sweep(
     plots: bool,
 ) -> int:
     """`trainer sweep`: check everything, run the trials, print the summary; the exit code."""
-    from trainer.config import apply_overrides, read_config_file, validate_config
+    from trainer.config import read_configs, validate_config
     from trainer.runs.report import make_console
 
-    raw_config = apply_overrides(read_config_file(config_path), overrides)
-    config = validate_config(copy.deepcopy(raw_config))
+    composed = read_configs(config_paths, overrides)
+    raw_config = composed.raw  # merged: no `base`, best.yaml stands alone
+    config = validate_config(copy.deepcopy(raw_config), composed.origins)
     name = study_name or f"{config.name}-sweep"
     if not STUDY_NAME.fullmatch(name):
         raise UserError(f"--study: {name!r}; use letters, digits and . _ - (it names a directory)")
@@ -109,7 +110,7 @@ def sweep(
     monitor, mode = config.checkpoint.monitor, config.checkpoint.direction
     storage_object, shown = open_storage(storage, study_dir)
     console = make_console()
-    fit = [sys.executable, "-m", "trainer", "fit", config_path, *overrides]
+    fit = [sys.executable, "-m", "trainer", "fit", *config_paths, *overrides]
     sweep_run = Sweep(fit, study_dir, monitor, mode, storage_object, _printer(console), jobs=jobs)
     outcomes: list[Outcome] = []
     if checked is None:
