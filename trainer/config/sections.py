@@ -147,6 +147,27 @@ class RuleConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class LayerDecayConfig(Section):
+    """Layer-wise lr decay: each group's lr times `rate ** (top layer - layer)`. `layers`
+    captures a layer's index (`'^blocks\\.(\\d+)\\.'`): index i is layer i + 1; tensors before
+    the first matched one are layer 0 (the embeddings), those after the last the top layer
+    (the final norm, the head)."""
+
+    rate: float = Field(gt=0, le=1)
+    layers: Regex
+
+    @field_validator("layers")
+    @classmethod
+    def _one_index(cls, layers: str) -> str:
+        groups = re.compile(layers).groups
+        if groups != 1:
+            raise ValueError(
+                f"the regex has {groups} capture groups; it needs exactly one, capturing the "
+                "layer's index (digits), e.g. '^blocks\\.(\\d+)\\.'"
+            )
+        return layers
+
+
 class ParamGroupsConfig(Section):
     freeze: list[Regex] = []
     # Norm layers whose parameters are all frozen stay in eval mode while training (their
@@ -154,6 +175,7 @@ class ParamGroupsConfig(Section):
     freeze_norm_stats: bool = True
     no_decay: list[Literal["bias", "norm", "1d"]] = []
     rules: list[RuleConfig] = []
+    layer_decay: LayerDecayConfig | None = None
 
     @field_validator("rules")
     @classmethod
