@@ -248,9 +248,10 @@ class Layers:
 
     A tensor `layers` matches is layer index + 1 (the regex's capture); those before the first
     matched tensor (in named_parameters order) are layer 0, those after the last the layer above
-    the highest index, and an unmatched one between matched ones takes the layer of the tensor
-    before it. The top layer present keeps the group's lr. Frozen tensors count: freezing does
-    not renumber the layers.
+    the highest index (the top), and an unmatched one between matched ones takes the layer of the
+    tensor before it. With `head`, the tensors it matches are the top layer and the others after
+    the last matched one stay in the last layer. The top layer present keeps the group's lr.
+    Frozen tensors count: freezing does not renumber the layers.
     """
 
     config: LayerDecayConfig | None = None
@@ -276,15 +277,21 @@ class Layers:
                 ]
             )
         matched = [i for i, t in enumerate(tensors) if indices[id(t.param)] is not None]
-        if not matched:
-            return cls(problems=[_no_match(f"{key}.layers", config.layers, names)])
+        head = config.head
+        problems = [] if matched else [_no_match(f"{key}.layers", config.layers, names)]
+        if head is not None and not any(_matches(head, t) for t in tensors):
+            problems.append(_no_match(f"{key}.head", head, names))
+        if problems:
+            return cls(problems=problems)
         top = max(int(index) for index in indices.values() if index is not None) + 2
         of_tensor, layer = {}, 0
         for position, tensor in enumerate(tensors):
             index = indices[id(tensor.param)]
-            if index is not None:
+            if head is not None and _matches(head, tensor):
+                layer = top
+            elif index is not None:
                 layer = int(index) + 1
-            elif position > matched[-1]:
+            elif position > matched[-1] and head is None:
                 layer = top
             of_tensor[id(tensor.param)] = layer
         return cls(config, of_tensor, max(of_tensor.values()))

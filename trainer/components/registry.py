@@ -9,7 +9,6 @@ code, as Hydra does).
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import inspect
 import re
 import sys
@@ -204,9 +203,12 @@ def _timm(*, key: str) -> ModuleType:
 
 def _timm_names(*, required: bool = True, key: str = "model.name") -> list[str]:
     """timm's model names (without the prefix); none when timm is missing and not `required`."""
-    if not required and importlib.util.find_spec("timm") is None:
+    try:
+        return list(_timm(key=key).list_models())
+    except UserError:
+        if required:
+            raise
         return []
-    return list(_timm(key=key).list_models())
 
 
 def timm_model(name: str, *, key: str) -> Callable[..., Any]:

@@ -151,10 +151,13 @@ class LayerDecayConfig(Section):
     """Layer-wise lr decay: each group's lr times `rate ** (top layer - layer)`. `layers`
     captures a layer's index (`'^blocks\\.(\\d+)\\.'`): index i is layer i + 1; tensors before
     the first matched one are layer 0 (the embeddings), those after the last the top layer
-    (the final norm, the head)."""
+    (the final norm, the head; see `head`)."""
 
     rate: float = Field(gt=0, le=1)
     layers: Regex
+    # With `head`, only the tensors it matches are the top layer, and the others after the
+    # last layer join the last layer (timm's ViT: the final norm with the last block).
+    head: Regex | None = None
 
     @field_validator("layers")
     @classmethod
