@@ -377,7 +377,7 @@ def build(kind: str, name: str, kwargs: dict[str, Any], *, key: str, **supplied:
         pass
     try:
         return fn(**supplied, **kwargs)
-    except (ValueError, TypeError, RuntimeError, AttributeError, KeyError) as err:
+    except (ValueError, TypeError, RuntimeError, AttributeError, KeyError, AssertionError) as err:
         if trust.raised_in_users_code(err):
             if hasattr(err, "add_note"):  # Python 3.11+
                 err.add_note(
@@ -385,8 +385,8 @@ def build(kind: str, name: str, kwargs: dict[str, Any], *, key: str, **supplied:
                     "a bug in that code, not a problem of the config)"
                 )
             raise
-        # torch, torchvision or a built-in refused the config's values (a string for a
-        # number, a negative size): the user's input, named by its config key.
+        # torch, torchvision, timm (with an assert) or a built-in refused the config's values
+        # (a string for a number, a negative size): the user's input, named by its config key.
         raise UserError(_rejected(fn, name, err, key=key)) from None
 
 
