@@ -84,6 +84,24 @@ def test_layers_before_between_and_after_the_matched_ones() -> None:
     assert report.to_json()["groups"][0]["lr_scale"] == 0.125
 
 
+def test_with_head_only_its_tensors_are_on_top() -> None:
+    model = Staged()
+    decay = {"rate": 0.5, "layers": LAYERS, "head": r"^head\."}
+    groups, _ = groups_of(model, {"layer_decay": decay})
+    placed = lr_and_layer(groups, model)
+    assert placed["norm.weight"] == ("default.layer02", 0.05)  # with the last stage
+    assert placed["head.weight"] == ("default.layer03", 0.1)
+    assert placed["embed.weight"] == ("default.layer00", 0.1 * 0.5**3)
+
+
+def test_a_head_that_matches_nothing_is_an_error() -> None:
+    decay = {"rate": 0.5, "layers": LAYERS, "head": r"^fc\."}
+    with pytest.raises(
+        UserError, match=r"param_groups\.layer_decay\.head: .* matches no parameter"
+    ):
+        groups_of(Staged(), {"layer_decay": decay})
+
+
 def test_rules_and_no_decay_split_within_each_layer() -> None:
     model = Staged()
     rules = [{"name": "head", "match": r"^head\.", "lr_mult": 10}]
