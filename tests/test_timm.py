@@ -136,11 +136,17 @@ def test_list_models_shows_every_timm_model(run_cli: Callable[..., Result]) -> N
 def test_fit_trains_a_timm_model_with_the_groups_lrs(
     timm_config: Callable[..., Path], run_cli: Callable[..., Result], tmp_path: Path
 ) -> None:
+    torch.manual_seed(3)
+    initial = timm.create_model("resnet10t", num_classes=4).state_dict()
+    torch.save(initial, tmp_path / "initial.pt")
     decay = "    param_groups: {layer_decay: {rate: 0.5, layers: '^layer(\\d+)\\.'}}\n"
-    result = run_cli("fit", timm_config(extra=decay), "trainer.max_steps=3")
+    model = "{name: timm/resnet10t, num_classes: 4, init_from: initial.pt}"
+    result = run_cli("fit", timm_config(model, extra=decay), "trainer.max_steps=3")
     assert result.exit_code == 0, result.output
+    assert f"init_from: loaded {len(initial)} tensors from initial.pt" in result.output
     saved = torch.load(tmp_path / "runs/timm/checkpoints/last.pt", weights_only=False)
     assert saved["step"] == 3
+    assert not torch.equal(saved["model"]["fc.weight"], initial["fc.weight"])  # it trained
     groups = saved["optimizers"]["optimizer"]["param_groups"]
     # resnet10t: the stem (conv1, bn1) layer 0, layer1..layer4 are 2..5, fc on top (6).
     assert {group["name"]: group["lr"] for group in groups} == {
