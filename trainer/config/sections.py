@@ -64,8 +64,9 @@ class InitFrom(Section):
 
 
 class ModelConfig(Component):
-    """`model`: a built-in or torchvision model name, or `pkg.module:callable`; every key but
-    the runner's own is a keyword argument of the callable."""
+    """`model`: a built-in or torchvision model name, `timm/<name>` (the timm extra), or
+    `pkg.module:callable`; every key but the runner's own is a keyword argument of the
+    callable."""
 
     init_from: InitFrom | None = Field(
         default=None,
