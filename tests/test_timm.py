@@ -65,6 +65,27 @@ def test_groups_on_a_timm_model_build_it_on_meta(
     assert group["params"][-1] == "fc.bias"
 
 
+def test_groups_build_off_meta_a_model_that_cannot_build_on_it(
+    timm_config: Callable[..., Path],
+    run_cli: Callable[..., Result],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    create = timm.create_model
+    devices = []
+
+    def item_on_init(name: str, **kwargs: Any) -> torch.nn.Module:
+        devices.append(torch.empty(0).device.type)
+        if devices[-1] == "meta":  # as a model whose __init__ reads a tensor's value
+            raise RuntimeError("Tensor.item() cannot be called on meta tensors")
+        return create(name, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", item_on_init)
+    result = run_cli("groups", timm_config(), "--json")
+    assert result.exit_code == 0, result.output
+    assert devices == ["meta", "cpu"]
+    assert json.loads(result.stdout)["groups"][0]["params"][-1] == "fc.bias"
+
+
 @pytest.mark.parametrize(
     ("model", "expect"),
     [

@@ -48,8 +48,8 @@ def plan_param_groups(config: Config) -> tuple[torch.nn.Module, list[PlannedOpti
     try:
         with torch.device("meta"):
             model = build_model(model_config)
-    except (NotImplementedError, RuntimeError):
-        model = build_model(model_config)
+    except (NotImplementedError, RuntimeError, UserError):  # the registry names a library's
+        model = build_model(model_config)  # refusal by key: off meta, a real one comes again
     planned = plan_optimizers(model, config)
     for plan in planned:
         fill_options(plan)
