@@ -142,6 +142,7 @@ ONE: dict[str, Any] = {
         "freeze": ["^conv1"],
         "no_decay": ["bias"],
         "rules": [{"name": "head", "match": "^fc", "lr": 0.1, "weight_decay": 0.0}],
+        "layer_decay": {"rate": 0.75, "layers": r"^layer(\d+)\.", "head": "^fc"},
     },
     "scheduler": {"name": "ReduceLROnPlateau", "monitor": "val/loss", "warmup": {"epochs": 1}},
     "trainer": {
@@ -285,6 +286,9 @@ BOTH_REFUSE: list[tuple[str, Any]] = [
     ("param_groups.rules.0.name", "default"),
     ("param_groups.rules.0.name", "head.no_decay"),
     ("param_groups.no_decay", ["weights"]),
+    ("param_groups.layer_decay.rate", 0),
+    ("param_groups.layer_decay.rate", 1.5),
+    ("param_groups.layer_decay", {"rate": 0.5}),
     ("scheduler.warmup", {"epochs": 1, "steps": 10}),
     ("scheduler.warmup", {"start_factor": 0.5}),
     ("scheduler.warmup.start_factor", 0),
@@ -330,6 +334,7 @@ def test_schema_refuses_what_the_loader_refuses(key: str, value: Any) -> None:
 SEVERAL_REFUSED: list[tuple[str, Any]] = [
     ("param_groups.rules", [{"name": "a", "match": "x"}]),  # per optimizer with optimizers
     ("param_groups.no_decay", ["bias"]),
+    ("param_groups.layer_decay", {"rate": 0.5, "layers": r"^blocks\.(\d+)\."}),
     ("scheduler", {"name": "StepLR"}),
     ("optimizers.gen.param_groups.freeze", ["^x"]),  # freeze is global
     ("optimizers.gen.param_groups.freeze_norm_stats", False),
@@ -376,6 +381,7 @@ def test_schema_accepts_what_the_loader_accepts(key: str, value: Any) -> None:
 LOADER_ONLY: dict[str, tuple[dict[str, Any], str, Any]] = {
     "a regex that does not compile": (ONE, "param_groups.freeze", ["("]),
     "a regex too slow to search": (ONE, "param_groups.rules.0.match", "(a+)+b"),
+    "layers with two capture groups": (ONE, "param_groups.layer_decay.layers", r"(a)(\d+)"),
     "a monitor nothing logs": (ONE, "checkpoint.monitor", "val/nothing"),
     "rule names given twice": (
         ONE,

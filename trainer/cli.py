@@ -584,7 +584,7 @@ def list_names(kind: Annotated[Kind | None, typer.Argument(help="What to list.")
     console = make_console()
     for chosen in [kind] if kind else list(Kind):
         try:
-            described = registry.describe(chosen.value)
+            described = registry.describe(chosen.value, compact=kind is None)
         except UserError as err:  # an optional extra is missing: only an error when asked for
             if kind:
                 raise

@@ -1,4 +1,8 @@
-"""Built-in models, and building the configured model (with optional `init_from` weights)."""
+"""Built-in models, and building the configured model (with optional `init_from` weights).
+
+A model is a built-in, a torchvision model, a timm model (`timm/<name>`, see the registry) or
+an import path; torchvision's `weights` and timm's `pretrained: true` are the only downloads.
+"""
 
 from __future__ import annotations
 
@@ -136,11 +140,12 @@ def build_model(config: ModelConfig) -> nn.Module:
 
     try:
         model = registry.build("models", config.name, config.kwargs, key="model")
-    except OSError as err:  # torchvision's pretrained `weights` need a download
-        if config.kwargs.get("weights") is None:
+    except OSError as err:  # torchvision's `weights`, timm's `pretrained: true`: a download
+        option = next((k for k in ("weights", "pretrained") if config.kwargs.get(k)), None)
+        if option is None:
             raise
         raise UserError(
-            f"model.weights: {config.kwargs.get('weights')!r} needs pretrained weights that "
+            f"model.{option}: {config.kwargs[option]!r} needs pretrained weights that "
             f"could not be fetched ({err}); offline, save a state dict and use model.init_from"
         ) from None
     return as_module(model, config.name)

@@ -8,6 +8,8 @@
 4. A rule sets `lr` | `lr_mult`, `weight_decay` | `wd_mult`, and other optimizer options.
 5. A pattern that matches nothing, or a rule shadowed by earlier rules, is an error.
 6. `no_decay` splits each group into a decay part and a `<group>.no_decay` part (wd 0).
+7. `layer_decay` splits each group by layer first (`<group>.layer03`, `<group>.layer03.no_decay`),
+   the lr times `rate ** (top layer - layer)` (timm's `param_groups_layer_decay`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from torch import nn
 
 from trainer.config import ParamGroupsConfig, RuleConfig
+from trainer.config.sections import LayerDecayConfig
 from trainer.errors import UserError, did_you_mean
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -44,6 +47,8 @@ class GroupInfo:
     options: dict[str, Any]
     params: list[str]
     numel: int
+    layer: int | None = None  # with layer_decay: the layer, and its lr's scale
+    lr_scale: float | None = None
 
 
 @dataclass
@@ -70,6 +75,7 @@ class GroupsReport:
                     "options": g.options,
                     "params": g.params,
                     "numel": g.numel,
+                    **({"layer": g.layer, "lr_scale": g.lr_scale} if g.layer is not None else {}),
                 }
                 for g in self.groups
             ],
@@ -150,11 +156,15 @@ def build_param_groups(
         problems += _check_options(f"{key}.rules.{index}", rule, options, optimizer)
     if config.no_decay and "weight_decay" not in options:
         problems.append(f"{key}.no_decay: {optimizer} has no weight_decay option")
+    layers = Layers.of(tensors, config.layer_decay, key=f"{key}.layer_decay", names=names)
+    problems += layers.problems
+    if config.layer_decay and "lr" not in options:
+        problems.append(f"{key}.layer_decay: {optimizer} has no lr option")
     if problems:
         raise UserError(problems)
     for tensor in to_freeze:
         tensor.param.requires_grad_(False)
-    groups, infos = _torch_groups(config, members, options)
+    groups, infos = _torch_groups(config, members, options, layers)
     report = GroupsReport(
         groups=infos,
         frozen_by_config=[t.name for t in to_freeze],
@@ -198,31 +208,124 @@ def _torch_groups(
     config: ParamGroupsConfig,
     members: dict[str | None, list[_Tensor]],
     options: dict[str, Any],
+    layers: Layers,
 ) -> tuple[list[dict[str, Any]], list[GroupInfo]]:
-    """The torch param groups, rules first then `default`, each split by `no_decay`, and
-    what the report says of each."""
+    """The torch param groups, rules first then `default`, each split by layer (with
+    `layer_decay`) and then by `no_decay`, and what the report says of each."""
     groups, infos = [], []
     specs = [(rule, members[rule.name]) for rule in config.rules] + [(None, members[None])]
     for rule, group_tensors in specs:
-        if not group_tensors:
-            continue
         settings = _group_settings(rule, options)
-        for suffix, part in _split_no_decay(group_tensors, config.no_decay, settings):
-            name = (rule.name if rule else "default") + suffix
-            values = {**settings, "weight_decay": 0.0} if suffix else settings
-            groups.append({"params": [t.param for t in part], "name": name, **values})
-            infos.append(
-                GroupInfo(
-                    name=name,
-                    rule=rule.name if rule else None,
-                    lr=values.get("lr"),
-                    weight_decay=values.get("weight_decay"),
-                    options={k: v for k, v in values.items() if k not in ("lr", "weight_decay")},
-                    params=[t.name for t in part],
-                    numel=sum(t.param.numel() for t in part),
+        for layer, layer_tensors in layers.split(group_tensors):
+            base = (rule.name if rule else "default") + layers.suffix(layer)
+            scaled = settings
+            if layer is not None:
+                scaled = {**settings, "lr": settings["lr"] * layers.scale(layer)}
+            for suffix, part in _split_no_decay(layer_tensors, config.no_decay, scaled):
+                values = {**scaled, "weight_decay": 0.0} if suffix else scaled
+                groups.append({"params": [t.param for t in part], "name": base + suffix, **values})
+                infos.append(
+                    GroupInfo(
+                        name=base + suffix,
+                        rule=rule.name if rule else None,
+                        lr=values.get("lr"),
+                        weight_decay=values.get("weight_decay"),
+                        options={
+                            k: v for k, v in values.items() if k not in ("lr", "weight_decay")
+                        },
+                        params=[t.name for t in part],
+                        numel=sum(t.param.numel() for t in part),
+                        layer=layer,
+                        lr_scale=None if layer is None else layers.scale(layer),
+                    )
                 )
-            )
     return groups, infos
+
+
+@dataclass
+class Layers:
+    """Each tensor's layer for `layer_decay` (none without it), and the lr scale of a layer.
+
+    A tensor `layers` matches is layer index + 1 (the regex's capture); those before the first
+    matched tensor (in named_parameters order) are layer 0, those after the last the layer above
+    the highest index (the top), and an unmatched one between matched ones takes the layer of the
+    tensor before it. With `head`, the tensors it matches are the top layer and the others after
+    the last matched one stay in the last layer. The top layer present keeps the group's lr.
+    Frozen tensors count: freezing does not renumber the layers.
+    """
+
+    config: LayerDecayConfig | None = None
+    of_tensor: dict[int, int] = field(default_factory=dict)  # by id of the parameter
+    top: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls, tensors: list[_Tensor], config: LayerDecayConfig | None, *, key: str, names: list[str]
+    ) -> Layers:
+        if config is None:
+            return cls()
+        indices = {id(t.param): _captured_index(config.layers, t) for t in tensors}
+        bad = [(t, index) for t in tensors if isinstance(index := indices[id(t.param)], str)]
+        if bad:
+            tensor, captured = bad[0]
+            return cls(
+                problems=[
+                    f"{key}.layers: {config.layers!r} captures {captured!r} from "
+                    f"{tensor.name!r}; its group must capture the layer's index (digits), "
+                    "e.g. '^blocks\\.(\\d+)\\.'"
+                ]
+            )
+        matched = [i for i, t in enumerate(tensors) if indices[id(t.param)] is not None]
+        head = config.head
+        problems = [] if matched else [_no_match(f"{key}.layers", config.layers, names)]
+        if head is not None and not any(_matches(head, t) for t in tensors):
+            problems.append(_no_match(f"{key}.head", head, names))
+        if problems:
+            return cls(problems=problems)
+        top = max(int(index) for index in indices.values() if index is not None) + 2
+        of_tensor, layer = {}, 0
+        for position, tensor in enumerate(tensors):
+            index = indices[id(tensor.param)]
+            if head is not None and _matches(head, tensor):
+                layer = top
+            elif index is not None:
+                layer = int(index) + 1
+            elif position > matched[-1] and head is None:
+                layer = top
+            of_tensor[id(tensor.param)] = layer
+        return cls(config, of_tensor, max(of_tensor.values()))
+
+    def split(self, tensors: list[_Tensor]) -> list[tuple[int | None, list[_Tensor]]]:
+        """(layer, tensors) by ascending layer, the empty ones left out; one part without
+        layer decay (layer None)."""
+        if self.config is None:
+            return [(None, tensors)] if tensors else []
+        by_layer: dict[int, list[_Tensor]] = {}
+        for tensor in tensors:
+            by_layer.setdefault(self.of_tensor[id(tensor.param)], []).append(tensor)
+        return sorted(by_layer.items())
+
+    def suffix(self, layer: int | None) -> str:
+        """`.layer03` (as wide as the top layer's number, at least two digits), or ''."""
+        width = max(len(str(self.top)), 2)
+        return "" if layer is None else f".layer{layer:0{width}d}"
+
+    def scale(self, layer: int) -> float:
+        """The factor on a layer's lr: rate ** (top - layer)."""
+        assert self.config is not None  # a layer exists only with layer_decay
+        return float(self.config.rate ** (self.top - layer))
+
+
+def _captured_index(pattern: str, tensor: _Tensor) -> str | int | None:
+    """The layer index `pattern` captures from the tensor's first matching name: an int, the
+    captured text when it is not one, or None when no name matches."""
+    for alias in tensor.aliases:
+        found = re.search(pattern, alias)
+        if found is not None:
+            captured = found.group(1) or ""
+            return int(captured) if re.fullmatch("[0-9]+", captured) else captured
+    return None
 
 
 def frozen_names(model: nn.Module) -> list[str]:

@@ -41,15 +41,15 @@ def plan_param_groups(config: Config) -> tuple[torch.nn.Module, list[PlannedOpti
     if problems:
         raise UserError(problems)
     model_config = config.model
-    if model_config.kwargs.get("weights") is not None:  # names do not depend on the weights
-        model_config = type(model_config).model_validate(
-            {**model_config.model_dump(), "weights": None}
-        )
+    kwargs = model_config.kwargs
+    if kwargs.get("weights") is not None or kwargs.get("pretrained"):  # names need no weights
+        unloaded = {"weights": None} if "weights" in kwargs else {"pretrained": False}
+        model_config = type(model_config).model_validate({**model_config.model_dump(), **unloaded})
     try:
         with torch.device("meta"):
             model = build_model(model_config)
-    except (NotImplementedError, RuntimeError):
-        model = build_model(model_config)
+    except (NotImplementedError, RuntimeError, UserError):  # the registry names a library's
+        model = build_model(model_config)  # refusal by key: off meta, a real one comes again
     planned = plan_optimizers(model, config)
     for plan in planned:
         fill_options(plan)

@@ -1,8 +1,9 @@
 """Names and import paths → callables, with their keyword arguments checked before building.
 
 One registry serves `trainer list`, "did you mean" and the builders. Kinds: models, datasets,
-losses, optimizers, schedulers. A name is a built-in, a torch/torchvision name, or an import
-path `package.module:callable` (which runs user code, as Hydra does).
+losses, optimizers, schedulers. A name is a built-in, a torch/torchvision name, a timm model
+`timm/<name>` (the `timm` extra), or an import path `package.module:callable` (which runs user
+code, as Hydra does).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import sys
 import traceback
 from collections.abc import Callable, Iterable
 from functools import cache
@@ -159,9 +161,13 @@ def _built_in(kind: str, name: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module_name), attr)
 
 
-def describe(kind: str) -> list[tuple[str, str]]:
-    """(name, one-line description) for every name of a kind, for `trainer list`."""
-    return [(name, _first_line(fn)) for name, fn in entries(kind).items()]
+def describe(kind: str, *, compact: bool = False) -> list[tuple[str, str]]:
+    """(name, one-line description) for every name of a kind, for `trainer list`; models end
+    with timm's, each as `timm/<name>` (`compact`: one row for all of them)."""
+    described = [(name, _first_line(fn)) for name, fn in entries(kind).items()]
+    if kind == "models":
+        described += _describe_timm(compact=compact)
+    return described
 
 
 def resolve(kind: str, name: str, *, key: str) -> Callable[..., Any]:
@@ -170,10 +176,74 @@ def resolve(kind: str, name: str, *, key: str) -> Callable[..., Any]:
         return import_path(name, key=key, kind=kind)
     if name in BUILT_IN.get(kind, {}):
         return _built_in(kind, name)
+    if kind == "models" and name.startswith(TIMM_PREFIX):
+        return timm_model(name.removeprefix(TIMM_PREFIX), key=key)
     table = entries(kind)  # models: torchvision's are imported here, only when asked for
     if name not in table:
-        raise UserError(unknown_name(key, name, sorted(table, key=str.lower)))
+        choices = sorted(table, key=str.lower)
+        if kind == "models" and name in _timm_names(required=False):
+            choices = [TIMM_PREFIX + name]  # a timm name without its prefix
+        raise UserError(unknown_name(key, name, choices))
     return table[name]
+
+
+# timm's models are named `timm/<name>`: built by `timm.create_model(name, **kwargs)`, offline
+# unless `pretrained: true`. timm is imported only when a config or `trainer list` names one.
+TIMM_PREFIX = "timm/"
+
+
+def _timm(*, key: str) -> ModuleType:
+    """The timm package, or a UserError naming `key` and the extra that installs it."""
+    try:
+        import timm
+    except ImportError:
+        raise UserError(needs_extra(key, package="timm", extra="timm")) from None
+    return timm
+
+
+def _timm_names(*, required: bool = True, key: str = "model.name") -> list[str]:
+    """timm's model names (without the prefix); none when timm is missing and not `required`."""
+    try:
+        return list(_timm(key=key).list_models())
+    except UserError:
+        if required:
+            raise
+        return []
+
+
+def timm_model(name: str, *, key: str) -> Callable[..., Any]:
+    """A builder of the timm model `name`: `timm.create_model(name, pretrained, **kwargs)`."""
+    timm = _timm(key=key)
+    if not timm.is_model(name):
+        names = [TIMM_PREFIX + n for n in _timm_names(key=key)]
+        raise UserError(unknown_name(key, TIMM_PREFIX + name, names))
+    entrypoint = timm.models.model_entrypoint(name)
+
+    def build(pretrained: bool = False, **kwargs: Any) -> Any:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+    build.__name__ = build.__qualname__ = TIMM_PREFIX + name
+    build.__doc__ = entrypoint.__doc__
+    build.__module__ = entrypoint.__module__  # the model's class lives there (see _rejected)
+    return build
+
+
+def _describe_timm(*, compact: bool) -> list[tuple[str, str]]:
+    """timm's models for `trainer list models`, or how to install them."""
+    try:
+        timm = _timm(key=TIMM_PREFIX + "<name>")
+    except UserError as err:
+        return [(TIMM_PREFIX + "<name>", err.problems[0])]
+    names = timm.list_models()
+    if compact:
+        return [
+            (
+                TIMM_PREFIX + "<name>",
+                f"{len(names)} timm models (timm.create_model; `trainer list models` lists them)",
+            )
+        ]
+    get = timm.models.model_entrypoint
+    return [(TIMM_PREFIX + name, _first_line(get(name)) or "timm model") for name in names]
 
 
 IMPORT_PATH = re.compile(r"(?P<module>\w+(\.\w+)*):(?P<attr>\w+(\.\w+)*)", re.ASCII)
@@ -307,7 +377,7 @@ def build(kind: str, name: str, kwargs: dict[str, Any], *, key: str, **supplied:
         pass
     try:
         return fn(**supplied, **kwargs)
-    except (ValueError, TypeError, RuntimeError, AttributeError, KeyError) as err:
+    except (ValueError, TypeError, RuntimeError, AttributeError, KeyError, AssertionError) as err:
         if trust.raised_in_users_code(err):
             if hasattr(err, "add_note"):  # Python 3.11+
                 err.add_note(
@@ -315,8 +385,8 @@ def build(kind: str, name: str, kwargs: dict[str, Any], *, key: str, **supplied:
                     "a bug in that code, not a problem of the config)"
                 )
             raise
-        # torch, torchvision or a built-in refused the config's values (a string for a
-        # number, a negative size): the user's input, named by its config key.
+        # torch, torchvision, timm (with an assert) or a built-in refused the config's values
+        # (a string for a number, a negative size): the user's input, named by its config key.
         raise UserError(_rejected(fn, name, err, key=key)) from None
 
 
@@ -325,9 +395,19 @@ def _rejected(fn: Callable[..., Any], name: str, err: Exception, *, key: str) ->
     if not isinstance(err, TypeError) or unexpected is None:
         return f"{key}: {name} rejected its arguments: {type(err).__name__}: {err}"
     arg = unexpected.group(1)  # a builder that passes **kwargs on (torchvision's) refused it
-    known = _keywords_of(inspect.signature(fn).return_annotation)
+    known = _keywords_of(inspect.signature(fn).return_annotation) or _keywords_of(
+        _refusing_class(fn, err)
+    )
     listed = f" (arguments: {', '.join(known)})" if known else ""
     return f"{key}.{arg}: not an argument of {name}{did_you_mean(arg, known)}{listed}"
+
+
+def _refusing_class(fn: Callable[..., Any], err: Exception) -> Any:
+    """The class whose `__init__` refused a keyword, looked up in the builder's module (timm's
+    builders name no return type)."""
+    refused = re.match(r"(\w+)\.__init__\(\)", str(err))
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    return getattr(module, refused.group(1), None) if refused and module else None
 
 
 def check_component(

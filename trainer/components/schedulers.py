@@ -29,6 +29,8 @@ LENGTH_ARGUMENTS = {
     "LinearLR": "total_iters",
 }
 PER_BATCH = ("OneCycleLR", "CyclicLR")
+# Schedulers that set the lr itself (not a factor on each group's): their lr arguments.
+ABSOLUTE_LRS = {"OneCycleLR": ("max_lr",), "CyclicLR": ("base_lr", "max_lr")}
 
 
 def steps_per_epoch(batches: int, accumulate: int) -> int:
@@ -85,7 +87,7 @@ def build_scheduler(
         return None
     length = schedule_length(config, epochs=epochs, steps=steps, max_steps=max_steps)
     warmup = warmup_length(config, steps)
-    kwargs = filled_arguments(config, length, warmup, key=key)
+    kwargs = per_group_lrs(filled_arguments(config, length, warmup, key=key), config, optimizer)
     if warmup == 0 or config.warmup is None:
         return registry.build("schedulers", config.name, kwargs, key=key, optimizer=optimizer)
     if config.name == "ReduceLROnPlateau":
@@ -95,6 +97,26 @@ def build_scheduler(
     )
     main = registry.build("schedulers", config.name, kwargs, key=key, optimizer=optimizer)
     return lr_scheduler.SequentialLR(optimizer, [warmup_scheduler, main], milestones=[warmup])
+
+
+def per_group_lrs(
+    kwargs: dict[str, Any], config: SchedulerConfig, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """OneCycleLR's `max_lr` (CyclicLR's `base_lr`, `max_lr`) given as one number, as one per
+    group in the ratio of the group's lr to the optimizer's: a rule's lr and layer decay scale
+    the cycle as they scale a multiplicative schedule. Unchanged where every group has the
+    optimizer's lr (before any scheduler has changed it: warmup is built after this)."""
+    base = optimizer.defaults.get("lr")
+    if not isinstance(base, (int, float)) or not base:
+        return kwargs
+    ratios = [group["lr"] / base for group in optimizer.param_groups]
+    if all(ratio == 1 for ratio in ratios):
+        return kwargs
+    for name in ABSOLUTE_LRS.get(config.name, ()):
+        value = kwargs.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            kwargs[name] = [value * ratio for ratio in ratios]
+    return kwargs
 
 
 class ScheduleDriver:
@@ -149,7 +171,6 @@ class ScheduleDriver:
             self.scheduler.load_state_dict(state)
 
 
-
 def schedule_for(
     spec: OptimizerSpec,
     optimizer: torch.optim.Optimizer,
@@ -168,6 +189,7 @@ def schedule_for(
         key=f"{spec.key}scheduler",
     )
     return ScheduleDriver(scheduler, spec.scheduler)
+
 
 def warnings_for(config: SchedulerConfig | None) -> list[str]:
     """Advice on a scheduler config that works but is likely not what was meant."""

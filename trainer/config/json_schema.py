@@ -92,7 +92,11 @@ def _for_files(schema: Schema) -> Schema:
                 "not": {"anyOf": [{"required": ["optimizer"]}, {"required": ["scheduler"]}]},
                 "properties": {  # only freeze is global
                     "param_groups": {
-                        "properties": {"rules": {"maxItems": 0}, "no_decay": {"maxItems": 0}}
+                        "properties": {
+                            "rules": {"maxItems": 0},
+                            "no_decay": {"maxItems": 0},
+                            "layer_decay": {"type": "null"},
+                        }
                     }
                 },
             },

@@ -154,7 +154,11 @@ class Config(Section):
                     "with its own optimizer, param_groups and scheduler"
                 )
             shared = raw.get("param_groups") or {}
-            moved = [k for k in ("no_decay", "rules") if isinstance(shared, dict) and shared.get(k)]
+            moved = [
+                k
+                for k in ("no_decay", "rules", "layer_decay")
+                if isinstance(shared, dict) and shared.get(k)
+            ]
             if moved:
                 raise ValueError(
                     f"param_groups.{moved[0]}: with optimizers, set it per optimizer "

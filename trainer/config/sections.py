@@ -64,8 +64,9 @@ class InitFrom(Section):
 
 
 class ModelConfig(Component):
-    """`model`: a built-in or torchvision model name, or `pkg.module:callable`; every key but
-    the runner's own is a keyword argument of the callable."""
+    """`model`: a built-in or torchvision model name, `timm/<name>` (the timm extra), or
+    `pkg.module:callable`; every key but the runner's own is a keyword argument of the
+    callable."""
 
     init_from: InitFrom | None = Field(
         default=None,
@@ -196,8 +197,37 @@ class RuleConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class LayerDecayConfig(Section):
+    """`param_groups.layer_decay`: each group's lr times `rate ** (top layer - layer)`. `layers`
+    captures a layer's index (`'^blocks\\.(\\d+)\\.'`): index i is layer i + 1; tensors before
+    the first matched one are layer 0 (the embeddings), those after the last the top layer
+    (the final norm, the head; with `head`, only the tensors it matches)."""
+
+    rate: float = Field(gt=0, le=1, description="The lr factor from one layer to the one below.")
+    layers: Regex = Field(
+        description="Regex with one capture group, the layer's index: '^blocks\\.(\\d+)\\.'.",
+        json_schema_extra={"pattern": r"\((?!\?)"},  # a group (the loader counts exactly one)
+    )
+    head: Regex | None = Field(
+        default=None,
+        description="Only these tensors on top; the rest after the last layer stays in it.",
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _one_index(cls, layers: str) -> str:
+        groups = re.compile(layers).groups
+        if groups != 1:
+            raise ValueError(
+                f"the regex has {groups} capture groups; it needs exactly one, capturing the "
+                "layer's index (digits), e.g. '^blocks\\.(\\d+)\\.'"
+            )
+        return layers
+
+
 class ParamGroupsConfig(Section):
-    """`param_groups`: frozen parameters, no-decay splits and per-group rules."""
+    """`param_groups`: frozen parameters, no-decay splits, per-group rules and layer-wise lr
+    decay."""
 
     freeze: list[Regex] = Field(
         default=[], description="Regexes on parameter names: requires_grad=False, never optimized."
@@ -212,6 +242,10 @@ class ParamGroupsConfig(Section):
         description="Split each group into <group> and <group>.no_decay (weight_decay 0).",
     )
     rules: list[RuleConfig] = Field(default=[], description="Ordered rules; the first match wins.")
+    layer_decay: LayerDecayConfig | None = Field(
+        default=None,
+        description="Layer-wise lr decay: each group split by layer, lr x rate ** (top - layer).",
+    )
 
     @field_validator("rules")
     @classmethod

@@ -43,18 +43,26 @@ def groups_table(
     report: GroupsReport, *, optimizer: str | None = None, lrs: dict[str, float] | None = None
 ) -> Table:
     """One row per param group: what the optimizer gets (`lrs`: the lr each group has now,
-    a resumed run's rather than the config's)."""
+    a resumed run's rather than the config's); with layer_decay, each group's layer and the
+    scale on its lr."""
     title = f"param groups of optimizers.{optimizer}" if optimizer else "param groups"
     table = Table(title=title, title_justify="left")
-    for column in ("group", "rule", "tensors", "elements", "lr", "weight_decay", "options"):
-        table.add_column(column, justify="right" if column in ("tensors", "elements") else "left")
+    layered = any(group.layer is not None for group in report.groups)
+    columns = ["group", "rule", "tensors", "elements", "lr", "weight_decay", "options"]
+    if layered:
+        columns[4:4] = ["layer", "lr_scale"]
+    for column in columns:
+        numeric = column in ("tensors", "elements", "layer", "lr_scale")
+        table.add_column(column, justify="right" if numeric else "left")
     for group in report.groups:
         options = ", ".join(f"{k}={number(v)}" for k, v in group.options.items())
+        layer = [str(group.layer), number(group.lr_scale)] if layered else []
         table.add_row(
             group.name,
             group.rule or "-",
             str(len(group.params)),
             f"{group.numel:,}",
+            *layer,
             number(lrs[group.name] if lrs else group.lr),
             number(group.weight_decay),
             options or "-",
