@@ -61,7 +61,7 @@ VOLATILE = [
     (re.compile(r"[\d.]+ ?it/s"), "N it/s"),
     (re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?"), "DATE"),
     (re.compile(r"\b\d+:\d{2}:\d{2}\b"), "TIME"),
-    (re.compile(r"\b\d+(\.\d+)?(ms|s|m|h)\b"), "DURATION"),
+    (re.compile(r"\b(\d+(\.\d+)?(h|ms|m|s))+\b"), "DURATION"),  # 2.7s, 2m18s, 1h2m
     (re.compile(r"(\"seconds\": )[\d.e+-]+"), r"\1N"),
     (re.compile(r"\bpid \d+"), "pid N"),
     (re.compile(r"^device: .*$", re.M), "device: ..."),
@@ -246,9 +246,14 @@ class Outcome:
                 f"{self.output}"
             )
         old, new = normalised(t.shown, slow=t.slow), normalised(self.output, slow=t.slow)
-        if old != new:
+        if old != new:  # shown as written, not as normalised
             diff = difflib.unified_diff(
-                old.splitlines(), new.splitlines(), "shown", "now", lineterm="", n=1
+                t.shown.rstrip("\n").splitlines(),
+                self.output.rstrip("\n").splitlines(),
+                "shown",
+                "now",
+                lineterm="",
+                n=1,
             )
             found.append(f"{t.block.where}: `{t.command}` is stale:\n" + "\n".join(diff))
         return found

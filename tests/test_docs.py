@@ -288,6 +288,7 @@ def test_what_varies_between_runs_is_normalised_and_nothing_else() -> None:
         epoch 1/4  batch 20/63  step 20  train/loss 1.146  lr 0.05  170 samples/s
         epoch 1/4  step 63  train/loss 0.4946  val/loss 0.1229  train/samples_per_s 163.2
         device: cpu (auto: no CUDA or MPS device found)"""
+    shown, now = textwrap.dedent(shown), textwrap.dedent(now)
     normalised = docs_transcripts.normalised
     assert normalised(shown) == normalised(now)
     assert normalised(shown) != normalised(now.replace("val/loss 0.1229", "val/loss 0.1230"))
