@@ -326,7 +326,7 @@ def config_page() -> str:
                     kind,
                     default,
                     allowed,
-                    prose(description(section.model, name, field)),
+                    prose(description(section.model, name, field) or prop.get("description", "")),
                 ]
             )
         out.append(table(["key", "type", "default", "allowed", "description"], rows))

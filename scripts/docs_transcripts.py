@@ -283,7 +283,8 @@ def rewrite(path: Path, outcomes: list[Outcome]) -> bool:
         indent = re.match(r"[ \t]*", lines[block.line - 1])
         pad = indent[0] if indent else ""
         body = [f"{pad}$ {outcome.transcript.command}\n"]
-        body += [f"{pad}{line}".rstrip() + "\n" for line in outcome.output.rstrip("\n").split("\n")]
+        output = outcome.output.rstrip("\n")
+        body += [f"{pad}{line}".rstrip() + "\n" for line in output.split("\n")] if output else []
         lines[block.line : block.end - 1] = body
         changed = True
     if changed:
