@@ -68,6 +68,8 @@ VOLATILE = [
     (re.compile(r"[─━═]+"), "─"),
     (re.compile(r"[ \t]+"), " "),
 ]
+SHOWN_COMMAND = re.compile(r"^\$ (uv run )?(trainer|python -m trainer) ")
+SHELL = ("console", "", "text", "shell", "sh", "bash")  # blocks where a command may show output
 MATTERS = re.compile(r"\b(train|val)/\w|^error:|^done:", re.M)  # the lines a (slow) check reads
 
 
@@ -88,7 +90,8 @@ class Transcript:
 
 def transcripts(path: Path, text: str | None = None) -> tuple[list[Transcript], list[str]]:
     """The transcripts of a page, and the problems of its markers (one not followed by a
-    console block whose first line is `$ <the command>`, an unknown flag)."""
+    console block whose first line is `$ <the command>`, an unknown flag), and of commands
+    shown with output in a block without a marker."""
     text = path.read_text(encoding="utf-8") if text is None else text
     lines = text.splitlines()
     fenced = blocks(path, text)
@@ -123,6 +126,19 @@ def transcripts(path: Path, text: str | None = None) -> tuple[list[Transcript], 
             else:
                 problems.append(f"{block.where}: unknown transcript flag {flag!r}")
         found.append(Transcript(block, command, exit_code, slow))
+    claimed = {t.block.line for t in found}
+    for block in fenced:
+        if block.line in claimed or block.lang not in SHELL:
+            continue
+        shown = block.text.splitlines()
+        for index, line in enumerate(shown[:-1]):
+            after = shown[index + 1]
+            if SHOWN_COMMAND.match(line) and after.strip() and not after.startswith("$ "):
+                problems.append(
+                    f"{block.where}: `{line[2:]}` is shown with its output but without a "
+                    "transcript marker (<!-- transcript: ... --> and a ```console block of its "
+                    "own), so nothing checks that output"
+                )
     return found, problems
 
 

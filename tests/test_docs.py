@@ -281,6 +281,37 @@ def test_a_stale_transcript_is_reported_and_regenerated(
     assert "  epochs: 2\n" in page.read_text()
 
 
+def test_a_command_shown_with_output_needs_a_transcript_marker(tmp_path: Path) -> None:
+    page = write_page(
+        tmp_path,
+        """
+        ```bash
+        uv run trainer fit configs/quickstart.yaml   # a command alone: nothing to check
+        $ trainer runs
+        $ trainer groups configs/quickstart.yaml
+        ```
+
+        ```
+        $ uv run trainer list schedulers
+        StepLR ...
+        ```
+
+        <!-- transcript: trainer config configs/quickstart.yaml -->
+        ```console
+        $ trainer config configs/quickstart.yaml
+        name: quickstart
+        ```
+        """,
+    )
+    found, problems = docs_transcripts.transcripts(page)
+    assert [t.command for t in found] == ["trainer config configs/quickstart.yaml"]
+    assert problems == [
+        f"{page}:7: `uv run trainer list schedulers` is shown with its output but without a "
+        "transcript marker (<!-- transcript: ... --> and a ```console block of its own), so "
+        "nothing checks that output"
+    ]
+
+
 def test_what_varies_between_runs_is_normalised_and_nothing_else() -> None:
     shown = """
         ┏━━━━━━━━━━━━┳━━━━━━┓
