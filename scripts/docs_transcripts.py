@@ -17,11 +17,14 @@ with that code, `(slow)` for one that the check compares only by exit code and t
 that carry metrics or errors. A ```yaml (or any) block with `title="NAME"` on the same page is
 a file the page's commands can use (`trainer config bad.yaml`).
 
-Each command runs in this process (`trainer.cli.app`, as `python -m trainer` would), in a
-scratch directory of its own holding a copy of configs/, the page's titled files and, for a
-command that reads runs (`trainer inspect runs/...`, `runs`, `plot`, `eval`, `export`,
-`--resume`), the runs/ of the quickstart fit, which runs once per process. Nothing is written
-to the repository's runs/. The environment is fixed: COLUMNS=100, NO_COLOR=1, no CUDA device.
+The commands of a page run in order, as a reader following it would run them, in one
+scratch directory that starts with a copy of configs/ and the page's titled files. Each runs
+in this process (`trainer.cli.app`, as `python -m trainer` would). `trainer fit
+configs/quickstart.yaml` runs once for all pages: a page that runs it, or a command that
+reads runs (`trainer inspect runs/...`, `runs`, `plot`, `eval`, `export`, `--resume`), finds
+its runs/quickstart copied in. A line `<!-- transcript-setup: trainer fit ... -->` runs a
+command whose output the page does not show (a second run for `trainer runs` to list). Nothing
+is written to the repository's runs/. The environment is fixed: COLUMNS=100, NO_COLOR=1.
 
 `--check` compares after normalising only what varies between runs and machines (speeds,
 durations, dates, the device line, pids, the width of table rules), and reports each stale
@@ -50,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from docs_markdown import ROOT, Block, blocks, pages
 
+SETUP_MARKER = re.compile(r"^<!-- transcript-setup: (?P<command>trainer .+?) -->$")
 MARKER = re.compile(r"^<!-- transcript: (?P<command>.+?)(?: \((?P<flags>[^()]*)\))? -->$")
 ENV = {"COLUMNS": "100", "LINES": "50", "NO_COLOR": "1", "TERM": "dumb", "TZ": "UTC"}
 SETUP = ("fit", "configs/quickstart.yaml")  # the run that commands reading runs/ find
@@ -103,6 +107,9 @@ def transcripts(path: Path, text: str | None = None) -> tuple[list[Transcript], 
             continue
         marker = MARKER.match(line.strip())
         if not marker:
+            setup = line.strip().startswith("<!-- transcript-setup:")
+            if setup and not SETUP_MARKER.match(line.strip()):
+                problems.append(f"{path}:{number}: malformed setup marker {line.strip()!r}")
             if line.strip().startswith("<!-- transcript:"):
                 problems.append(f"{path}:{number}: malformed marker {line.strip()!r}")
             continue
@@ -148,7 +155,8 @@ def page_files(path: Path, text: str | None = None) -> dict[str, str]:
 
 
 class Runner:
-    """Runs transcript commands in scratch directories; the setup fit once."""
+    """Runs the commands of pages, each page in a scratch directory of its own; the
+    quickstart fit once for all of them."""
 
     def __init__(self) -> None:
         self._scratch = tempfile.TemporaryDirectory(prefix="docs-transcripts-")
@@ -159,40 +167,58 @@ class Runner:
     def close(self) -> None:
         self._scratch.cleanup()
 
-    def run(self, command: str, files: dict[str, str]) -> tuple[int, str]:
-        """(exit code, output: stdout and stderr as a terminal shows them) of a command."""
-        args = shlex.split(command)[1:]
-        if tuple(args) == SETUP:
-            return self.setup()
-        needs_runs = bool(args) and (
-            args[0] in READS_RUNS or "--resume" in args or any(a.startswith("runs/") for a in args)
-        )
-        workspace = self._workspace(files)
-        if needs_runs:
-            self.setup()
-            shutil.copytree(self.root / "setup" / "runs", workspace / "runs")
-        return invoke(args, workspace)
+    def workspace(self, files: dict[str, str]) -> Workspace:
+        """A fresh directory for one page: a copy of configs/ and the page's files."""
+        self._count += 1
+        return Workspace(self, _scratch_copy(self.root / f"page-{self._count}", files))
 
     def setup(self) -> tuple[int, str]:
-        """The quickstart fit in its own directory, once (its runs/ is copied for commands
-        that read runs)."""
+        """The quickstart fit in its own directory, once: its runs/quickstart is copied into a
+        page's directory where a command needs it."""
         if self._setup is None:
-            self._setup = invoke(list(SETUP), self._workspace({}, name="setup"))
+            self._setup = invoke(list(SETUP), _scratch_copy(self.root / "setup", {}))
             if self._setup[0] != 0:
                 raise RuntimeError(
                     f"the setup `trainer {shlex.join(SETUP)}` failed:\n{self._setup[1]}"
                 )
         return self._setup
 
-    def _workspace(self, files: dict[str, str], name: str | None = None) -> Path:
-        self._count += 1
-        workspace = self.root / (name or f"command-{self._count}")
-        shutil.copytree(ROOT / "configs", workspace / "configs")
-        for file_name, text in files.items():
-            target = workspace / file_name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text, encoding="utf-8")
-        return workspace
+    @property
+    def quickstart_run(self) -> Path:
+        return self.root / "setup" / "runs" / "quickstart"
+
+
+@dataclass
+class Workspace:
+    """One page's directory: its commands run there in order, as a reader would run them."""
+
+    runner: Runner
+    path: Path
+
+    def run(self, command: str) -> tuple[int, str]:
+        """(exit code, output: stdout and stderr as a terminal shows them) of a command. The
+        quickstart fit, or a command that reads runs, finds runs/quickstart copied in (the
+        fit's output is the one fit's) unless the page made its own already."""
+        args = shlex.split(command)[1:]
+        reads_runs = bool(args) and (
+            args[0] in READS_RUNS or "--resume" in args or any(a.startswith("runs/") for a in args)
+        )
+        own = self.path / "runs" / "quickstart"
+        if (tuple(args) == SETUP or reads_runs) and not own.exists():
+            fitted = self.runner.setup()
+            shutil.copytree(self.runner.quickstart_run, own)
+            if tuple(args) == SETUP:
+                return fitted
+        return invoke(args, self.path)
+
+
+def _scratch_copy(directory: Path, files: dict[str, str]) -> Path:
+    shutil.copytree(ROOT / "configs", directory / "configs")
+    for name, text in files.items():
+        target = directory / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    return directory
 
 
 @contextlib.contextmanager
@@ -276,15 +302,36 @@ class Outcome:
 
 
 def run_page(path: Path, runner: Runner) -> tuple[list[Outcome], list[str]]:
-    """Every transcript of a page, run; and the page's marker problems."""
+    """Every transcript of a page run in order, its setup commands between them, in one
+    directory; and the page's problems (markers, a setup command that failed)."""
     text = path.read_text(encoding="utf-8")
     found, problems = transcripts(path, text)
-    files = page_files(path, text)
+    workspace = runner.workspace(page_files(path, text))
+    steps: list[tuple[int, Transcript | str]] = [(t.block.line, t) for t in found]
+    steps += setups(path, text)
     outcomes = []
-    for transcript in found:
-        exit_code, output = runner.run(transcript.command, files)
-        outcomes.append(Outcome(transcript, exit_code, output))
+    for line, step in sorted(steps, key=lambda s: s[0]):
+        if isinstance(step, str):
+            exit_code, output = workspace.run(step)
+            if exit_code != 0:
+                problems.append(f"{path}:{line}: setup `{step}` exited {exit_code}:\n{output}")
+            continue
+        exit_code, output = workspace.run(step.command)
+        outcomes.append(Outcome(step, exit_code, output))
     return outcomes, problems
+
+
+def setups(path: Path, text: str) -> list[tuple[int, str]]:
+    """(line, command) of a page's `<!-- transcript-setup: CMD -->` lines: commands run
+    before the next transcripts, their output not shown (a second run that `trainer runs`
+    lists)."""
+    fenced = blocks(path, text)
+    inside = {n for block in fenced for n in range(block.line, block.end + 1)}
+    return [
+        (number, found["command"].strip())
+        for number, line in enumerate(text.splitlines(), start=1)
+        if number not in inside and (found := SETUP_MARKER.match(line.strip()))
+    ]
 
 
 def rewrite(path: Path, outcomes: list[Outcome]) -> bool:

@@ -40,7 +40,7 @@ def transcript_runner() -> Iterator[docs_transcripts.Runner]:
 def quickstart_run(transcript_runner: docs_transcripts.Runner) -> Path:
     """The run directory of `trainer fit configs/quickstart.yaml` (the transcripts' setup)."""
     transcript_runner.setup()
-    return transcript_runner.root / "setup" / "runs" / "quickstart"
+    return transcript_runner.quickstart_run
 
 
 def write_page(tmp_path: Path, text: str) -> Path:
@@ -279,6 +279,40 @@ def test_a_stale_transcript_is_reported_and_regenerated(
     )
     assert len(docs_transcripts.check([page], transcript_runner)) == 3  # nothing.yaml; the marker
     assert "  epochs: 2\n" in page.read_text()
+
+
+def test_a_pages_commands_run_in_order_in_one_directory(
+    tmp_path: Path, transcript_runner: docs_transcripts.Runner
+) -> None:
+    """A setup line runs unseen; `trainer runs` then lists the quickstart fit (copied in,
+    not run again) and the page's own run; the next page starts afresh."""
+    second = "trainer fit configs/quickstart.yaml name=second trainer.epochs=1 data.size=64"
+    page = write_page(
+        tmp_path,
+        f"""
+        <!-- transcript-setup: {second} -->
+
+        <!-- transcript: trainer runs -->
+        ```console
+        $ trainer runs
+        ```
+
+        <!-- transcript-setup: trainer nothing -->
+        """,
+    )
+    outcomes, problems = docs_transcripts.run_page(page, transcript_runner)
+    assert problems == [
+        f"{page}:8: setup `trainer nothing` exited 2:\n" + problems[0].split("\n", 1)[1]
+    ]
+    [runs] = outcomes
+    assert runs.exit_code == 0
+    rows = [line.split()[1] for line in runs.output.splitlines() if line.startswith("│")]
+    assert rows == ["quickstart", "second"]
+    assert "4/4" in runs.output and "1/1" in runs.output
+    outcomes, _ = docs_transcripts.run_page(page, transcript_runner)
+    assert [
+        line.split()[1] for line in outcomes[0].output.splitlines() if line.startswith("│")
+    ] == rows
 
 
 def test_a_command_shown_with_output_needs_a_transcript_marker(tmp_path: Path) -> None:
