@@ -43,6 +43,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -275,6 +276,7 @@ class Outcome:
     transcript: Transcript
     exit_code: int
     output: str
+    seconds: float = 0.0  # how long the command took (the shared quickstart fit: once)
 
     @property
     def problems(self) -> list[str]:
@@ -316,8 +318,9 @@ def run_page(path: Path, runner: Runner) -> tuple[list[Outcome], list[str]]:
             if exit_code != 0:
                 problems.append(f"{path}:{line}: setup `{step}` exited {exit_code}:\n{output}")
             continue
+        started = time.perf_counter()
         exit_code, output = workspace.run(step.command)
-        outcomes.append(Outcome(step, exit_code, output))
+        outcomes.append(Outcome(step, exit_code, output, time.perf_counter() - started))
     return outcomes, problems
 
 
@@ -368,28 +371,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pages", nargs="*", type=Path, help="pages (default: every page)")
     parser.add_argument("--check", action="store_true", help="exit 1 where one is stale")
+    parser.add_argument("--times", action="store_true", help="print each command's seconds")
     args = parser.parse_args(argv)
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch is imported: the same device line
     paths = [p.resolve() for p in args.pages] or pages()
     runner = Runner()
+    failed = False
     try:
-        if args.check:
-            problems = check(paths, runner)
-            for problem in problems:
-                print(problem, file=sys.stderr)
-            return 1 if problems else 0
-        failed = False
         for path in paths:
             outcomes, problems = run_page(path, runner)
+            if args.check:
+                problems += [p for outcome in outcomes for p in outcome.problems]
+            else:
+                problems += [
+                    o.problems[0] for o in outcomes if o.exit_code != o.transcript.exit_code
+                ]
+                good = [o for o in outcomes if o.exit_code == o.transcript.exit_code]
+                if rewrite(path, good):
+                    print(f"rewrote {path}")
             for problem in problems:
                 print(problem, file=sys.stderr)
-            for outcome in outcomes:
-                if outcome.exit_code != outcome.transcript.exit_code:
-                    failed = True
-                    print(outcome.problems[0], file=sys.stderr)
-            good = [o for o in outcomes if o.exit_code == o.transcript.exit_code]
-            if rewrite(path, good):
-                print(f"rewrote {path}")
+            if args.times:
+                for o in outcomes:
+                    print(f"{o.seconds:7.1f}s  {o.transcript.block.where}  {o.transcript.command}")
             failed = failed or bool(problems)
         return 1 if failed else 0
     finally:
