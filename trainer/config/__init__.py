@@ -16,7 +16,7 @@ from trainer.config.loading import (
     read_config_file,
     validate_config,
 )
-from trainer.config.metric_names import class_name, default_mode
+from trainer.config.metric_names import class_name, default_mode, ema_name
 from trainer.config.monitors import monitors
 from trainer.config.overrides import apply_overrides, flatten
 from trainer.config.schema import ComponentSections, Config, OptimizerSpec
@@ -24,6 +24,7 @@ from trainer.config.sections import (
     CheckpointConfig,
     Component,
     DataConfig,
+    EmaConfig,
     FsdpConfig,
     InitFrom,
     LossConfig,
@@ -45,6 +46,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "EmaConfig",
     "FsdpConfig",
     "InitFrom",
     "LossConfig",
@@ -60,6 +62,7 @@ __all__ = [
     "class_name",
     "config_to_yaml",
     "default_mode",
+    "ema_name",
     "flatten",
     "load_config",
     "monitors",

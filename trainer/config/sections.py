@@ -187,6 +187,23 @@ class EarlyStoppingConfig(Section):
         return self.mode or default_mode(self.monitor)
 
 
+class EmaWarmupConfig(Section):
+    """The EMA's decay warmup, as timm's ModelEmaV3 (use_warmup): at the EMA's t-th update
+    after its first (which copies), decay_t = min(decay, 1 - (1 + t/gamma)^-power)."""
+
+    power: PositiveFloat = 2 / 3
+    gamma: PositiveFloat = 1.0
+
+
+class EmaConfig(Section):
+    """`trainer.ema`: an exponential moving average of the weights and buffers (torch's
+    AveragedModel), updated every `every_steps` training steps."""
+
+    decay: float = Field(default=0.9999, gt=0, lt=1)
+    every_steps: PositiveInt = 1
+    warmup: EmaWarmupConfig | None = None
+
+
 class TrainerConfig(Section):
     epochs: PositiveInt = 10
     max_steps: PositiveInt | None = None
@@ -208,6 +225,7 @@ class TrainerConfig(Section):
     strategy: Literal["ddp", "fsdp"] = "ddp"
     # Modules (regexes on module names) whose activations are recomputed in backward.
     activation_checkpointing: list[Regex] = []
+    ema: EmaConfig | None = None  # averaged weights, validated as val/ema/<metric>
 
     @field_validator("device")
     @classmethod
