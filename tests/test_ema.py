@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers.checkpoints import valid_checkpoint
 from helpers.loop import bn_net
 from helpers.resume import Once, run_in, write_config
 from helpers.resume import train as resume_train
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader
 from trainer.components import registry
 from trainer.config import load_config
 from trainer.engine.loop import FitResult, fit
-from trainer.errors import Interrupted
+from trainer.errors import Interrupted, UserError
 from trainer.runs.metrics_file import is_epoch_record, read_metrics
 from trainer.state.checkpoint import load_checkpoint
 
@@ -370,6 +371,28 @@ def epoch_records_of(run_dir: Path) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize(
+    ("ema", "expected"),
+    [
+        ({"weights": {"w": torch.zeros(2)}, "updates": -1}, "'ema' is "),
+        ("0.9", "'ema' is '0.9' (str)"),
+        ({"weights": {"other": torch.zeros(2)}}, "'ema' weights are keyed unlike 'model'"),
+    ],
+)
+def test_a_checkpoint_whose_ema_is_damaged_is_named(
+    ema: Any, expected: str, tmp_path: Path
+) -> None:
+    checkpoint = valid_checkpoint()
+    if isinstance(ema, dict):
+        ema = {"weights": {}, "updates": 3, "decay": 0.9, "every_steps": 1, "warmup": None} | ema
+    checkpoint["model"] = {"w": torch.ones(2)}
+    torch.save(checkpoint | {"ema": ema}, tmp_path / "c.pt")
+    with pytest.raises(UserError) as raised:
+        load_checkpoint(tmp_path / "c.pt")
+    [problem] = raised.value.problems
+    assert expected in problem
 
 
 @pytest.mark.parametrize(

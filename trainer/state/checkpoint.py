@@ -175,7 +175,7 @@ class RunState:
             config=checkpoint["config"],
             metrics=checkpoint["metrics"],
             early_stopping=checkpoint["early_stopping"],
-            ema=EmaState.from_checkpoint(checkpoint["ema"]) if checkpoint["ema"] else None,
+            ema=EmaState.from_checkpoint(checkpoint["ema"]) if checkpoint.get("ema") else None,
         )
 
 
