@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 from test_distributed import trainer
+from test_fsdp_resume import assert_close, fit
 
 from trainer.runs.metrics_file import is_epoch_record, read_metrics
 from trainer.state.checkpoint import RunState, load_checkpoint
@@ -37,12 +38,6 @@ ONE_PROCESS = ("data.batch_size=16",)  # the global batch of two processes of 8
 MID_EPOCH = "trainer.max_steps=27"  # stops in epoch 2 (at update 9 of 13)
 LAST = "checkpoints/last.pt"
 UPDATES = 40 // 3
-
-
-def fit(root: Path, out: str, *args: str) -> str:
-    result = trainer(root, "fit", "c.yaml", f"trainer.out_dir={out}", *args)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +64,6 @@ def ema_of(run: Path) -> dict[str, torch.Tensor]:
     assert state is not None
     assert state.updates == UPDATES
     return state.weights
-
-
-def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
 
 
 def assert_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:

@@ -309,7 +309,7 @@ def epoch_record(
         job=job,
     )
     validation = validation_of_weights()
-    if run.ema is not None:  # the EMA weights on the same data: val/ema/<metric>
+    if run.ema is not None and validation:  # the EMA weights on the same data: val/ema/*
         validation |= validate_ema(run.ema, validation_of_weights)
     record = {
         "epoch": epoch,
