@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from trainer.config import Config
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Train PyTorch models from a YAML config: fit, groups, schedule, inspect, export.",
@@ -40,6 +39,54 @@ class Kind(str, Enum):
     transforms = "transforms"
     metrics = "metrics"
     steps = "steps"
+
+
+def version_lines() -> list[str]:
+    """The versions `trainer --version` prints: this package, python, torch and its devices."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch  # only here: --version says what torch sees
+
+    try:
+        package = version("trainer")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        package = "unknown (not installed)"
+    if torch.version.cuda is None:
+        cuda = "CUDA: not built in"
+    elif torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        cuda = f"CUDA {torch.version.cuda} available: yes, {count} device{'s' * (count != 1)}"
+    else:
+        cuda = f"CUDA {torch.version.cuda} available: no"
+    mps = "yes" if torch.backends.mps.is_available() else "no"
+    return [
+        f"trainer {package}",
+        f"python {platform.python_version()}",
+        f"torch {torch.__version__} ({cuda}; MPS available: {mps})",
+    ]
+
+
+def print_version(value: bool) -> None:
+    """The --version option's callback: print the versions and exit 0."""
+    if value:
+        sys.stdout.write("\n".join(version_lines()) + "\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=print_version,
+            is_eager=True,
+            help="Print the versions of trainer, python and torch, and the devices torch sees.",
+        ),
+    ] = False,
+) -> None:
+    """The options before a command: --version, and typer's shell completion."""
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -448,6 +495,30 @@ def show_config(config: ConfigPath, overrides: Overrides = None) -> None:
     from trainer.config import config_to_yaml
 
     sys.stdout.write(config_to_yaml(load_checked_config(config, overrides)))
+
+
+@app.command()
+@user_errors
+def schema(
+    out: Annotated[
+        str | None, typer.Option(help="Write the schema to OUT instead of printing it.")
+    ] = None,
+) -> None:
+    """The JSON Schema of a config file, for editors: `trainer schema > trainer.schema.json`,
+    then `# yaml-language-server: $schema=trainer.schema.json` as a config's first line."""
+    from pathlib import Path
+
+    from trainer.config.json_schema import config_json_schema_text
+
+    text = config_json_schema_text()
+    if out is None:
+        sys.stdout.write(text)
+        return
+    try:
+        Path(out).write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write: {err.strerror or err}") from None
+    Console(stderr=True, markup=False, highlight=False).print(f"wrote {out}")
 
 
 @app.command("list")

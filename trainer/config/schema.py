@@ -30,6 +30,7 @@ from trainer.config.sections import (
     Section,
     StepConfig,
     TrainerConfig,
+    whole,
 )
 
 OPTIMIZER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -85,7 +86,7 @@ def _metric_modes(raw: dict[str, Any]) -> dict[str, Any]:
 
 def _with_mode(section: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
     monitor = section.get("monitor")
-    if section.get("mode") is not None or monitor not in names:
+    if section.get("mode") is not None or not isinstance(monitor, str) or monitor not in names:
         return section
     return dict(section, mode=default_mode(names[monitor]))
 
@@ -102,21 +103,36 @@ def _unique_metric_names(metrics: list[MetricConfig]) -> list[MetricConfig]:
 
 
 class Config(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    seed: int = Field(default=0, ge=0, lt=2**63)
+    """A trainer config: the model, the data, and how to train it."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="The run's name (default: the file's name); its directory runs/<name>.",
+    )
+    seed: int = Field(default=0, ge=0, lt=2**63, description="Seeds python, numpy, torch.")
     model: ModelConfig
     data: DataConfig
     loss: LossConfig = LossConfig()
     step: StepConfig = StepConfig()
-    val_step: StepConfig | None = None
+    val_step: StepConfig | None = Field(
+        default=None, description="Default: val/loss, val/acc and metrics; or a step of its own."
+    )
     optimizer: OptimizerConfig = OptimizerConfig()
     param_groups: ParamGroupsConfig = ParamGroupsConfig()
-    scheduler: SchedulerConfig | None = None
-    optimizers: dict[str, OptimizerEntry] | None = None
+    scheduler: SchedulerConfig | None = Field(default=None, description="null: a constant lr.")
+    optimizers: dict[str, OptimizerEntry] | None = Field(
+        default=None,
+        description="Several optimizers by name, instead of optimizer, scheduler and "
+        "param_groups.rules/no_decay.",
+        json_schema_extra={
+            "minProperties": 1,
+            "propertyNames": {"pattern": whole(OPTIMIZER_NAME)},
+        },
+    )
     trainer: TrainerConfig = TrainerConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     metrics: Annotated[list[MetricConfig], AfterValidator(_unique_metric_names)] = Field(
-        default_factory=list
+        default_factory=list, description="Validation metrics, logged as val/<key>."
     )
     logging: LoggingConfig = LoggingConfig()
     fsdp: FsdpConfig | None = None

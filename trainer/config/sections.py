@@ -20,8 +20,13 @@ from pydantic import (
     model_validator,
 )
 
-from trainer.config.metric_names import check_monitor, class_name, default_mode
+from trainer.config.metric_names import MONITOR_PATTERN, check_monitor, class_name, default_mode
 from trainer.config.regexes import Regex
+
+
+def whole(pattern: re.Pattern[str]) -> str:
+    """A pattern that must match the whole value, for the JSON Schema (which searches)."""
+    return f"^(?:{pattern.pattern})$"
 
 
 class Section(BaseModel):
@@ -30,12 +35,15 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+NAME = "A name that `trainer list` shows, or an import path: `pkg.module:callable`."
+
+
 class Component(BaseModel):
     """`{name: ..., <keyword arguments>}`: every key but the reserved ones goes to the callable."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 
-    name: str
+    name: str = Field(description=NAME)
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -46,47 +54,75 @@ class Component(BaseModel):
 class InitFrom(Section):
     """A local state dict to start from; `prefix` renames key prefixes (old: new)."""
 
-    path: str
-    strict: bool = True
-    prefix: dict[str, str] = {}
+    path: str = Field(description="The state dict file (torch.save of a state_dict).")
+    strict: bool = Field(
+        default=True, description="Every key must match; false skips what does not."
+    )
+    prefix: dict[str, str] = Field(
+        default={}, description='Key prefixes renamed, old: new ("module.": "").'
+    )
 
 
 class ModelConfig(Component):
-    init_from: InitFrom | None = None
+    """`model`: a built-in or torchvision model name, or `pkg.module:callable`; every key but
+    the runner's own is a keyword argument of the callable."""
 
-    @field_validator("init_from", mode="before")
+    init_from: InitFrom | None = Field(
+        default=None,
+        description="Start from a local state dict: its path, or {path, strict, prefix}.",
+    )
+
+    @field_validator("init_from", mode="before", json_schema_input_type=str | InitFrom | None)
     @classmethod
     def _path_alone(cls, value: Any) -> Any:
         return {"path": value} if isinstance(value, str) else value
 
 
 class DataConfig(Component):
-    batch_size: PositiveInt = 64
-    val_batch_size: PositiveInt | None = None
-    num_workers: NonNegativeInt = 0
-    shuffle: bool = True
-    drop_last: bool = False
-    val_fraction: float | None = Field(default=None, gt=0, lt=1)
-    persistent_workers: bool = False
-    pin_memory: bool | None = None
-    train_transforms: list[dict[str, Any]] | None = None
-    val_transforms: list[dict[str, Any]] | None = None
+    """`data`: a built-in dataset or `pkg.module:callable`; every key but the runner's own is a
+    keyword argument of the callable."""
+
+    batch_size: PositiveInt = Field(
+        default=64, description="Batch size (per process under torchrun)."
+    )
+    val_batch_size: PositiveInt | None = Field(default=None, description="Default: batch_size.")
+    num_workers: NonNegativeInt = Field(default=0, description="DataLoader worker processes.")
+    shuffle: bool = Field(
+        default=True, description="Shuffle the training data each epoch (seeded)."
+    )
+    drop_last: bool = Field(default=False, description="Drop the last incomplete training batch.")
+    val_fraction: float | None = Field(
+        default=None, gt=0, lt=1, description="Carve the validation set out of the training set."
+    )
+    persistent_workers: bool = Field(default=False, description="Keep the workers between epochs.")
+    pin_memory: bool | None = Field(default=None, description="Default: on for CUDA.")
+    train_transforms: list[dict[str, Any]] | None = Field(
+        default=None, description="torchvision.transforms.v2 by name; default per dataset."
+    )
+    val_transforms: list[dict[str, Any]] | None = Field(
+        default=None, description="torchvision.transforms.v2 by name; default per dataset."
+    )
 
 
 class LossConfig(Component):
-    name: str = "CrossEntropyLoss"
+    """`loss`: any torch.nn loss, or `pkg.module:callable`, with its keyword arguments."""
+
+    name: str = Field(default="CrossEntropyLoss", description=NAME)
 
 
 class OptimizerConfig(Component):
-    name: str = "SGD"
+    """`optimizer`: any torch.optim optimizer, or `pkg.module:callable`, with its keyword
+    arguments (lr, momentum, weight_decay, ...)."""
+
+    name: str = Field(default="SGD", description=NAME)
 
 
 class WarmupConfig(Section):
     """A LinearLR warmup from `start_factor` x lr, composed with the scheduler by SequentialLR."""
 
-    steps: PositiveInt | None = None
-    epochs: PositiveInt | None = None
-    start_factor: float = Field(default=0.1, gt=0, le=1)
+    steps: PositiveInt | None = Field(default=None, description="Warmup length in optimizer steps.")
+    epochs: PositiveInt | None = Field(default=None, description="Warmup length in epochs.")
+    start_factor: float = Field(default=0.1, gt=0, le=1, description="The first lr, x lr.")
 
     @model_validator(mode="after")
     def _one_length(self) -> WarmupConfig:
@@ -96,8 +132,17 @@ class WarmupConfig(Section):
 
 
 class SchedulerConfig(Component):
-    interval: Literal["epoch", "step"] = "epoch"
-    monitor: str | None = None
+    """`scheduler`: any torch.optim.lr_scheduler class, or `pkg.module:callable`, with its
+    keyword arguments."""
+
+    interval: Literal["epoch", "step"] = Field(
+        default="epoch", description="Step the scheduler after each epoch, or each optimizer step."
+    )
+    monitor: str | None = Field(
+        default=None,
+        description="ReduceLROnPlateau only: the metric it watches (default val/loss).",
+        json_schema_extra={"pattern": whole(MONITOR_PATTERN)},
+    )
     warmup: WarmupConfig | None = None
 
     _monitor = field_validator("monitor")(
@@ -118,12 +163,16 @@ class RuleConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow", strict=True)
 
-    name: str
-    match: Regex
-    lr: PositiveFloat | None = None
-    lr_mult: PositiveFloat | None = None
-    weight_decay: float | None = Field(default=None, ge=0)
-    wd_mult: float | None = Field(default=None, ge=0)
+    name: str = Field(description="The group's name ('default' and '*.no_decay' are taken).")
+    match: Regex = Field(description="Regex searched in parameter names; first rule wins.")
+    lr: PositiveFloat | None = Field(default=None, description="The group's lr.")
+    lr_mult: PositiveFloat | None = Field(
+        default=None, description="Or: the optimizer's lr times this."
+    )
+    weight_decay: float | None = Field(default=None, ge=0, description="The group's decay.")
+    wd_mult: float | None = Field(
+        default=None, ge=0, description="Or: the optimizer's weight_decay times this."
+    )
 
     @field_validator("name")
     @classmethod
@@ -148,12 +197,21 @@ class RuleConfig(BaseModel):
 
 
 class ParamGroupsConfig(Section):
-    freeze: list[Regex] = []
-    # Norm layers whose parameters are all frozen stay in eval mode while training (their
-    # running statistics unchanged); false lets them update.
-    freeze_norm_stats: bool = True
-    no_decay: list[Literal["bias", "norm", "1d"]] = []
-    rules: list[RuleConfig] = []
+    """`param_groups`: frozen parameters, no-decay splits and per-group rules."""
+
+    freeze: list[Regex] = Field(
+        default=[], description="Regexes on parameter names: requires_grad=False, never optimized."
+    )
+    freeze_norm_stats: bool = Field(
+        default=True,
+        description="Norm layers whose parameters are all frozen stay in eval mode while "
+        "training (running statistics unchanged); false lets them update.",
+    )
+    no_decay: list[Literal["bias", "norm", "1d"]] = Field(
+        default=[],
+        description="Split each group into <group> and <group>.no_decay (weight_decay 0).",
+    )
+    rules: list[RuleConfig] = Field(default=[], description="Ordered rules; the first match wins.")
 
     @field_validator("rules")
     @classmethod
@@ -166,13 +224,22 @@ class ParamGroupsConfig(Section):
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+MODE = "min | max; default: max for accuracy-like metrics (val/acc, ...), else min."
 
 
 class EarlyStoppingConfig(Section):
-    monitor: str = "val/loss"
-    patience: PositiveInt = 3
-    mode: Literal["min", "max"] | None = None  # default: max for val/acc, else min
-    min_delta: float = Field(default=0.0, ge=0)
+    """`trainer.early_stopping`: stop when the monitor has not improved for `patience` epochs."""
+
+    monitor: str = Field(
+        default="val/loss",
+        description="An epoch metric: train/<name>, val/<name> or val/ema/<name>.",
+        json_schema_extra={"pattern": whole(MONITOR_PATTERN)},
+    )
+    patience: PositiveInt = Field(
+        default=3, description="Epochs without improvement before stopping."
+    )
+    mode: Literal["min", "max"] | None = Field(default=None, description=MODE)
+    min_delta: float = Field(default=0.0, ge=0, description="The least change that improves.")
 
     _monitor = field_validator("monitor")(classmethod(lambda cls, v: check_monitor(v)))
 
@@ -191,41 +258,72 @@ class EmaWarmupConfig(Section):
     """The EMA's decay warmup, as timm's ModelEmaV3 (use_warmup): at the EMA's t-th update
     after its first (which copies), decay_t = min(decay, 1 - (1 + t/gamma)^-power)."""
 
-    power: PositiveFloat = 2 / 3
-    gamma: PositiveFloat = 1.0
+    power: PositiveFloat = Field(default=2 / 3, description="The warmup's power.")
+    gamma: PositiveFloat = Field(default=1.0, description="The warmup's gamma (updates).")
 
 
 class EmaConfig(Section):
     """`trainer.ema`: an exponential moving average of the weights and buffers (torch's
     AveragedModel), updated every `every_steps` training steps."""
 
-    decay: float = Field(default=0.9999, gt=0, lt=1)
-    every_steps: PositiveInt = 1
-    warmup: EmaWarmupConfig | None = None
+    decay: float = Field(default=0.9999, gt=0, lt=1, description="The EMA's decay.")
+    every_steps: PositiveInt = Field(
+        default=1, description="Update the average after every N training steps."
+    )
+    warmup: EmaWarmupConfig | None = Field(
+        default=None,
+        description="Decay warmup as timm's ModelEmaV3: {power: 2/3, gamma: 1.0}; null: none.",
+    )
 
 
 class TrainerConfig(Section):
-    epochs: PositiveInt = 10
-    max_steps: PositiveInt | None = None
-    device: str = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    accumulate: PositiveInt = 1
-    clip_grad_norm: PositiveFloat | None = None
-    clip_grad_value: PositiveFloat | None = None
-    compile: bool = False
-    channels_last: bool = False
+    """`trainer`: the loop's settings."""
+
+    epochs: PositiveInt = Field(default=10, description="Passes over the training data.")
+    max_steps: PositiveInt | None = Field(default=None, description="Stop after this many steps.")
+    device: str = Field(
+        default="auto",
+        description="auto | cpu | cuda | cuda:N | mps",
+        json_schema_extra={"pattern": whole(DEVICE_PATTERN)},
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32", description="fp16: CUDA only, with a GradScaler."
+    )
+    accumulate: PositiveInt = Field(default=1, description="Batches per optimizer step.")
+    clip_grad_norm: PositiveFloat | None = Field(
+        default=None, description="Clip the gradients' total norm (not with clip_grad_value)."
+    )
+    clip_grad_value: PositiveFloat | None = Field(
+        default=None, description="Clip each gradient value (not with clip_grad_norm)."
+    )
+    compile: bool = Field(default=False, description="torch.compile the model.")
+    channels_last: bool = Field(default=False, description="Model and inputs in channels_last.")
     early_stopping: EarlyStoppingConfig | None = None
-    skip_nonfinite: bool = False
-    max_consecutive_skips: PositiveInt = 100  # skip_nonfinite: more in a row is divergence
-    log_every: PositiveInt = 50
-    out_dir: str | None = None
-    dist_timeout: PositiveInt = 600
-    # ddp: every process holds the whole model; fsdp: parameters, gradients and optimizer
-    # state sharded over the processes (FSDP2), settings in the `fsdp` section.
-    strategy: Literal["ddp", "fsdp"] = "ddp"
-    # Modules (regexes on module names) whose activations are recomputed in backward.
-    activation_checkpointing: list[Regex] = []
-    ema: EmaConfig | None = None  # averaged weights, validated as val/ema/<metric>
+    skip_nonfinite: bool = Field(
+        default=False,
+        description="Skip steps with a NaN/inf loss or gradients instead of stopping.",
+    )
+    max_consecutive_skips: PositiveInt = Field(
+        default=100,
+        description="skip_nonfinite: more skipped steps in a row is divergence (exit 1).",
+    )
+    log_every: PositiveInt = Field(default=50, description="Step records every N steps.")
+    out_dir: str | None = Field(default=None, description="Default: runs/<name>.")
+    dist_timeout: PositiveInt = Field(
+        default=600, description="Seconds a collective waits under torchrun before failing."
+    )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="ddp: every process holds the whole model; fsdp: parameters, gradients "
+        "and optimizer state sharded over the processes (FSDP2), settings in `fsdp`.",
+    )
+    activation_checkpointing: list[Regex] = Field(
+        default=[], description="Module-name regexes: recompute their activations in backward."
+    )
+    ema: EmaConfig | None = Field(
+        default=None,
+        description="EMA weights: {decay, every_steps, warmup}; validated as val/ema/<metric>.",
+    )
 
     @field_validator("device")
     @classmethod
@@ -243,21 +341,38 @@ class TrainerConfig(Section):
 class FsdpConfig(Section):
     """`fsdp`: how trainer.strategy: fsdp shards the model (torch's FSDP2, `fully_shard`)."""
 
-    # Regexes on module names: each matching module is a unit (sharded, gathered for its
-    # forward and backward on its own), innermost first; then the root. None: the root alone.
-    units: list[Regex] = []
-    reshard_after_forward: bool = True  # free the gathered parameters after each forward
-    param_dtype: Literal["fp32", "bf16", "fp16"] | None = None  # compute dtype of parameters
-    reduce_dtype: Literal["fp32", "bf16", "fp16"] | None = None  # dtype of gradient reduction
-    cpu_offload: bool = False  # shards (and the optimizer step) in CPU memory; GPU only
+    units: list[Regex] = Field(
+        default=[],
+        description="Module-name regexes: each match is a unit (sharded, gathered for its "
+        "forward and backward on its own), innermost first; then the root. []: the root alone.",
+    )
+    reshard_after_forward: bool = Field(
+        default=True, description="Free the gathered parameters after each forward."
+    )
+    param_dtype: Literal["fp32", "bf16", "fp16"] | None = Field(
+        default=None, description="Compute dtype of parameters."
+    )
+    reduce_dtype: Literal["fp32", "bf16", "fp16"] | None = Field(
+        default=None, description="Dtype of gradient reduction."
+    )
+    cpu_offload: bool = Field(
+        default=False, description="Shards (and the optimizer step) in CPU memory; GPU only."
+    )
 
 
 class CheckpointConfig(Section):
-    every_epochs: PositiveInt | None = 1
-    every_steps: PositiveInt | None = None
-    keep_last: NonNegativeInt | None = 3
-    monitor: str = "val/loss"
-    mode: Literal["min", "max"] | None = None  # default: max for val/acc, else min
+    """`checkpoint`: when to save, how many to keep, and what makes best.pt."""
+
+    every_epochs: PositiveInt | None = Field(default=1, description="Save every N epochs.")
+    every_steps: PositiveInt | None = Field(default=None, description="Save every N steps.")
+    keep_last: NonNegativeInt | None = Field(default=3, description="Periodic checkpoints kept.")
+    monitor: str = Field(
+        default="val/loss",
+        description="The metric best.pt is chosen by: train/<name>, val/<name> or "
+        "val/ema/<name> (the EMA weights').",
+        json_schema_extra={"pattern": whole(MONITOR_PATTERN)},
+    )
+    mode: Literal["min", "max"] | None = Field(default=None, description=MODE)
 
     _monitor = field_validator("monitor")(classmethod(lambda cls, v: check_monitor(v)))
 
@@ -275,18 +390,22 @@ class CheckpointConfig(Section):
 class StepConfig(Component):
     """The training step (or `val_step`): `supervised`, `gan`, or a `pkg.module:callable`."""
 
-    name: str = "supervised"
+    name: str = Field(default="supervised", description=NAME)
 
 
 class OptimizerEntry(Section):
     """One of several optimizers (`optimizers.<name>`), over the tensors `params` selects."""
 
-    params: Regex
+    params: Regex = Field(description="Regex on parameter names: this optimizer's tensors.")
     optimizer: OptimizerConfig
     param_groups: ParamGroupsConfig = ParamGroupsConfig()
     scheduler: SchedulerConfig | None = None
-    clip_grad_norm: PositiveFloat | None = None  # overrides trainer.clip_grad_norm
-    clip_grad_value: PositiveFloat | None = None  # overrides trainer.clip_grad_value
+    clip_grad_norm: PositiveFloat | None = Field(
+        default=None, description="Overrides trainer.clip_grad_norm."
+    )
+    clip_grad_value: PositiveFloat | None = Field(
+        default=None, description="Overrides trainer.clip_grad_value."
+    )
 
     @field_validator("param_groups")
     @classmethod
@@ -301,7 +420,11 @@ class OptimizerEntry(Section):
 class MetricConfig(Component):
     """A validation metric: a torchmetrics class (or import path), logged as `val/<key>`."""
 
-    key: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    key: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Logged as val/<key>; default: the class name.",
+    )
 
     @property
     def logged_as(self) -> str:
@@ -312,4 +435,4 @@ class MetricConfig(Component):
 class LoggingConfig(Section):
     """Viewers written beside metrics.jsonl (which stays the source of truth)."""
 
-    tensorboard: bool = False
+    tensorboard: bool = Field(default=False, description="Event files in runs/<name>/tb/.")
