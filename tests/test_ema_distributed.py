@@ -48,10 +48,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     fit(root, "ddp", *TWO)
     fit(root, "fsdp", *FSDP, *TWO)
     fit(root, "same", *FSDP, *TWO, MID_EPOCH)
-    shutil.copytree(root / "same", root / "fewer")
-    resumed = fit(root, "same", *FSDP, *TWO, "trainer.max_steps=null", "--resume", f"same/{LAST}")
+    for copy in ("fewer", "to-ddp"):
+        shutil.copytree(root / "same", root / copy)
+    shutil.copytree(root / "ddp", root / "from-ddp")
+    go_on = "trainer.max_steps=null"
+    resumed = fit(root, "same", *FSDP, *TWO, go_on, "--resume", f"same/{LAST}")
     (root / "same.out").write_text(resumed)
-    fit(root, "fewer", *FSDP, *ONE_PROCESS, "trainer.max_steps=null", "--resume", f"fewer/{LAST}")
+    fit(root, "fewer", *FSDP, *ONE_PROCESS, go_on, "--resume", f"fewer/{LAST}")
+    fit(root, "to-ddp", *TWO, go_on, "--resume", f"to-ddp/{LAST}")
+    fit(root, "from-ddp", *FSDP, *TWO, "--resume", "from-ddp/checkpoints/epoch-0001.pt")
     return root
 
 
@@ -111,6 +116,13 @@ def test_a_sharded_average_resumes_resharded_on_one_process(runs: Path) -> None:
     assert_close(ema_of(runs / "fewer"), ema_of(runs / "fsdp"))
 
 
+def test_an_average_moves_between_ddp_files_and_sharded_directories(runs: Path) -> None:
+    assert (runs / "to-ddp" / LAST).is_file()  # ddp read the directory's average whole
+    assert (runs / "from-ddp" / LAST).is_dir()  # fsdp sliced the file's average into shards
+    assert_close(ema_of(runs / "to-ddp"), ema_of(runs / "fsdp"))
+    assert_close(ema_of(runs / "from-ddp"), ema_of(runs / "fsdp"))
+
+
 def test_eval_and_export_ema_read_a_sharded_directory_whole(runs: Path) -> None:
     checkpoint = f"fsdp/{LAST}"
     exported = trainer(runs, "export", checkpoint, "ema.pt", "--ema")
@@ -141,10 +153,13 @@ BN = """\
 """
 
 
-def test_one_process_fsdp_averages_bit_for_bit_as_the_plain_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reshard", ["true", "false"])  # false: a forward keeps them gathered
+def test_one_process_fsdp_averages_bit_for_bit_as_the_plain_run(
+    reshard: str, tmp_path: Path
+) -> None:
     (tmp_path / "c.yaml").write_text(textwrap.dedent(BN))
     fit(tmp_path, "plain")
-    fit(tmp_path, "sharded", "trainer.strategy=fsdp")
+    fit(tmp_path, "sharded", "trainer.strategy=fsdp", f"fsdp={{reshard_after_forward: {reshard}}}")
     plain, sharded = saved(tmp_path / "plain"), saved(tmp_path / "sharded")
     assert (tmp_path / "sharded" / LAST).is_dir()
     assert plain.ema is not None and sharded.ema is not None

@@ -26,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from trainer.config import EmaConfig
-from trainer.engine.sharding import local
+from trainer.engine.sharding import is_sharded, local
 from trainer.state.checkpoint import EmaState
 
 TensorList = tuple[torch.Tensor, ...] | list[torch.Tensor]
@@ -88,6 +88,8 @@ class EmaWeights:
             }
             self.average_fn = averaging(settings, self.count)
             self.model: AveragedModel | None = None
+            # Loading (DCP, `load`) writes into these tensors: their local parts stay put.
+            self.averaged_locals = [local(t) for t in self.averaged]
         else:
             self.model = AveragedModel(module, use_buffers=True)
             self.count = self.model.n_averaged  # a CPU buffer: the AveragedModel stays put
@@ -106,7 +108,7 @@ class EmaWeights:
             self.model.update_parameters(self.module)
             return
         # The shards' AveragedModel.update_parameters: the same function, on local tensors.
-        averaged = [local(t) for t in self.averaged]
+        averaged = self.averaged_locals
         current = [local(t) for t in _tensors(self.module)]
         if self.updates == 0:
             torch._foreach_copy_(averaged, current)
@@ -181,9 +183,8 @@ class EmaWeights:
         reshard_after_forward is off: freed, so the next forward gathers the swapped shards."""
         if self.sharded:
             for module in self.module.modules():
-                reshard = getattr(module, "reshard", None)
-                if reshard is not None and hasattr(module, "set_requires_gradient_sync"):
-                    reshard()
+                if is_sharded(module):
+                    module.reshard()  # type: ignore[operator]
 
     def sharded_weights(self) -> dict[str, torch.Tensor]:
         """A sharded run's average by state_dict name (DTensors): what DCP loads into."""
