@@ -33,6 +33,8 @@ CONFIG = """\
               ema: {decay: 0.8, every_steps: 3, warmup: {power: 0.75}}}
 """
 FSDP = ("trainer.strategy=fsdp", r"fsdp={units: ['^blocks\.\d+$']}")
+# A forward then keeps its unit's parameters gathered: swapping the shards must free them.
+KEPT = ("trainer.strategy=fsdp", r"fsdp={units: ['^blocks\.\d+$'], reshard_after_forward: false}")
 TWO = ("--nproc", "2")
 ONE_PROCESS = ("data.batch_size=16",)  # the global batch of two processes of 8
 MID_EPOCH = "trainer.max_steps=27"  # stops in epoch 2 (at update 9 of 13)
@@ -47,6 +49,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     fit(root, "one", *ONE_PROCESS)
     fit(root, "ddp", *TWO)
     fit(root, "fsdp", *FSDP, *TWO)
+    fit(root, "kept", *KEPT, *TWO)
     fit(root, "same", *FSDP, *TWO, MID_EPOCH)
     for copy in ("fewer", "to-ddp"):
         shutil.copytree(root / "same", root / copy)
@@ -99,6 +102,16 @@ def test_fsdp_keeps_the_average_as_shards_equal_to_ddps(runs: Path) -> None:
         assert fsdp["val/ema/loss"] == pytest.approx(ddp["val/ema/loss"], abs=1e-5)
         assert fsdp["val/ema/acc"] == pytest.approx(ddp["val/ema/acc"], abs=1e-5)
         assert fsdp["val/ema/loss"] != fsdp["val/loss"]
+
+
+def test_the_average_is_validated_when_a_forward_keeps_the_parameters_gathered(
+    runs: Path,
+) -> None:
+    assert_equal(ema_of(runs / "kept"), ema_of(runs / "fsdp"))
+    assert_equal(saved(runs / "kept").model, saved(runs / "fsdp").model)
+    kept, fsdp = epoch_records(runs / "kept"), epoch_records(runs / "fsdp")
+    for key in ("val/loss", "val/ema/loss", "val/ema/acc"):
+        assert [r[key] for r in kept] == [r[key] for r in fsdp], key
 
 
 def test_a_sharded_resume_is_bit_for_bit_at_the_same_process_count(runs: Path) -> None:
