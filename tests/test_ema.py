@@ -237,6 +237,22 @@ def test_best_pt_is_chosen_by_the_ema_weights_accuracy(ema_run: FitResult) -> No
     assert best.position.epoch == values.index(max(values)) + 1
 
 
+def test_early_stopping_and_a_plateau_scheduler_watch_the_ema_weights(
+    config_file: Callable[..., Path],
+) -> None:
+    # No epoch improves val/ema/loss by 10: the plateau cuts the lr after epoch 1, and early
+    # stopping (patience 1) ends the run after epoch 2 of 3.
+    result, printed = train(
+        config_file("scheduler: {name: ReduceLROnPlateau, monitor: val/ema/loss, patience: 0, "
+                    "threshold: 10.0}\n"),
+        "trainer.ema={decay: 0.5}",
+        "trainer.epochs=3",
+        "trainer.early_stopping={monitor: val/ema/loss, patience: 1, min_delta: 10.0}",
+    )  # fmt: skip
+    assert [r["lr/default"] for r in epoch_records(result)] == [0.1, pytest.approx(0.01)]
+    assert "early stopping: val/ema/loss did not improve by 10.0 for 1 epochs" in printed
+
+
 # ---------------------------------------------------------------- eval, export, inspect
 
 
@@ -436,5 +452,7 @@ def test_monitoring_val_ema_without_trainer_ema_exits_2(
         "c.yaml",
         "checkpoint.monitor=val/ema/acx",
         "trainer.ema={decay: 0.9}",
-        expect=["checkpoint.monitor: 'val/ema/acx' is not a logged metric"],
+        expect=[
+            "checkpoint.monitor: 'val/ema/acx' is not a logged metric; did you mean 'val/ema/acc'"
+        ],
     )

@@ -16,11 +16,6 @@ def ema_name(name: str) -> str:
     return EMA_PREFIX + name.removeprefix("val/")
 
 
-def raw_name(name: str) -> str:
-    """The raw weights' metric of `val/ema/<name>` (`val/<name>`); other names as they are."""
-    return "val/" + name.removeprefix(EMA_PREFIX) if name.startswith(EMA_PREFIX) else name
-
-
 def default_mode(monitor: str) -> Literal["min", "max"]:
     """Higher is better for accuracy and what counts modes or scores, lower for the rest
     (losses, perplexity, distances)."""

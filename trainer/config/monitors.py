@@ -3,7 +3,7 @@ trainer.early_stopping.monitor): one list, `monitors()`, that every check of the
 
 from __future__ import annotations
 
-from trainer.config.metric_names import EMA_PREFIX, EPOCH_METRICS, raw_name
+from trainer.config.metric_names import EMA_PREFIX, EPOCH_METRICS, ema_name
 from trainer.config.schema import Config
 from trainer.errors import did_you_mean
 
@@ -41,10 +41,11 @@ def monitor_problems(config: Config) -> list[str]:
     if problems or config.val_step is not None or config.step.name != "supervised":
         return problems
     logged = [*EPOCH_METRICS, *(m.logged_as for m in config.metrics)]
+    known = logged + ([ema_name(name) for name in logged[1:]] if config.trainer.ema else [])
+    also = f"; with trainer.ema each also as {EMA_PREFIX}<name>" if config.trainer.ema else ""
     return [
-        f"{key}: {monitor!r} is not a logged metric{did_you_mean(monitor, logged)} "
-        f"(validation metrics: {', '.join(logged[1:])}"
-        + (f"; with trainer.ema each also as {EMA_PREFIX}<name>)" if config.trainer.ema else ")")
+        f"{key}: {monitor!r} is not a logged metric{did_you_mean(monitor, known)} "
+        f"(validation metrics: {', '.join(logged[1:])}{also})"
         for key, (monitor, _) in found.items()
-        if monitor.startswith("val/") and raw_name(monitor) not in logged
+        if monitor.startswith("val/") and monitor not in known
     ]

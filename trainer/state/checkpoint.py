@@ -395,8 +395,9 @@ def checkpoint_problems(checkpoint: dict[str, Any]) -> list[str]:
                     f"({sorted(names)})"
                 )
     ema, model = checkpoint.get("ema"), checkpoint.get("model")
-    ema_weights = ema.get("weights") if isinstance(ema, dict) and _ema(ema) else None
-    if isinstance(ema_weights, dict) and _model_state(model) and ema_weights.keys() != model.keys():  # type: ignore[union-attr]
+    ema_names = set(ema["weights"]) if isinstance(ema, dict) and _ema(ema) else None
+    names = set(model) if isinstance(model, dict) and _model_state(model) else None
+    if ema_names is not None and names is not None and ema_names != names:
         problems.append("'ema' weights are keyed unlike 'model'; expected the same names")
     return problems
 
