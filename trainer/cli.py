@@ -244,6 +244,12 @@ def evaluate(
         str, typer.Option(help="The checkpoint to evaluate: .pt file or sharded directory.")
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ema: Annotated[
+        bool,
+        typer.Option(
+            "--ema", help="Evaluate the checkpoint's EMA weights (trainer.ema): val/ema/<metric>."
+        ),
+    ] = False,
 ) -> None:
     """Validation metrics of a checkpoint's weights on the config's validation data."""
     import json
@@ -251,7 +257,7 @@ def evaluate(
     from trainer.engine.evaluate import evaluate_checkpoint
     from trainer.runs.report import number
 
-    metrics = evaluate_checkpoint(load_checked_config(config, overrides), checkpoint)
+    metrics = evaluate_checkpoint(load_checked_config(config, overrides), checkpoint, ema=ema)
     if as_json:
         sys.stdout.write(json.dumps(metrics) + "\n")
     else:
@@ -291,13 +297,17 @@ def export(
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+    ema: Annotated[
+        bool,
+        typer.Option("--ema", help="Write the EMA weights (trainer.ema), by the model's names."),
+    ] = False,
 ) -> None:
     """Write a checkpoint's model weights as one file that needs no runner: OUT.safetensors
     (safetensors.torch.load_file) or OUT.pt (model.load_state_dict(torch.load(OUT,
     weights_only=True))). An existing OUT is replaced only with --force."""
     from trainer.tools.export import export_weights
 
-    sys.stdout.write(export_weights(checkpoint, out, prefix=prefix, force=force) + "\n")
+    sys.stdout.write(export_weights(checkpoint, out, prefix=prefix, force=force, ema=ema) + "\n")
 
 
 @app.command()

@@ -34,6 +34,7 @@ def valid_checkpoint() -> dict[str, Any]:
         "metrics": {"epoch": 1, "val/loss": 0.5},
         "best": {"monitor": "val/loss", "mode": "min", "value": 0.5, "epoch": 1},
         "early_stopping": None,
+        "ema": None,
     }
 
 

@@ -19,7 +19,7 @@ from trainer.config.loading import (
     read_configs,
     validate_config,
 )
-from trainer.config.metric_names import class_name, default_mode
+from trainer.config.metric_names import class_name, default_mode, ema_name
 from trainer.config.monitors import monitors
 from trainer.config.overrides import Origins, apply_overrides, flatten
 from trainer.config.schema import ComponentSections, Config, OptimizerSpec
@@ -27,6 +27,7 @@ from trainer.config.sections import (
     CheckpointConfig,
     Component,
     DataConfig,
+    EmaConfig,
     FsdpConfig,
     InitFrom,
     LossConfig,
@@ -50,6 +51,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "EmaConfig",
     "FsdpConfig",
     "InitFrom",
     "LossConfig",
@@ -66,6 +68,7 @@ __all__ = [
     "class_name",
     "config_to_yaml",
     "default_mode",
+    "ema_name",
     "flatten",
     "load_config",
     "monitors",

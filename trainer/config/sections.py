@@ -266,7 +266,7 @@ class EarlyStoppingConfig(Section):
 
     monitor: str = Field(
         default="val/loss",
-        description="An epoch metric: train/<name> or val/<name>.",
+        description="An epoch metric: train/<name>, val/<name> or val/ema/<name>.",
         json_schema_extra={"pattern": whole(MONITOR_PATTERN)},
     )
     patience: PositiveInt = Field(
@@ -286,6 +286,28 @@ class EarlyStoppingConfig(Section):
     def direction(self) -> Literal["min", "max"]:
         """`mode` as validated: from the monitor's name where the config leaves it out."""
         return self.mode or default_mode(self.monitor)
+
+
+class EmaWarmupConfig(Section):
+    """The EMA's decay warmup, as timm's ModelEmaV3 (use_warmup): at the EMA's t-th update
+    after its first (which copies), decay_t = min(decay, 1 - (1 + t/gamma)^-power)."""
+
+    power: PositiveFloat = Field(default=2 / 3, description="The warmup's power.")
+    gamma: PositiveFloat = Field(default=1.0, description="The warmup's gamma (updates).")
+
+
+class EmaConfig(Section):
+    """`trainer.ema`: an exponential moving average of the weights and buffers (torch's
+    AveragedModel), updated every `every_steps` training steps."""
+
+    decay: float = Field(default=0.9999, gt=0, lt=1, description="The EMA's decay.")
+    every_steps: PositiveInt = Field(
+        default=1, description="Update the average after every N training steps."
+    )
+    warmup: EmaWarmupConfig | None = Field(
+        default=None,
+        description="Decay warmup as timm's ModelEmaV3: {power: 2/3, gamma: 1.0}; null: none.",
+    )
 
 
 class TrainerConfig(Section):
@@ -332,6 +354,10 @@ class TrainerConfig(Section):
     activation_checkpointing: list[Regex] = Field(
         default=[], description="Module-name regexes: recompute their activations in backward."
     )
+    ema: EmaConfig | None = Field(
+        default=None,
+        description="EMA weights: {decay, every_steps, warmup}; validated as val/ema/<metric>.",
+    )
 
     @field_validator("device")
     @classmethod
@@ -376,7 +402,8 @@ class CheckpointConfig(Section):
     keep_last: NonNegativeInt | None = Field(default=3, description="Periodic checkpoints kept.")
     monitor: str = Field(
         default="val/loss",
-        description="The metric best.pt is chosen by: train/<name> or val/<name>.",
+        description="The metric best.pt is chosen by: train/<name>, val/<name> or "
+        "val/ema/<name> (the EMA weights').",
         json_schema_extra={"pattern": whole(MONITOR_PATTERN)},
     )
     mode: Literal["min", "max"] | None = Field(default=None, description=MODE)

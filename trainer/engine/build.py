@@ -26,9 +26,10 @@ from trainer.components.optim import (
 )
 from trainer.components.param_groups import GroupsReport, held_norms
 from trainer.components.schedulers import ScheduleDriver, schedule_for, steps_per_epoch
-from trainer.config import Config, OptimizerSpec, StepConfig, monitors
+from trainer.config import Config, OptimizerSpec, StepConfig, ema_name, monitors
 from trainer.engine.device import check_precision, grad_scaler
 from trainer.engine.distributed import SINGLE, Distributed
+from trainer.engine.ema import EmaWeights
 from trainer.engine.handles import Clipping, OptimizerHandle, Optimizers, Window
 from trainer.engine.sharding import Unit, checkpoint_activations, fsdp_problems, shard
 from trainer.engine.steps import Metrics, Step, ValStep
@@ -59,6 +60,7 @@ class Run:
     held_norms: list[torch.nn.Module]  # frozen norm layers kept in eval mode in training
     units: list[Unit]  # trainer.strategy: fsdp: the modules sharded, the root last; else []
     checkpointed: list[str]  # modules whose activations are recomputed in backward
+    ema: EmaWeights | None = None  # trainer.ema's average of `module` (fit makes it)
 
     @property
     def sharded(self) -> bool:
@@ -176,11 +178,18 @@ def epoch_metrics(config: Config) -> list[str] | None:
     if config.trainer.skip_nonfinite:
         trained.append("train/skipped")
     if config.val_step is not None:
-        return [*trained, *(f"val/{name}" for name in declared[1])]
-    if config.step.name == "supervised":
-        validated = ["val/loss", "val/acc", "val/perplexity"]
-        return [*trained, *validated, *(m.logged_as for m in config.metrics)]
-    return trained
+        validated = [f"val/{name}" for name in declared[1]]
+    elif config.step.name == "supervised":
+        validated = [
+            "val/loss",
+            "val/acc",
+            "val/perplexity",
+            *(m.logged_as for m in config.metrics),
+        ]
+    else:
+        return trained
+    with_ema = [ema_name(name) for name in validated] if config.trainer.ema else []
+    return [*trained, *validated, *with_ema]
 
 
 def _closure_problems(config: Config, spec: OptimizerSpec, job: Distributed) -> list[str]:

@@ -4,13 +4,13 @@ sequences of them, the configured metrics; `trainer eval`."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
 
 from trainer.components.language import classes_last
-from trainer.config import Config
+from trainer.config import Config, ema_name
 from trainer.engine.device import autocast, batch_size, check_precision, pick_device, to_device
 from trainer.engine.distributed import SINGLE, Distributed
 from trainer.engine.sharding import is_sharded
@@ -19,6 +19,7 @@ from trainer.errors import UserError
 
 if TYPE_CHECKING:
     from trainer.components.metrics import MetricSet
+    from trainer.engine.ema import EmaWeights
 
 
 def forwards(
@@ -125,14 +126,20 @@ def validate(
     if val_step is not None:
         return evaluate_step(val_step, model, loader, ctx, job=job)
     if step_name == "supervised":
-        return evaluate(
-            model, loader, loss_fn, ctx.device, ctx.precision, job=job, metrics=metrics
-        )
+        return evaluate(model, loader, loss_fn, ctx.device, ctx.precision, job=job, metrics=metrics)
     return {}
 
 
-def evaluate_checkpoint(config: Config, path: str) -> dict[str, float]:
-    """Validation metrics of a checkpoint's weights (`trainer eval`), as `fit` validates."""
+def validate_ema(ema: EmaWeights, validation: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """`validation` (the run's, as its raw weights had it) of the EMA weights, swapped into
+    the model for it and back after: each `val/<metric>` as `val/ema/<metric>`."""
+    with ema.swapped_in():
+        return {ema_name(key): value for key, value in validation().items()}
+
+
+def evaluate_checkpoint(config: Config, path: str, *, ema: bool = False) -> dict[str, float]:
+    """Validation metrics of a checkpoint's weights (`trainer eval`), as `fit` validates;
+    with `ema` of its EMA weights, named `val/ema/<metric>` as `fit` logs them."""
     from trainer.components.checks import check_components
     from trainer.components.data import build_loaders
     from trainer.components.metrics import build_metrics, check_metrics
@@ -140,7 +147,7 @@ def evaluate_checkpoint(config: Config, path: str) -> dict[str, float]:
     from trainer.components.optim import build_loss
     from trainer.engine.build import build_val_step, step_problems
     from trainer.engine.resume import model_changes
-    from trainer.state.checkpoint import load_checkpoint
+    from trainer.state.checkpoint import load_checkpoint, no_ema
 
     problems = check_components(config, sections=("model", "data", "loss"))
     problems += check_metrics(config) + step_problems(config)  # eval uses no monitor
@@ -152,17 +159,20 @@ def evaluate_checkpoint(config: Config, path: str) -> dict[str, float]:
     if problems:
         raise UserError(list(dict.fromkeys(problems)))
     saved = load_checkpoint(path, option="--checkpoint")
+    if ema and saved.ema is None:
+        raise UserError(no_ema(path))
+    weights = saved.ema.weights if ema and saved.ema is not None else saved.model
     device, _ = pick_device(config.trainer.device)
     check_precision(config.trainer.precision, device)
     model = build_model(config.model)
-    mismatch = model_changes(saved.model, model)
+    mismatch = model_changes(weights, model)
     if mismatch:
         raise UserError([f"--checkpoint: {path} does not fit the configured model:", *mismatch])
-    model.load_state_dict(saved.model)
+    model.load_state_dict(weights)
     _, val_loader = build_loaders(config.data, seed=config.seed, device=device)
     loss_fn = build_loss(config.loss).to(device)
     ctx = StepContext.of(config, device, loss_fn, epoch=saved.position.epoch)
-    return validate(
+    values = validate(
         model.to(device),
         val_loader,
         step_name=config.step.name,
@@ -171,6 +181,7 @@ def evaluate_checkpoint(config: Config, path: str) -> dict[str, float]:
         metrics=build_metrics(config.metrics, device=device),
         ctx=ctx,
     )
+    return {ema_name(key): value for key, value in values.items()} if ema else values
 
 
 @torch.no_grad()

@@ -31,7 +31,8 @@ from trainer.engine import distributed
 from trainer.engine.build import Run, build_run, check_before_building, run_base_of
 from trainer.engine.device import batch_size, pick_device, to_device
 from trainer.engine.distributed import Distributed
-from trainer.engine.evaluate import validate
+from trainer.engine.ema import EmaWeights
+from trainer.engine.evaluate import validate, validate_ema
 from trainer.engine.output import Output, update_counts
 from trainer.engine.resume import find_checkpoint, restore
 from trainer.engine.sharding import no_gradient_sync
@@ -112,6 +113,8 @@ def train(
         # Build, and restore what the checkpoint holds.
         report.device(device, reason)
         run = build_run(config, device, job, sharded=config.trainer.sharded)
+        if config.trainer.ema is not None:  # of the unwrapped module, on every rank
+            run.ema = EmaWeights(run.module, config.trainer.ema, sharded=run.sharded)
         position = Position()
         restored: list[str] = []
         if saved is not None:
@@ -215,6 +218,8 @@ def train_epoch(out: Output, epoch: int, stop: StopRequests) -> EpochResult:
     no_sync = gradient_sync_pause(run) if accumulate > 1 else None
     syncing = contextlib.nullcontext()  # reusable: no allocation per batch
     after_step = AfterStep(out, epoch, stop)
+    ema = run.ema
+    ema_every = ema.every_steps if ema is not None else 0
     samples, batch_index, ended = 0, skip - 1, None
     run.train_mode()
     started = time.perf_counter()
@@ -237,6 +242,8 @@ def train_epoch(out: Output, epoch: int, stop: StopRequests) -> EpochResult:
         if not last:
             continue
         position.step += 1
+        if ema is not None and position.step % ema_every == 0:
+            ema.update()  # after the optimizers' step, before a save at this step
         if logging:
             window_means = out.sums.read(out.job, position.step)  # the hot path's host sync
             speed = samples / (time.perf_counter() - started)
@@ -290,7 +297,8 @@ def epoch_record(
 ) -> dict[str, Any]:
     """The epoch's metrics: training means, validation, the lrs of its first step, speed."""
     run, job = out.run, out.job
-    validation = validate(
+    validation_of_weights = functools.partial(
+        validate,
         run.module if run.val_step is not None else run.model,
         run.val_loader,
         step_name=run.config.step.name,
@@ -300,6 +308,9 @@ def epoch_record(
         ctx=StepContext.of(run.config, run.device, run.loss_fn, epoch=epoch, rank=job.rank),
         job=job,
     )
+    validation = validation_of_weights()
+    if run.ema is not None and validation:  # the EMA weights on the same data: val/ema/*
+        validation |= validate_ema(run.ema, validation_of_weights)
     record = {
         "epoch": epoch,
         "step": out.position.step,
@@ -366,6 +377,7 @@ def run_notes(config: Config, job: Distributed, run: Run) -> list[str]:
     and its schedulers' warnings."""
     notes = distributed_notes(config, job)
     notes += sharding_lines(run.units, run.checkpointed)
+    notes += [run.ema.describe()] if run.ema is not None else []
     for spec in config.optimizer_specs():
         notes += warnings_for(spec.scheduler)
     return notes

@@ -263,6 +263,7 @@ class Output:
             config=run.config.to_dict(),
             metrics=dict(self.record),
             early_stopping=self.stopping.state_dict() if self.stopping else None,
+            ema=run.ema.state() if run.ema is not None else None,
         )
 
     def write(self, record: dict[str, Any]) -> None:

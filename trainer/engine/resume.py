@@ -227,6 +227,7 @@ def restore(
         notes.append("--reset-optimizer: loaded the weights only; fresh optimizer state")
     load_optimizers(saved, run, reset_optimizer=reset_optimizer)
     notes += load_schedulers(saved, run, reset_optimizer=reset_optimizer)
+    notes += load_ema(saved, run, path=path)
     load_rng(saved, rank=job.rank, world_size=job.world_size, seed=run.config.seed)
     return saved.position, notes
 
@@ -238,16 +239,21 @@ def load_shards(
     checkpoint directory by DCP, at any process count; from a whole state (a file that ddp
     or one process wrote) by slicing it."""
     optimizers = {} if reset_optimizer else {n: h.optimizer for n, h in run.optimizers.items()}
+    ema = run.ema if saved.ema is not None else None
     for name in [n for n in optimizers if not saved.optimizers[n].optimizer["state"]]:
         # Saved before its first step: its groups alone (torch's sharded loading would first
         # give it a state by a step of lr 0).
         optimizers.pop(name).load_state_dict(saved.optimizers[name].optimizer)
     if path is None or not path.is_dir():
         full_to_sharded(run.module, optimizers, saved)
+        if ema is not None and saved.ema is not None:
+            ema.load(saved.ema)  # each rank keeps its shards of the whole average
         return
     from trainer.state.sharded import load_sharded_states  # DCP: seconds to import
 
-    load_sharded_states(path, run.module, optimizers)
+    load_sharded_states(
+        path, run.module, optimizers, ema.sharded_weights() if ema is not None else None
+    )
     bad = non_finite_weights(run.module, job, run.device)
     if bad is not None:
         _refuse_non_finite(path, bad or ["on another process"])
@@ -325,6 +331,41 @@ def load_schedulers(saved: RunState, run: Run, *, reset_optimizer: bool) -> list
                 f"to last_epoch={last_epoch}"
             )
     return notes
+
+
+def load_ema(saved: RunState, run: Run, *, path: Path | None) -> list[str]:
+    """The checkpoint's EMA weights (a sharded run's shards are loaded with its model's) and
+    count of updates; notes where the checkpoint and trainer.ema differ."""
+    ema, kept = run.ema, saved.ema
+    if ema is None:
+        return (
+            []
+            if kept is None
+            else [
+                f"trainer.ema: {path or 'the checkpoint'} holds EMA weights ({kept.updates} "
+                "updates); this config has no trainer.ema, so they are not kept"
+            ]
+        )
+    if kept is None:
+        ema.restart()
+        return [
+            f"trainer.ema: {path or 'the checkpoint'} holds no EMA weights; the average "
+            "starts from the resumed weights"
+        ]
+    if not run.sharded:
+        ema.load(kept)
+    else:
+        ema.count.fill_(kept.updates)
+    state = ema.state()
+    saved_settings = (kept.decay, kept.every_steps, kept.warmup)
+    if (state.decay, state.every_steps, state.warmup) != saved_settings:
+        return [
+            f"trainer.ema: the average of {kept.updates} updates is kept and goes on with the "
+            f"config's settings (decay {state.decay:g}, every_steps {state.every_steps}, "
+            f"warmup {state.warmup}; the checkpoint's: decay {kept.decay:g}, every_steps "
+            f"{kept.every_steps}, warmup {kept.warmup})"
+        ]
+    return []
 
 
 def load_rng(saved: RunState, *, rank: int, world_size: int, seed: int) -> None:

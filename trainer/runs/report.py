@@ -176,10 +176,28 @@ def checkpoint_summary(saved: RunState) -> str:
         f"best: {best['monitor']} {number(best['value'])} at epoch {best['epoch']}"
         if best
         else "best: -",
+        *ema_lines(saved),
         "config:",
         yaml.safe_dump(saved.config, sort_keys=False).rstrip(),
     ]
     return "\n".join(lines)
+
+
+def ema_lines(saved: RunState) -> list[str]:
+    """The EMA weights a checkpoint holds (trainer.ema), if any."""
+    ema = saved.ema
+    if ema is None:
+        return []
+    warmup = ema.warmup
+    how = (
+        f", warmup power {number(warmup['power'])} gamma {number(warmup['gamma'])}"
+        if warmup
+        else ""
+    )
+    return [
+        f"ema: EMA weights, decay {number(ema.decay)}, every {ema.every_steps} step(s){how}, "
+        f"{ema.updates} updates (eval --ema, export --ema)"
+    ]
 
 
 def schedule_table(table: dict[str, list[float]], unit: str, *, rows: int = 40) -> Table:

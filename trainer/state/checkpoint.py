@@ -49,6 +49,7 @@ KEYS = (
     "metrics",
     "best",
     "early_stopping",
+    "ema",
 )
 BY_OPTIMIZER = ("schedulers", "scalers", "updates", "groups")  # keyed as `optimizers` is
 ONE_OPTIMIZER = "optimizer"  # the name of a one-optimizer config's optimizer
@@ -79,6 +80,33 @@ class OptimizerState:
 
 
 @dataclass
+class EmaState:
+    """The EMA weights (trainer.ema): `ema` in the layout, null in a run without them."""
+
+    weights: dict[str, Any]  # the averaged module's state_dict, by the model's names
+    updates: int  # updates so far (AveragedModel's n_averaged)
+    decay: float
+    every_steps: int
+    warmup: dict[str, float] | None  # {power, gamma}, or None
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {
+            "weights": self.weights,
+            "updates": self.updates,
+            "decay": self.decay,
+            "every_steps": self.every_steps,
+            "warmup": self.warmup,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, ema: dict[str, Any]) -> EmaState:
+        return cls(**{key: ema[key] for key in _EMA_KEYS})
+
+
+_EMA_KEYS = ("weights", "updates", "decay", "every_steps", "warmup")
+
+
+@dataclass
 class RunState:
     """What a checkpoint holds. `to_checkpoint` and `from_checkpoint` are the one layout on
     disk; no other module reads a checkpoint's keys."""
@@ -90,6 +118,7 @@ class RunState:
     config: dict[str, Any]  # the resolved config
     metrics: dict[str, Any]  # the last epoch's record
     early_stopping: dict[str, Any] | None = None  # EarlyStopping.state_dict()
+    ema: EmaState | None = None  # the EMA weights, where trainer.ema keeps them
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The checkpoint dict: every key of KEYS, nothing that needs pickle to load."""
@@ -113,6 +142,7 @@ class RunState:
             "metrics": dict(self.metrics),
             "best": position.best,
             "early_stopping": self.early_stopping,
+            "ema": self.ema.to_checkpoint() if self.ema is not None else None,
         }
 
     @classmethod
@@ -145,6 +175,7 @@ class RunState:
             config=checkpoint["config"],
             metrics=checkpoint["metrics"],
             early_stopping=checkpoint["early_stopping"],
+            ema=EmaState.from_checkpoint(checkpoint["ema"]) if checkpoint.get("ema") else None,
         )
 
 
@@ -181,6 +212,7 @@ def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
     if upgraded.get("rng_per_rank") is None and "rng" in upgraded:
         upgraded["rng_per_rank"] = [upgraded["rng"]]
     upgraded.setdefault("early_stopping", None)
+    upgraded.setdefault("ema", None)  # before trainer.ema
     return upgraded
 
 
@@ -250,19 +282,39 @@ def read_checkpoint_shapes(path: str | Path, *, option: str = "--resume") -> Run
     return saved
 
 
-def load_model_state(path: str | Path, *, option: str = "CHECKPOINT") -> dict[str, Any]:
-    """The model's state dict (full, plain tensors) of a checkpoint file or directory; of a
-    directory only the model's tensors are read, not the optimizer states."""
+def load_model_state(
+    path: str | Path, *, option: str = "CHECKPOINT", ema: bool = False
+) -> dict[str, Any]:
+    """The model's state dict (full, plain tensors) of a checkpoint file or directory, or with
+    `ema` its EMA weights' (a UserError naming `path` where it has none); of a directory only
+    those tensors are read, not the optimizer states."""
     path = Path(path)
     if not path.is_dir():
-        return load_checkpoint(path, option=option).model
-    from trainer.state.sharded import read_sharded  # DCP: seconds to import; when needed
+        saved = load_checkpoint(path, option=option)
+        if not ema:
+            return saved.model
+        if saved.ema is None:
+            raise UserError(no_ema(path))
+        return saved.ema.weights
+    from trainer.state.sharded import EMA, read_sharded  # DCP: seconds to import; when needed
 
-    model = read_sharded(path, parts=("model",))["model"]
+    part = EMA if ema else "model"
+    read = read_sharded(path, parts=(part,))
+    if ema and read.get(EMA) is None:
+        raise UserError(no_ema(path))
+    state = read[EMA]["weights"] if ema else read["model"]
     check, expected = _SHAPES["model"]
-    if not check(model):
-        raise UserError(f"{path}: not a trainer checkpoint: 'model' is not {expected}")
-    return model
+    if not check(state):
+        raise UserError(f"{path}: not a trainer checkpoint: {part!r} is not {expected}")
+    return state
+
+
+def no_ema(path: str | Path) -> str:
+    """--ema with a checkpoint that holds no EMA weights."""
+    return (
+        f"--ema: {path} holds no EMA weights (its run had no trainer.ema); leave out --ema "
+        "to use the model's weights"
+    )
 
 
 def _read(path: Path, *, option: str, tensors: bool) -> dict[str, Any]:
@@ -342,6 +394,11 @@ def checkpoint_problems(checkpoint: dict[str, Any]) -> list[str]:
                     f"{key!r} is keyed by {sorted(keyed)}; expected the names in 'optimizers' "
                     f"({sorted(names)})"
                 )
+    ema, model = checkpoint.get("ema"), checkpoint.get("model")
+    ema_names = set(ema["weights"]) if isinstance(ema, dict) and _ema(ema) else None
+    names = set(model) if isinstance(model, dict) and _model_state(model) else None
+    if ema_names is not None and names is not None and ema_names != names:
+        problems.append("'ema' weights are keyed unlike 'model'; expected the same names")
     return problems
 
 
@@ -436,6 +493,17 @@ def _early_stopping(value: object) -> bool:
     )
 
 
+def _ema(value: object) -> bool:
+    return value is None or (
+        isinstance(value, dict)
+        and _model_state(value.get("weights"))
+        and _count(value.get("updates"))
+        and _number(value.get("decay"))
+        and _count(value.get("every_steps"))
+        and _optional(lambda warmup: _dict_of(warmup, _number))(value.get("warmup"))
+    )
+
+
 def _groups(value: object) -> bool:
     """optimizer name -> group name -> parameter names."""
     return _dict_of(value, lambda groups: _dict_of(groups, _names))
@@ -472,6 +540,7 @@ _SHAPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "metrics": (_is_dict, "a dict of the last epoch's metrics"),
     "best": (_optional(_best), "null or a dict of monitor, mode, value and epoch"),
     "early_stopping": (_optional(_early_stopping), "null or a dict of best and bad_epochs"),
+    "ema": (_ema, "null or a dict of weights (a state_dict), updates, decay, every_steps, warmup"),
 }
 
 
@@ -542,10 +611,13 @@ def save_sharded_checkpoints(
     the other fields matter on rank 0 only. A kill -9 at any moment leaves the previous
     last.pt loadable (or its moved-aside copy, which the next save puts back); a failed
     write is a TrainingError on every rank."""
-    from trainer.state.sharded import TENSOR_KEYS, save_sharded
+    from trainer.state.sharded import EMA, TENSOR_KEYS, save_sharded
 
     checkpoint = state.to_checkpoint()
     tensors = {key: checkpoint.pop(key) for key in TENSOR_KEYS}
+    if checkpoint["ema"] is not None:  # its weights (this rank's shards) into the DCP files
+        ema = checkpoint["ema"] = dict(checkpoint["ema"])
+        tensors[EMA] = ema.pop("weights")
 
     def prepare() -> None:  # on rank 0, before any rank writes
         directory.mkdir(parents=True, exist_ok=True)

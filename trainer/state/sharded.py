@@ -6,9 +6,11 @@ directory holding:
 
 - DCP files (`.metadata`, `__<rank>_<n>.distcp`): `{"model": <model state dict>,
   "optimizers": {<optimizer name>: <its state keyed by parameter name (FQN), as
-  get_optimizer_state_dict gives it>}}`, each rank's shards written by that rank;
-- `trainer.pt` (torch.save, weights_only-loadable): every other key of the layout, and
-  `"sharded": {"world_size": N}`, the marker of a sharded checkpoint.
+  get_optimizer_state_dict gives it>}}`, and with trainer.ema `"ema": <the EMA weights by
+  the model's names>`, each rank's shards written by that rank;
+- `trainer.pt` (torch.save, weights_only-loadable): every other key of the layout (`ema`
+  without its weights), and `"sharded": {"world_size": N}`, the marker of a sharded
+  checkpoint.
 
 A `.pt` file holds optimizer states keyed by parameter index (Optimizer.state_dict()); the
 checkpoint's `groups` manifest maps one to the other (trainer.state.optimizer_keys).
@@ -63,6 +65,7 @@ from trainer.state import files
 RUNNER_FILE = "trainer.pt"  # the layout's keys other than the tensors' (model, optimizers)
 MARKER = "sharded"  # trainer.pt's key: {"world_size": N}
 TENSOR_KEYS = ("model", "optimizers")  # what the DCP files hold
+EMA = "ema"  # and, where trainer.pt's `ema` is not null, the EMA weights
 
 
 # ---------------------------------------------------------------- writing (collective)
@@ -203,13 +206,16 @@ class _WholeState(_WeightsOnly, _EmptyStateDictLoadPlanner):
 
 
 def read_sharded(
-    path: Path, *, tensors: bool = True, parts: tuple[str, ...] = TENSOR_KEYS
+    path: Path, *, tensors: bool = True, parts: tuple[str, ...] = (*TENSOR_KEYS, EMA)
 ) -> dict[str, Any]:
     """The checkpoint dict of directory `path` in this process (no process group): trainer.pt's
-    keys, `model` and `optimizers` (states keyed by parameter name, as saved), or of those only
-    `parts`. With tensors=False every tensor is on the meta device (saved shape and dtype,
-    nothing read). A UserError naming `path` when it is not a whole, readable checkpoint."""
+    keys, `model`, `optimizers` (states keyed by parameter name, as saved) and the EMA weights
+    (`ema.weights`, where `ema` is not null), or of those only `parts`. With tensors=False
+    every tensor is on the meta device (saved shape and dtype, nothing read). A UserError
+    naming `path` when it is not a whole, readable checkpoint."""
     rest = _runner_part(path)
+    if rest.get(EMA) is None:
+        parts = tuple(part for part in parts if part != EMA)
     try:
         metadata = _Reader(path).read_metadata()
         state: dict[str, Any] = {}
@@ -231,7 +237,10 @@ def read_sharded(
     missing = [key for key in parts if key not in state]
     if missing:
         raise UserError(f"{path}: not a trainer checkpoint (its DCP files lack {missing})")
-    return rest | {key: state[key] for key in parts}
+    read = rest | {key: state[key] for key in parts}
+    if EMA in parts and isinstance(rest[EMA], dict):
+        read[EMA] = rest[EMA] | {"weights": state[EMA]}
+    return read
 
 
 def _runner_part(path: Path) -> dict[str, Any]:
@@ -275,11 +284,16 @@ def _meta_state(path: Path, metadata: Metadata) -> dict[str, Any]:
 
 
 def load_sharded_states(
-    path: Path, model: torch.nn.Module, optimizers: Mapping[str, torch.optim.Optimizer]
+    path: Path,
+    model: torch.nn.Module,
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    ema: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Collective: the model and optimizer states of checkpoint directory `path` loaded into
-    the built `model` (sharded with fully_shard, or not) and its `optimizers` (by name), at
-    any world size (DCP reshards). Everything else the checkpoint holds: `read_sharded`."""
+    the built `model` (sharded with fully_shard, or not) and its `optimizers` (by name), and
+    its EMA weights into `ema`'s tensors in place (where given: the checkpoint must hold
+    them), at any world size (DCP reshards). Everything else the checkpoint holds:
+    `read_sharded`."""
     _runner_part(path)
     state: dict[str, Any] = {
         "model": get_model_state_dict(model),
@@ -288,6 +302,8 @@ def load_sharded_states(
             for name, optimizer in optimizers.items()
         },
     }
+    if ema is not None:
+        state[EMA] = ema
     try:
         dcp.load(state, storage_reader=_Reader(path), planner=_WeightsOnly())
     except CheckpointException as err:

@@ -2,7 +2,8 @@
 
 `.safetensors` (the optional `safetensors` package) or `.pt` (a plain state_dict, loadable
 with torch.load(weights_only=True)), from a .pt checkpoint or a sharded checkpoint directory
-alike. `prefix` keeps only the keys that start with it, without it (`module.`, `generator.`);
+alike; with `ema` the checkpoint's EMA weights (trainer.ema) instead.
+`prefix` keeps only the keys that start with it, without it (`module.`, `generator.`);
 an OUT that exists is replaced only with `force`. Written atomically.
 """
 
@@ -21,9 +22,12 @@ from trainer.state.checkpoint import load_model_state
 FORMATS = (".safetensors", ".pt")
 
 
-def export_weights(checkpoint: str, out: str, *, prefix: str | None, force: bool) -> str:
-    """Write `checkpoint`'s model weights to `out`; the line saying what was written. A
-    UserError (before anything is read) for a bad OUT, and for a prefix no key has."""
+def export_weights(
+    checkpoint: str, out: str, *, prefix: str | None, force: bool, ema: bool = False
+) -> str:
+    """Write `checkpoint`'s model weights (with `ema`, its EMA weights, by the same names) to
+    `out`; the line saying what was written. A UserError (before anything is read) for a bad
+    OUT, and for a prefix no key has or a checkpoint without the EMA weights asked for."""
     target = Path(out)
     if target.suffix not in FORMATS:
         raise UserError(
@@ -34,7 +38,7 @@ def export_weights(checkpoint: str, out: str, *, prefix: str | None, force: bool
         raise UserError(f"OUT: {out!r} exists; --force to replace it")
     if target.suffix == ".safetensors":
         save_file = _safetensors_save_file()
-    weights = _tensors(load_model_state(checkpoint, option="CHECKPOINT"))
+    weights = _tensors(load_model_state(checkpoint, option="CHECKPOINT", ema=ema))
     if prefix is not None:
         weights = _stripped(weights, prefix)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -45,7 +49,8 @@ def export_weights(checkpoint: str, out: str, *, prefix: str | None, force: bool
             torch.save(weights, temporary)
         files.fsync_file(temporary)
         files.put_in_place(temporary, target)
-    return f"wrote {out}: {len(weights)} tensors, {os.path.getsize(target)} bytes"
+    which = " (the EMA weights)" if ema else ""
+    return f"wrote {out}{which}: {len(weights)} tensors, {os.path.getsize(target)} bytes"
 
 
 def _tensors(state: dict[str, Any]) -> dict[str, torch.Tensor]:

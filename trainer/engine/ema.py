@@ -1,0 +1,208 @@
+"""trainer.ema: an exponential moving average of the model's weights and buffers.
+
+One process and DDP keep it in torch's own `AveragedModel` (use_buffers=True, the EMA's
+multi_avg_fn): a copy of the unwrapped module, its first update a copy of the weights, each
+later one `ema.lerp_(weights, 1 - decay)`. Under trainer.strategy: fsdp the module's
+parameters are shards (DTensors) that a deep copy does not suit, so the average is kept as a
+clone of each shard and updated by the same function on the local shards: elementwise, so
+each element equals the unsharded average bit for bit. With `warmup`, the decay of the t-th
+update after the first is timm's ModelEmaV3 (use_warmup): min(decay, 1 - (1 + t/gamma)^-power).
+
+The loop calls `update()` after every `every_steps`-th training step (no host sync: the count
+of updates lives on the CPU); validation swaps the average into the model (`swapped_in`),
+one tensor at a time, and back; checkpoints hold `state()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
+
+from trainer.config import EmaConfig
+from trainer.engine.sharding import is_sharded, local
+from trainer.state.checkpoint import EmaState
+
+TensorList = tuple[torch.Tensor, ...] | list[torch.Tensor]
+MultiAvgFn = Callable[[TensorList, TensorList, torch.Tensor | int], None]
+
+
+class WarmupDecay:
+    """A multi_avg_fn whose decay warms up with the updates done (`count`, AveragedModel's
+    n_averaged, kept on the CPU: reading it is no host sync), as timm's ModelEmaV3 with
+    use_warmup: floating-point tensors lerp_ by 1 - decay_t, others are copied."""
+
+    def __init__(self, settings: EmaConfig, count: torch.Tensor) -> None:
+        assert settings.warmup is not None
+        self.decay, self.count = settings.decay, count
+        self.power, self.gamma = settings.warmup.power, settings.warmup.gamma
+
+    def decay_at(self, updates: int) -> float:
+        """The decay of the update after `updates` updates (the first, a copy, is not one)."""
+        warm = 1 - (1 + updates / self.gamma) ** -self.power
+        return max(min(warm, self.decay), 0.0)
+
+    @torch.no_grad()
+    def __call__(self, averaged: TensorList, current: TensorList, _: torch.Tensor | int) -> None:
+        if averaged[0].is_floating_point():
+            weight = 1.0 - self.decay_at(int(self.count))
+            torch._foreach_lerp_(averaged, current, weight)
+        else:
+            torch._foreach_copy_(averaged, current)
+
+
+def averaging(settings: EmaConfig, count: torch.Tensor) -> MultiAvgFn:
+    """torch's EMA multi_avg_fn of `settings.decay`, or the warmup's."""
+    if settings.warmup is None:
+        return get_ema_multi_avg_fn(settings.decay)
+    return WarmupDecay(settings, count)
+
+
+def _tensors(module: nn.Module) -> list[torch.Tensor]:
+    """The parameters, then the buffers: what AveragedModel(use_buffers=True) averages."""
+    return [t.detach() for t in itertools.chain(module.parameters(), module.buffers())]
+
+
+class EmaWeights:
+    """The EMA of one module (the unwrapped one: not DDP's or torch.compile's wrapper)."""
+
+    def __init__(self, module: nn.Module, settings: EmaConfig, *, sharded: bool) -> None:
+        self.module, self.settings, self.sharded = module, settings, sharded
+        self.every_steps = settings.every_steps
+        if sharded:
+            self.count = torch.zeros((), dtype=torch.long)
+            sources = list(itertools.chain(module.parameters(), module.buffers()))
+            # DTensors stay DTensors: the clone of a parameter holds this rank's shard.
+            clones = {id(source): source.detach().clone() for source in sources}
+            self.averaged = list(clones.values())
+            self.by_name = {  # every state_dict name (tied ones too) -> its averaged tensor
+                name: clones[id(_entry(module, name))]
+                for name, value in module.state_dict().items()
+                if isinstance(value, torch.Tensor)
+            }
+            self.average_fn = averaging(settings, self.count)
+            self.model: AveragedModel | None = None
+            # Loading (DCP, `load`) writes into these tensors: their local parts stay put.
+            self.averaged_locals = [local(t) for t in self.averaged]
+        else:
+            self.model = AveragedModel(module, use_buffers=True)
+            self.count = self.model.n_averaged  # a CPU buffer: the AveragedModel stays put
+            self.model.multi_avg_fn = averaging(settings, self.count)
+            self.averaged = _tensors(self.model.module)
+
+    @property
+    def updates(self) -> int:
+        """Updates so far (AveragedModel's n_averaged)."""
+        return int(self.count)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """One update from the module's weights: a copy the first time, then the average."""
+        if self.model is not None:
+            self.model.update_parameters(self.module)
+            return
+        # The shards' AveragedModel.update_parameters: the same function, on local tensors.
+        averaged = self.averaged_locals
+        current = [local(t) for t in _tensors(self.module)]
+        if self.updates == 0:
+            torch._foreach_copy_(averaged, current)
+        else:
+            groups = _group_tensors_by_device_and_dtype([averaged, current])  # type: ignore[list-item]
+            for (device, _), ([ours, theirs], _) in groups.items():
+                self.average_fn(ours, theirs, self.count.to(device))  # type: ignore[arg-type]
+        self.count += 1
+
+    def state(self) -> EmaState:
+        """What a checkpoint holds: the averaged module's state dict (a sharded run's: its
+        shards, by the same names), the count of updates and the settings."""
+        if self.model is not None:
+            weights: dict[str, Any] = self.model.module.state_dict()
+        else:
+            weights = dict(self.by_name)
+        warmup = self.settings.warmup
+        return EmaState(
+            weights=weights,
+            updates=self.updates,
+            decay=self.settings.decay,
+            every_steps=self.every_steps,
+            warmup=warmup.model_dump() if warmup is not None else None,
+        )
+
+    @torch.no_grad()
+    def load(self, saved: EmaState) -> None:
+        """A checkpoint's average, whole (a .pt file's, or a directory read whole): loaded
+        bit for bit; a sharded run keeps its own shards of it (no communication)."""
+        if self.model is not None:
+            self.model.module.load_state_dict(saved.weights)
+        else:
+            from torch.distributed.tensor import DTensor, distribute_tensor
+
+            for name, ours in self.by_name.items():
+                whole = saved.weights[name].to(local(ours).device)
+                if isinstance(ours, DTensor):
+                    whole = distribute_tensor(
+                        whole, ours.device_mesh, ours.placements, src_data_rank=None
+                    )
+                local(ours).copy_(local(whole))
+        self.count.fill_(saved.updates)
+
+    def restart(self) -> None:
+        """The average starts again from the module's weights (a copy, one update)."""
+        self.count.zero_()
+        self.update()
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """The average in the module's tensors, and the module's own back after: swapped one
+        tensor at a time in place (so compiled and wrapped models see it too; memory: one
+        tensor more). Under fsdp each rank swaps its shards, with no parameter gathered."""
+        self._reshard()
+        self._swap()
+        try:
+            yield
+        finally:
+            self._reshard()
+            self._swap()
+
+    @torch.no_grad()
+    def _swap(self) -> None:
+        for ours, theirs in zip(self.averaged, _tensors(self.module), strict=True):
+            ours, theirs = local(ours), local(theirs)
+            kept = theirs.clone()
+            theirs.copy_(ours)
+            ours.copy_(kept)
+
+    def _reshard(self) -> None:
+        """FSDP keeps a module's gathered parameters after a forward without backward where
+        reshard_after_forward is off: freed, so the next forward gathers the swapped shards."""
+        if self.sharded:
+            for module in self.module.modules():
+                if is_sharded(module):
+                    module.reshard()  # type: ignore[operator]
+
+    def sharded_weights(self) -> dict[str, torch.Tensor]:
+        """A sharded run's average by state_dict name (DTensors): what DCP loads into."""
+        return dict(self.by_name)
+
+    def describe(self) -> str:
+        """The run's note: decay, how often, the warmup."""
+        warmup = self.settings.warmup
+        how = f"warmup power {warmup.power:g}, gamma {warmup.gamma:g}" if warmup else "no warmup"
+        return (
+            f"ema: decay {self.settings.decay:g} every {self.every_steps} step(s), {how}; "
+            "validated as val/ema/<metric>"
+        )
+
+
+def _entry(module: nn.Module, name: str) -> torch.Tensor:
+    """The parameter or buffer of state_dict entry `name`."""
+    owner, _, attribute = name.rpartition(".")
+    tensor = getattr(module.get_submodule(owner), attribute)
+    assert isinstance(tensor, torch.Tensor)
+    return tensor
