@@ -151,18 +151,20 @@ def test_several_files_on_the_command_line_then_overrides_and_deletions(
     )
 
 
-def test_the_name_is_the_last_files_stem_unless_a_file_names_it(
+def test_the_name_is_the_last_files_own_or_its_stem(
     write_config: Callable[..., Path], base_yaml: str
 ) -> None:
     base = write_config(base_yaml, "base.yaml")
     named = write_config("name: family\n" + base_yaml, "named.yaml")
     child = write_config("base: named.yaml\n", "child.yaml")
-    unnamed = write_config("base: named.yaml\n~name:\n", "unnamed.yaml")
-    assert load_config(child).name == "family"  # an explicit name merges like any key
-    assert load_config(unnamed).name == "unnamed"
-    assert load_config([named, write_config("seed: 1\n", "variant.yaml")]).name == "family"
-    assert load_config([write_config("base: base.yaml\n", "b2.yaml"), child]).name == "family"
+    renamed = write_config("base: named.yaml\nname: mine\n", "renamed.yaml")
+    assert load_config(named).name == "family"
+    assert load_config(child).name == "child"  # a base's name is not inherited
+    assert load_config(renamed).name == "mine"
+    assert load_config([named, write_config("seed: 1\n", "variant.yaml")]).name == "variant"
+    assert load_config([child, named]).name == "family"
     assert load_config([base, write_config("seed: 1\n", "v.yaml")]).name == "v"
+    assert load_config(child, ["name=set"]).name == "set"
 
 
 def test_config_arguments_split_files_from_overrides() -> None:

@@ -7,7 +7,9 @@ sibling bases): mappings merge key by key at every depth, any other value (a lis
 null) replaces. Then its `~key:` entries delete keys from that, and last its own keys merge.
 A `~key:` stands at the top of a file, its key dotted (`~optimizer.momentum:`), with no
 value; one inside a section is an error that names the dotted form. `key: null` stays a
-value.
+value. The run's `name` is the last command-line file's own (its stem where it sets none,
+see loading.read_configs): a `name` in a base or an earlier file is not inherited, so a
+variant never runs, or resumes, in its base's run directory.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def compose_files(paths: Sequence[str | Path]) -> Composed:
                 f"config {path}: no such file (after the first CONFIG, an argument without "
                 "'=' is another config file; an override is KEY=VALUE, a deletion ~KEY)"
             )
-        _merge_file(path, composed, chain=(), named_by=None)
+        _merge_file(path, composed, chain=(), named_by=None, names_run=index == len(paths) - 1)
     return composed
 
 
@@ -72,12 +74,20 @@ def read_config_mapping(
 
 
 def _merge_file(
-    path: Path, composed: Composed, *, chain: tuple[Path, ...], named_by: str | None
+    path: Path,
+    composed: Composed,
+    *,
+    chain: tuple[Path, ...],
+    named_by: str | None,
+    names_run: bool = False,
 ) -> None:
-    """Merge `path` (its bases first, then its deletions, then its keys) into `composed`."""
+    """Merge `path` (its bases first, then its deletions, then its keys) into `composed`;
+    its `name` only where it `names_run` (the last file on the command line)."""
     label = f"{named_by}: base" if named_by else "config"
     raw, lines = read_config_mapping(path, label=label)
     raw = _unshared(raw)  # merging into an aliased mapping must not change its other uses
+    if not names_run:  # a variant never runs under (and resumes) its base's name
+        raw.pop("name", None)
     composed.files.append(path)
     chain = (*chain, path)
     where = _line_of(path, lines)
