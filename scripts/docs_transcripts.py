@@ -70,6 +70,8 @@ VOLATILE = [
     (re.compile(r"(\"seconds\": )[\d.e+-]+"), r"\1N"),
     (re.compile(r"\bpid \d+"), "pid N"),
     (re.compile(r"^device: .*$", re.M), "device: ..."),
+    (re.compile(r"^python \d+\.\d+\.\d+.*$", re.M), "python ..."),  # trainer --version
+    (re.compile(r"^torch \d.*$", re.M), "torch ..."),
     (re.compile(r"[─━═]+"), "─"),
     (re.compile(r"[ \t]+"), " "),
 ]

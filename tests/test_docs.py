@@ -374,14 +374,18 @@ def test_what_varies_between_runs_is_normalised_and_nothing_else() -> None:
         │ quickstart │ 2.7s │
         epoch 1/4  batch 20/63  step 20  train/loss 1.146  lr 0.05  1,054 samples/s
         epoch 1/4  step 63  train/loss 0.4946  val/loss 0.1229  train/samples_per_s 952.6
-        device: cuda:0 (auto)"""
+        device: cuda:0 (auto)
+        python 3.11.7
+        torch 2.5.1+cu124 (CUDA 12.4 available: yes, 2 devices; MPS available: no)"""
     now = """
         ┏━━━━━━━━━━━━┳━━━━━━━━┓
         ┃ run        ┃ time   ┃
         │ quickstart │ 2m18s  │
         epoch 1/4  batch 20/63  step 20  train/loss 1.146  lr 0.05  170 samples/s
         epoch 1/4  step 63  train/loss 0.4946  val/loss 0.1229  train/samples_per_s 163.2
-        device: cpu (auto: no CUDA or MPS device found)"""
+        device: cpu (auto: no CUDA or MPS device found)
+        python 3.12.1
+        torch 2.15.0+cpu (CUDA: not built in; MPS available: no)"""
     shown, now = textwrap.dedent(shown), textwrap.dedent(now)
     normalised = docs_transcripts.normalised
     assert normalised(shown) == normalised(now)
