@@ -219,20 +219,27 @@ def test_a_bad_config_block_is_named_by_file_and_line(tmp_path: Path) -> None:
         # fragment of configs/gan.yaml
         optimizers: {generator: {clip_grad_norm: 1.0}}
         ```
+
+        ```yaml
+        # fragment of configs/quickstart.yaml
+        model: {init_from: 3}
+        ```
         """,
     )
     found = docs_markdown.blocks(page)
-    assert [b.line for b in found] == [3, 7, 12, 20, 25]
-    assert [docs_markdown.is_config_block(b) for b in found] == [True, False, True, True, True]
+    assert [b.line for b in found] == [3, 7, 12, 20, 25, 30]
+    assert [docs_markdown.is_config_block(b) for b in found] == [True, False] + [True] * 4
     problems = [
         p
         for b in found
         if docs_markdown.is_config_block(b)
         for p in docs_markdown.config_problems(b)
     ]
-    assert len(problems) == 2, problems
+    assert len(problems) == 3, problems
     assert problems[0].startswith(f"{page}:3: trainer.epoch: unknown key; did you mean 'epochs'?")
     assert problems[1].startswith(f"{page}:12: data.batch_size: Input should be greater than 0")
+    # a `model` fragment merges onto its base (read as a whole config, it would lack `data`)
+    assert problems[2].startswith(f"{page}:30: model.init_from:"), problems[2]
 
 
 # ---------------------------------------------------------------- transcripts
