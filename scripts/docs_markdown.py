@@ -97,10 +97,9 @@ def config_problems(block: Block, root: Path = ROOT) -> list[str]:
     """What `trainer config` would refuse in a config block (schema only, no torch): a block
     with a top-level `model` or `base` (and no `# fragment of` line) is a whole config, read
     as a file in a copy of configs/ (so `base:` resolves as it would there); any other is a
-    fragment, deep-merged onto
-    configs/quickstart.yaml, or onto the config a first line `# fragment of configs/x.yaml`
-    names (an `optimizers` fragment replaces the base's one-optimizer form). Each problem is
-    prefixed with the block's file and line."""
+    fragment, deep-merged onto configs/quickstart.yaml, or onto the config a first line
+    `# fragment of configs/x.yaml` names (an `optimizers` fragment replaces the base's
+    one-optimizer form). Each problem is prefixed with the block's file and line."""
     from trainer.config import load_config, parse_yaml, read_config_file, validate_config
     from trainer.errors import UserError
 
