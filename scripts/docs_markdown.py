@@ -95,11 +95,11 @@ def is_config_block(block: Block) -> bool:
 
 def config_problems(block: Block, root: Path = ROOT) -> list[str]:
     """What `trainer config` would refuse in a config block (schema only, no torch): a block
-    with a top-level `model` or `base` is a whole config, read as a file in a copy of configs/
-    (so `base:` resolves as it would there); any other is a fragment, deep-merged onto
-    configs/quickstart.yaml, or onto the config a first line `# fragment of configs/x.yaml`
-    names (an `optimizers` fragment replaces the base's one-optimizer form). Each problem is
-    prefixed with the block's file and line."""
+    with a top-level `model` or `base` (and no `# fragment of` line) is a whole config, read
+    as a file in a copy of configs/ (so `base:` resolves as it would there); any other is a
+    fragment, deep-merged onto configs/quickstart.yaml, or onto the config a first line
+    `# fragment of configs/x.yaml` names (an `optimizers` fragment replaces the base's
+    one-optimizer form). Each problem is prefixed with the block's file and line."""
     from trainer.config import load_config, parse_yaml, read_config_file, validate_config
     from trainer.errors import UserError
 
@@ -110,12 +110,12 @@ def config_problems(block: Block, root: Path = ROOT) -> list[str]:
         with tempfile.TemporaryDirectory(prefix="docs-config-") as scratch:
             configs = Path(scratch) / "configs"
             shutil.copytree(root / "configs", configs)
-            if "model" in raw or "base" in raw:
+            named = _FRAGMENT_OF.match(block.text)
+            if ("model" in raw or "base" in raw) and not named:
                 path = configs / (block.title or "docs_block.yaml")
                 path.write_text(block.text, encoding="utf-8")
                 load_config(path)
             else:
-                named = _FRAGMENT_OF.match(block.text)
                 base = read_config_file(configs / Path(named[1] if named else BASE_CONFIG).name)
                 for key in raw:
                     for replaced in _REPLACES.get(key, ()):

@@ -56,7 +56,9 @@ from docs_markdown import ROOT, Block, blocks, pages
 
 SETUP_MARKER = re.compile(r"^<!-- transcript-setup: (?P<command>trainer .+?) -->$")
 MARKER = re.compile(r"^<!-- transcript: (?P<command>.+?)(?: \((?P<flags>[^()]*)\))? -->$")
+# OMP_NUM_THREADS: a subprocess (a sweep's trial) trains on one thread, as the runs here do.
 ENV = {"COLUMNS": "100", "LINES": "50", "NO_COLOR": "1", "TERM": "dumb", "TZ": "UTC"}
+ENV["OMP_NUM_THREADS"] = "1"
 SETUP = ("fit", "configs/quickstart.yaml")  # the run that commands reading runs/ find
 READS_RUNS = ("runs", "plot", "inspect", "eval", "export")
 # What varies from run to run or machine to machine, and what it is compared as.
@@ -70,6 +72,8 @@ VOLATILE = [
     (re.compile(r"(\"seconds\": )[\d.e+-]+"), r"\1N"),
     (re.compile(r"\bpid \d+"), "pid N"),
     (re.compile(r"^device: .*$", re.M), "device: ..."),
+    (re.compile(r"^python \d+\.\d+\.\d+.*$", re.M), "python ..."),  # trainer --version
+    (re.compile(r"^torch \d.*$", re.M), "torch ..."),
     (re.compile(r"[─━═]+"), "─"),
     (re.compile(r"[ \t]+"), " "),
 ]
@@ -160,6 +164,11 @@ class Runner:
     quickstart fit once for all of them."""
 
     def __init__(self) -> None:
+        import torch
+
+        # One intra-op thread, as tests/conftest.py's `one_thread` sets for the test session: a
+        # run's numbers depend on the thread count, so the script writes what the test checks.
+        torch.set_num_threads(1)
         self._scratch = tempfile.TemporaryDirectory(prefix="docs-transcripts-")
         self.root = Path(self._scratch.name)
         self._count = 0

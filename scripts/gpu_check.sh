@@ -29,7 +29,7 @@ elif ls .whl/*.whl >/dev/null 2>&1; then
     --upgrade --target /tmp/site .whl/*.whl || echo "installing .whl/*.whl failed"
   export PYTHONPATH="/tmp/site:$PYTHONPATH"
 else
-  echo "no pydantic here and no wheels in .whl/: trainer cannot import (see the README)"
+  echo "no pydantic here and no wheels in .whl/: trainer cannot import (see docs/development/gpu-checks.md)"
 fi
 
 step "machine"

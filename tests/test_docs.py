@@ -219,20 +219,27 @@ def test_a_bad_config_block_is_named_by_file_and_line(tmp_path: Path) -> None:
         # fragment of configs/gan.yaml
         optimizers: {generator: {clip_grad_norm: 1.0}}
         ```
+
+        ```yaml
+        # fragment of configs/quickstart.yaml
+        model: {init_from: 3}
+        ```
         """,
     )
     found = docs_markdown.blocks(page)
-    assert [b.line for b in found] == [3, 7, 12, 20, 25]
-    assert [docs_markdown.is_config_block(b) for b in found] == [True, False, True, True, True]
+    assert [b.line for b in found] == [3, 7, 12, 20, 25, 30]
+    assert [docs_markdown.is_config_block(b) for b in found] == [True, False] + [True] * 4
     problems = [
         p
         for b in found
         if docs_markdown.is_config_block(b)
         for p in docs_markdown.config_problems(b)
     ]
-    assert len(problems) == 2, problems
+    assert len(problems) == 3, problems
     assert problems[0].startswith(f"{page}:3: trainer.epoch: unknown key; did you mean 'epochs'?")
     assert problems[1].startswith(f"{page}:12: data.batch_size: Input should be greater than 0")
+    # a `model` fragment merges onto its base (read as a whole config, it would lack `data`)
+    assert problems[2].startswith(f"{page}:30: model.init_from:"), problems[2]
 
 
 # ---------------------------------------------------------------- transcripts
@@ -374,14 +381,18 @@ def test_what_varies_between_runs_is_normalised_and_nothing_else() -> None:
         │ quickstart │ 2.7s │
         epoch 1/4  batch 20/63  step 20  train/loss 1.146  lr 0.05  1,054 samples/s
         epoch 1/4  step 63  train/loss 0.4946  val/loss 0.1229  train/samples_per_s 952.6
-        device: cuda:0 (auto)"""
+        device: cuda:0 (auto)
+        python 3.11.7
+        torch 2.5.1+cu124 (CUDA 12.4 available: yes, 2 devices; MPS available: no)"""
     now = """
         ┏━━━━━━━━━━━━┳━━━━━━━━┓
         ┃ run        ┃ time   ┃
         │ quickstart │ 2m18s  │
         epoch 1/4  batch 20/63  step 20  train/loss 1.146  lr 0.05  170 samples/s
         epoch 1/4  step 63  train/loss 0.4946  val/loss 0.1229  train/samples_per_s 163.2
-        device: cpu (auto: no CUDA or MPS device found)"""
+        device: cpu (auto: no CUDA or MPS device found)
+        python 3.12.1
+        torch 2.15.0+cpu (CUDA: not built in; MPS available: no)"""
     shown, now = textwrap.dedent(shown), textwrap.dedent(now)
     normalised = docs_transcripts.normalised
     assert normalised(shown) == normalised(now)

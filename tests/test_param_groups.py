@@ -1,4 +1,4 @@
-"""build_param_groups: rules → torch param groups and a report (DESIGN.md "Param-group rules")."""
+"""build_param_groups: rules → torch param groups and a report (docs/concepts/param-groups.md)."""
 
 from __future__ import annotations
 
