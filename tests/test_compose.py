@@ -165,6 +165,7 @@ def test_the_name_is_the_last_files_own_or_its_stem(
     assert load_config([child, named]).name == "family"
     assert load_config([base, write_config("seed: 1\n", "v.yaml")]).name == "v"
     assert load_config(child, ["name=set"]).name == "set"
+    assert load_config(named, ["~name"]).name == "named"  # deleted: the stem again
 
 
 def test_config_arguments_split_files_from_overrides() -> None:

@@ -58,11 +58,11 @@ def read_configs(
     if not files:
         raise UserError("CONFIG: at least one config file is needed")
     composed = compose_files(files)
-    if "name" not in composed.raw:
+    apply_overrides(composed.raw, list(overrides), composed.origins)
+    if "name" not in composed.raw:  # none in the last file (or `~name` deleted it)
         last = Path(files[-1])
         composed.raw["name"] = last.stem
         composed.origins[("name",)] = f"default: the stem of {last}"
-    apply_overrides(composed.raw, list(overrides), composed.origins)
     trust.use_config_directories(path.parent for path in composed.files)
     return composed
 
