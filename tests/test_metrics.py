@@ -263,6 +263,17 @@ def test_a_metric_monitor_defaults_to_its_direction_and_a_contrary_mode_is_refus
     assert check_metrics(plateau) == [
         "scheduler.mode: 'min' for val/top5, where higher is better; set max"
     ]
+    # The EMA weights' val/ema/top5 goes the same way (a keyed metric's name says nothing).
+    top5 = {"monitor": "val/ema/top5"}
+    ema = validate_config(
+        CONFIG
+        | {"checkpoint": top5, "trainer": {"early_stopping": top5, "ema": {"decay": 0.9}}}
+        | {"scheduler": {"name": "ReduceLROnPlateau", "monitor": "val/ema/top5"}}
+    )
+    assert ema.checkpoint.mode == ema.trainer.early_stopping.mode == "max"
+    assert check_metrics(ema) == [
+        "scheduler.mode: 'min' for val/ema/top5, where higher is better; set max"
+    ]
 
 
 def test_misspelt_metric_names_and_arguments_are_config_errors() -> None:

@@ -87,8 +87,9 @@ def check_metrics(config: Config) -> list[str]:
             problems += [problem for problem in err.problems if problem not in problems]
             continue
         higher = getattr(built, "higher_is_better", None)
-        if higher is not None:
-            directions[metric.logged_as] = "max" if higher else "min"
+        if higher is not None:  # the same for the EMA weights' val/ema/<key>
+            ema = metric.logged_as.replace("val/", "val/ema/", 1)
+            directions[metric.logged_as] = directions[ema] = "max" if higher else "min"
     for key, (monitor, mode) in monitors(config).items():
         wanted = directions.get(monitor)
         if wanted and mode != wanted:

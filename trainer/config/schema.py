@@ -66,14 +66,15 @@ class ComponentSections:
 
 def _metric_modes(raw: dict[str, Any]) -> dict[str, Any]:
     """Monitors of a configured metric without a mode get the direction its class name says
-    (`val/top5` of MulticlassAccuracy: max), not the key's."""
+    (`val/top5` and `val/ema/top5` of MulticlassAccuracy: max), not the key's."""
     metrics = raw.get("metrics")
     if not isinstance(metrics, list):
         return raw
-    names = {
-        f"val/{m.get('key') or class_name(m['name'])}": class_name(m["name"])
+    names = {  # the raw weights' and the EMA weights' (val/ema/<key>) names
+        f"val/{ema}{m.get('key') or class_name(m['name'])}": class_name(m["name"])
         for m in metrics
         if isinstance(m, dict) and isinstance(m.get("name"), str)
+        for ema in ("", "ema/")
     }
     raw = dict(raw)
     trainer = raw.get("trainer")
