@@ -182,3 +182,29 @@ def test_one_process_fsdp_averages_bit_for_bit_as_the_plain_run(
     assert "1.num_batches_tracked" in sharded.ema.weights
     records = epoch_records(tmp_path / "sharded"), epoch_records(tmp_path / "plain")
     assert [r["val/ema/loss"] for r in records[0]] == [r["val/ema/loss"] for r in records[1]]
+
+
+def test_a_ddp_resume_validates_the_average_of_batchnorm_as_the_straight_run(
+    tmp_path: Path,
+) -> None:
+    """Each DDP process averages its own replica's BatchNorm statistics; the average's become
+    rank 0's before validating, so a resume (every process loads rank 0's) logs the same
+    val/ema/* as the run that never stopped, mid-epoch checkpoint included."""
+    (tmp_path / "c.yaml").write_text(textwrap.dedent(BN))
+    shuffled = ("data.shuffle=true", "data.batch_size=8", "trainer.epochs=3")  # ranks differ
+    fit(tmp_path, "straight", *shuffled, *TWO)
+    fit(tmp_path, "resumed", *shuffled, *TWO, "trainer.max_steps=9")  # epoch 2 of 6 steps
+    fit(
+        tmp_path,
+        "resumed",
+        *shuffled,
+        *TWO,
+        "trainer.max_steps=null",
+        "--resume",
+        f"resumed/{LAST}",
+    )
+    straight, resumed = saved(tmp_path / "straight"), saved(tmp_path / "resumed")
+    assert straight.ema is not None and resumed.ema is not None
+    assert_equal(resumed.ema.weights, straight.ema.weights)
+    records = epoch_records(tmp_path / "resumed"), epoch_records(tmp_path / "straight")
+    assert [r["val/ema/loss"] for r in records[0]] == [r["val/ema/loss"] for r in records[1]]

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
@@ -93,8 +94,8 @@ class EmaWeights:
         else:
             self.model = AveragedModel(module, use_buffers=True)
             self.count = self.model.n_averaged  # a CPU buffer: the AveragedModel stays put
-            self.model.multi_avg_fn = averaging(settings, self.count)
-            self.averaged = _tensors(self.model.module)
+            self.model.multi_avg_fn = self.average_fn = averaging(settings, self.count)
+            self.averaged = self.averaged_locals = _tensors(self.model.module)
 
     @property
     def updates(self) -> int:
@@ -103,19 +104,20 @@ class EmaWeights:
 
     @torch.no_grad()
     def update(self) -> None:
-        """One update from the module's weights: a copy the first time, then the average."""
-        if self.model is not None:
-            self.model.update_parameters(self.module)
-            return
-        # The shards' AveragedModel.update_parameters: the same function, on local tensors.
+        """One update from the module's weights: a copy the first time, then the average.
+
+        AveragedModel.update_parameters, step for step, except that the count of updates
+        stays on the CPU: update_parameters hands the averaging function a copy of it on the
+        tensors' device, a host sync per update on CUDA (the EMA functions never read it).
+        The same function runs on a sharded run's local shards."""
         averaged = self.averaged_locals
         current = [local(t) for t in _tensors(self.module)]
         if self.updates == 0:
             torch._foreach_copy_(averaged, current)
         else:
             groups = _group_tensors_by_device_and_dtype([averaged, current])  # type: ignore[list-item]
-            for (device, _), ([ours, theirs], _) in groups.items():
-                self.average_fn(ours, theirs, self.count.to(device))  # type: ignore[arg-type]
+            for [ours, theirs], _ in groups.values():
+                self.average_fn(ours, theirs, self.count)  # type: ignore[arg-type]
         self.count += 1
 
     def state(self) -> EmaState:
@@ -163,6 +165,7 @@ class EmaWeights:
         tensor at a time in place (so compiled and wrapped models see it too; memory: one
         tensor more). Under fsdp each rank swaps its shards, with no parameter gathered."""
         self._reshard()
+        self._same_buffers()
         self._swap()
         try:
             yield
@@ -177,6 +180,17 @@ class EmaWeights:
             kept = theirs.clone()
             theirs.copy_(ours)
             ours.copy_(kept)
+
+    @torch.no_grad()
+    def _same_buffers(self) -> None:
+        """DDP: every process averages its own replica, whose BatchNorm statistics differ
+        from rank 0's between training forwards (DDP sends rank 0's at each one): the
+        average's buffers become rank 0's, as the model's do, so every process validates the
+        same average, and a resume (which loads rank 0's) goes on from what the run had."""
+        if self.model is None or not dist.is_initialized() or dist.get_world_size() == 1:
+            return
+        for buffer in self.model.module.buffers():
+            dist.broadcast(buffer, src=0)
 
     def _reshard(self) -> None:
         """FSDP keeps a module's gathered parameters after a forward without backward where
