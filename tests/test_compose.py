@@ -464,3 +464,37 @@ def test_the_quickstart_adamw_example(run_cli: Callable) -> None:
     assert config["trainer"]["epochs"] == 4
     origin = run_cli("config", example, "--origin").stdout
     assert re.search(r"^  name: StepLR +# .*configs/quickstart\.yaml:9$", origin, re.MULTILINE)
+
+
+# ---------------------------------------------------------------- the printed config loads back
+
+EXAMPLES = sorted(p.name for p in (ROOT / "configs").glob("*.yaml") if p.stem != "quickstart_space")
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+@pytest.mark.parametrize("origin", [False, True], ids=["plain", "origin"])
+def test_every_examples_printed_config_loads_back_as_the_same(
+    example: str, origin: bool, tmp_path: Path, run_cli: Callable[..., Result]
+) -> None:
+    """`trainer config X` (and its --origin form) is a config that loads back as X does: the
+    several-optimizer form's defaults included (freeze and freeze_norm_stats are global)."""
+    resolved = load_config(ROOT / "configs" / example)
+    printed = run_cli("config", ROOT / "configs" / example, *(["--origin"] if origin else []))
+    assert printed.exit_code == 0, printed.output
+    (tmp_path / "printed.yaml").write_text(printed.stdout, encoding="utf-8")
+    loaded = load_config(tmp_path / "printed.yaml")
+    assert loaded.to_dict() == resolved.to_dict()
+    assert loaded == resolved
+
+
+def test_a_gan_runs_config_yaml_loads_back_as_the_run_it_trained(
+    tmp_path: Path, run_cli: Callable[..., Result]
+) -> None:
+    args = [ROOT / "configs" / "gan.yaml", "data.n=256", "trainer.max_steps=2"]
+    args += ["trainer.device=cpu", "data.val_batch_size=256"]
+    result = run_cli("fit", *args)
+    assert result.exit_code == 0, result.output
+    written = tmp_path / "runs" / "gan" / "config.yaml"
+    assert load_config(written) == load_config(args[0], [str(a) for a in args[1:]])
+    again = run_cli("config", written)
+    assert again.exit_code == 0, again.output

@@ -192,6 +192,8 @@ class Config(Section):
         data = self.model_dump(mode="json")
         if self.optimizers:
             del data["optimizer"], data["scheduler"]
+            for entry in data["optimizers"].values():  # global: the top-level param_groups'
+                del entry["param_groups"]["freeze"], entry["param_groups"]["freeze_norm_stats"]
         return data
 
     @property
