@@ -395,6 +395,7 @@ def epoch_records_of(run_dir: Path) -> list[dict[str, Any]]:
         ({"weights": {"w": torch.zeros(2)}, "updates": -1}, "'ema' is "),
         ("0.9", "'ema' is '0.9' (str)"),
         ({"weights": {"other": torch.zeros(2)}}, "'ema' weights are keyed unlike 'model'"),
+        ({"weights": {"w": torch.zeros(2)}, "warmup": {"power": 1.0}}, "'ema' is "),
     ],
 )
 def test_a_checkpoint_whose_ema_is_damaged_is_named(

@@ -367,6 +367,7 @@ BOTH_ACCEPT: list[tuple[str, Any]] = [
     ("val_step", {"name": "helpers.steps:scores", "temperature": 2.0}),
     ("data.val_fraction", 0.1),
     ("seed", 2**63 - 1),
+    ("param_groups.layer_decay", {"rate": 0.75, "layers": r"^layer(?P<i>\d+)\."}),  # named
 ]
 
 

@@ -206,7 +206,8 @@ class LayerDecayConfig(Section):
     rate: float = Field(gt=0, le=1, description="The lr factor from one layer to the one below.")
     layers: Regex = Field(
         description="Regex with one capture group, the layer's index: '^blocks\\.(\\d+)\\.'.",
-        json_schema_extra={"pattern": r"\((?!\?)"},  # a group (the loader counts exactly one)
+        # a group, named or not (the loader counts exactly one)
+        json_schema_extra={"pattern": r"\((?!\?)|\(\?P<"},
     )
     head: Regex | None = Field(
         default=None,

@@ -500,8 +500,13 @@ def _ema(value: object) -> bool:
         and _count(value.get("updates"))
         and _number(value.get("decay"))
         and _count(value.get("every_steps"))
-        and _optional(lambda warmup: _dict_of(warmup, _number))(value.get("warmup"))
+        and _optional(_ema_warmup)(value.get("warmup"))
     )
+
+
+def _ema_warmup(value: object) -> bool:
+    """trainer.ema.warmup as saved: {power, gamma}, both numbers."""
+    return isinstance(value, dict) and _dict_of(value, _number) and set(value) == {"power", "gamma"}
 
 
 def _groups(value: object) -> bool:
