@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -414,6 +415,94 @@ def test_a_module_beside_a_base_is_the_users_own(
     )
     write_config("base: ../shared/base.yaml\nseed: 1\n", "variants/child.yaml")
     result = run_cli("groups", "variants/child.yaml", "--json")
+    assert result.exit_code == 0, result.output
+    assert '"numel": 8' in result.stdout
+
+
+SECTIONS = """
+data: {name: shapes, num_classes: 4, size: 16, image_size: 8, batch_size: 8}
+trainer: {epochs: 1, device: cpu}
+"""
+EVIL = "model: {name: 'evilmod:Net'}\n"
+
+
+@pytest.fixture
+def elsewhere(tmp_path_factory: pytest.TempPathFactory, module: Callable[..., Path]) -> Path:
+    """A directory outside the project (the current directory, tmp_path): a shared base.yaml
+    without a model, and beside it evilmod.py, which writes `imported` there when imported."""
+    outside = tmp_path_factory.mktemp("elsewhere").resolve()
+    source = f"open({str(outside / 'imported')!r}, 'w').close()\n"
+    module("evilmod", source + NET.replace("def net", "def Net"), outside)
+    (outside / "base.yaml").write_text(SECTIONS, encoding="utf-8")
+    return outside
+
+
+def refused_outside(user_error: Callable[..., str], config: str, base: Path, outside: Path) -> None:
+    """`config`'s `evilmod:Net`, beside its base `base` in `outside`, is refused unimported."""
+    user_error(
+        "groups",
+        config,
+        "--json",
+        expect=[
+            "model.name: 'evilmod:Net' is not trusted: 'evilmod' is "
+            f"{outside / 'evilmod.py'}, beside the base {base}, whose directory {outside} lies "
+            "outside the project",
+            f"put {outside} on PYTHONPATH and trust a package from outside the config: "
+            "TRAINER_TRUST=evilmod in the environment",
+        ],
+    )
+    assert not (outside / "imported").exists()
+    assert str(outside) not in sys.path
+
+
+@pytest.mark.parametrize("named_in", ["base", "config"])
+def test_a_module_beside_a_base_outside_the_project_is_refused_not_imported(
+    named_in: str,
+    elsewhere: Path,
+    write_config: Callable[..., Path],
+    user_error: Callable[..., str],
+) -> None:
+    base = elsewhere / "base.yaml"
+    if named_in == "base":
+        base.write_text(
+            EVIL + "optimizer: {name: SGD, lr: 0.1, momentum: 0.9}\n" + SECTIONS, encoding="utf-8"
+        )
+        child = write_config(f"base: {base}\n~optimizer.momentum:\n", "child.yaml")
+    else:
+        child = write_config(f"base: {base}\n{EVIL}", "child.yaml")
+    refused_outside(user_error, "child.yaml", base, elsewhere)
+    assert read_configs(child).raw["data"]["size"] == 16  # merged all the same: it is data
+
+
+@pytest.mark.parametrize("link", ["file", "directory"])
+def test_a_symlink_in_the_project_to_a_base_outside_it_is_outside(
+    link: str,
+    tmp_path: Path,
+    elsewhere: Path,
+    write_config: Callable[..., Path],
+    user_error: Callable[..., str],
+) -> None:
+    (elsewhere / "base.yaml").write_text(EVIL + SECTIONS, encoding="utf-8")
+    if link == "file":
+        (tmp_path / "linked.yaml").symlink_to(elsewhere / "base.yaml")
+        base = Path("linked.yaml")
+    else:
+        (tmp_path / "vendor").symlink_to(elsewhere, target_is_directory=True)
+        base = Path("vendor/base.yaml")
+    write_config(f"base: {base}\nseed: 1\n", "child.yaml")
+    refused_outside(user_error, "child.yaml", base, elsewhere)
+
+
+def test_a_module_beside_a_base_under_the_command_lines_config_is_the_users_own(
+    elsewhere: Path, module: Callable[..., Path], run_cli: Callable
+) -> None:
+    # The project is elsewhere, not the current directory: its configs/common/base.yaml counts.
+    module("own_by_common", NET, elsewhere / "configs" / "common")
+    common = elsewhere / "configs" / "common" / "base.yaml"
+    common.write_text("model: {name: 'own_by_common:net'}\n" + SECTIONS, encoding="utf-8")
+    config = elsewhere / "configs" / "small.yaml"
+    config.write_text("base: common/base.yaml\nseed: 1\n", encoding="utf-8")
+    result = run_cli("groups", config, "--json")
     assert result.exit_code == 0, result.output
     assert '"numel": 8' in result.stdout
 

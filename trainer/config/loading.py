@@ -53,7 +53,8 @@ def read_configs(
 ) -> Composed:
     """The raw mapping of config files merged left to right (each with its bases), `name`
     defaulting to the last file's stem, the overrides applied; with each key's origin. The
-    directories of every file read are the user's own (trust)."""
+    directories of the command-line files, and of the bases inside the project, are the
+    user's own (trust.use_config_files)."""
     files = [paths] if isinstance(paths, str | Path) else list(paths)
     if not files:
         raise UserError("CONFIG: at least one config file is needed")
@@ -63,7 +64,8 @@ def read_configs(
         last = Path(files[-1])
         composed.raw["name"] = last.stem
         composed.origins[("name",)] = f"default: the stem of {last}"
-    trust.use_config_directories(path.parent for path in composed.files)
+    command_line = [Path(file) for file in files]
+    trust.use_config_files(command_line, [p for p in composed.files if p not in command_line])
     return composed
 
 

@@ -1,8 +1,8 @@
 """Which import paths a config may name: a config is data people share, so only trusted code.
 
-Trusted: the user's own modules (a `.py` file or package directly in the current directory or
-in the directory of a config file the command read: each file on the command line and each
-of their bases), the public torch scopes in `RUNNER_TRUST` for the objects a
+Trusted: the user's own modules (a `.py` file or package directly in the current directory, in
+the directory of a config file on the command line, or in the directory of a base inside one
+of those: `use_config_files`), the public torch scopes in `RUNNER_TRUST` for the objects a
 key is for (`RUNNER_KINDS`: a model, a dataset class, ...; never their helper functions), and
 packages the user trusts from outside any config (`TRAINER_TRUST=pkg1,pkg2`, or `trust = [...]`
 under `[tool.trainer]` in ./pyproject.toml). Never, even when trusted: the standard library,
@@ -123,22 +123,36 @@ HOW_TO_TRUST = (
 )
 
 _config_directories: tuple[Path, ...] = ()
+_outside_bases: dict[Path, Path] = {}  # directory -> a base there, outside the project
 _added_to_path: list[str] = []
 
 
-def use_config_directories(directories: Iterable[Path]) -> None:
-    """Record the loaded config files' directories (the command line's and their bases'):
-    their modules are the user's own, and importable."""
-    global _config_directories, _added_to_path
-    _config_directories = tuple(dict.fromkeys(d.resolve() for d in directories))
+def use_config_files(command_line: Iterable[Path], bases: Iterable[Path]) -> None:
+    """Record whose modules are the user's own, and importable: those in the directories of
+    the config files on the command line (the user chose to run them) and of the bases that
+    lie inside the project, the current directory or a command-line file's directory
+    (symlinks resolved). A base elsewhere is data: merged, but its modules are not trusted."""
+    global _config_directories, _outside_bases, _added_to_path
+    chosen = [path.parent.resolve() for path in command_line]
+    projects = [Path.cwd().resolve(), *chosen]
+    inside: list[Path] = []
+    outside: dict[Path, Path] = {}
+    for base in bases:
+        directory = base.resolve().parent
+        if any(directory.is_relative_to(project) for project in projects):
+            inside.append(directory)
+        else:
+            outside.setdefault(directory, base)
+    _config_directories = tuple(dict.fromkeys([*chosen, *inside]))
+    _outside_bases = {d: b for d, b in outside.items() if d not in _config_directories}
     for added in _added_to_path:
         if added in sys.path:
             sys.path.remove(added)
     _added_to_path = []
-    for directory in map(str, _config_directories):
-        if directory not in sys.path:
-            _added_to_path.append(directory)
-            sys.path.append(directory)  # last: it never shadows an installed package
+    for entry in map(str, _config_directories):
+        if entry not in sys.path:
+            _added_to_path.append(entry)
+            sys.path.append(entry)  # last: it never shadows an installed package
 
 
 def check_path(module: str, attr: str, *, key: str) -> None:
@@ -158,6 +172,7 @@ def check_path(module: str, attr: str, *, key: str) -> None:
         if _refused(scope, rest):
             raise UserError(f"{key}: {path!r} is refused: {_LOADER}")
     if _spec(dotted[0]) is None:
+        _refuse_outside_base(dotted[0], path, key=key)
         return  # nothing to import: the import fails and says so
     mine = _own_file_named(dotted[0])
     if mine is not None and _installed(_spec(dotted[0]).origin or ""):
@@ -329,11 +344,29 @@ def _is_own(top: str) -> bool:
 
 def _own_file_named(top: str) -> Path | None:
     """A module or package of the user's named `top` (in their directories), if there is one."""
-    for directory in _directories():
-        for candidate in (directory / f"{top}.py", directory / top / "__init__.py"):
-            if candidate.is_file():
-                return candidate
+    return next(filter(None, (_module_in(d, top) for d in _directories())), None)
+
+
+def _module_in(directory: Path, top: str) -> Path | None:
+    """The module or package named `top` directly in `directory`, if there is one."""
+    for candidate in (directory / f"{top}.py", directory / top / "__init__.py"):
+        if candidate.is_file():
+            return candidate
     return None
+
+
+def _refuse_outside_base(top: str, path: str, *, key: str) -> None:
+    """Refuse a module beside a base outside the project (its directory is not on sys.path)."""
+    for directory, base in _outside_bases.items():
+        found = _module_in(directory, top)
+        if found is not None:
+            raise UserError(
+                f"{key}: {path!r} is not trusted: {top!r} is {found}, beside the base {base}, "
+                f"whose directory {directory} lies outside the project (the current directory "
+                "and the directories of the config files on the command line), so its modules "
+                f"are not your own; copy the module into your project, or put {directory} on "
+                f"PYTHONPATH and {HOW_TO_TRUST.format(top)}"
+            )
 
 
 def _spec(top: str) -> Any:
