@@ -73,13 +73,19 @@ def fit(
     distributed.start(
         job, device, timeout_s=config.trainer.dist_timeout, alone=config.trainer.sharded
     )
+    stopped = None
     try:
         return train(
             config, job, device, reason, resume=resume, reset_optimizer=reset_optimizer,
             report=report,
         )  # fmt: skip
+    except Interrupted as agreed:  # every rank stops here together (see `interrupted`)
+        # A fresh exception: the caught one's traceback holds the run (DDP's reducer, loader
+        # workers), which must go before the group does, as after a run that ended.
+        stopped = Interrupted(agreed.checkpoint)
     finally:
         distributed.stop()
+    raise stopped
 
 
 def train(
