@@ -1,12 +1,14 @@
 """trainer.ema: an exponential moving average of the model's weights and buffers.
 
-One process and DDP keep it in torch's own `AveragedModel` (use_buffers=True, the EMA's
-multi_avg_fn): a copy of the unwrapped module, its first update a copy of the weights, each
-later one `ema.lerp_(weights, 1 - decay)`. Under trainer.strategy: fsdp the module's
-parameters are shards (DTensors) that a deep copy does not suit, so the average is kept as a
-clone of each shard and updated by the same function on the local shards: elementwise, so
-each element equals the unsharded average bit for bit. With `warmup`, the decay of the t-th
-update after the first is timm's ModelEmaV3 (use_warmup): min(decay, 1 - (1 + t/gamma)^-power).
+One process and DDP keep it in torch's own `AveragedModel` (use_buffers=True): a copy of
+the unwrapped module and its count of updates, updated as `update_parameters` does with the
+EMA's multi_avg_fn (its first update a copy of the weights, each later one
+`ema.lerp_(weights, 1 - decay)`), but with the count left on the CPU. Under
+trainer.strategy: fsdp the module's parameters are shards (DTensors) that a deep copy does
+not suit, so the average is kept as a clone of each shard and updated by the same function
+on the local shards: elementwise, so each element equals the unsharded average bit for bit.
+With `warmup`, the decay of the t-th update after the first is timm's ModelEmaV3
+(use_warmup): min(decay, 1 - (1 + t/gamma)^-power).
 
 The loop calls `update()` after every `every_steps`-th training step (no host sync: the count
 of updates lives on the CPU); validation swaps the average into the model (`swapped_in`),
@@ -87,15 +89,14 @@ class EmaWeights:
                 for name, value in module.state_dict().items()
                 if isinstance(value, torch.Tensor)
             }
-            self.average_fn = averaging(settings, self.count)
             self.model: AveragedModel | None = None
             # Loading (DCP, `load`) writes into these tensors: their local parts stay put.
             self.averaged_locals = [local(t) for t in self.averaged]
-        else:
+        else:  # the copy and its count; `update` runs update_parameters' steps on them
             self.model = AveragedModel(module, use_buffers=True)
             self.count = self.model.n_averaged  # a CPU buffer: the AveragedModel stays put
-            self.model.multi_avg_fn = self.average_fn = averaging(settings, self.count)
             self.averaged = self.averaged_locals = _tensors(self.model.module)
+        self.average_fn = averaging(settings, self.count)
 
     @property
     def updates(self) -> int:
@@ -127,14 +128,19 @@ class EmaWeights:
             weights: dict[str, Any] = self.model.module.state_dict()
         else:
             weights = dict(self.by_name)
-        warmup = self.settings.warmup
+        decay, every_steps, warmup = self.saved_settings()
         return EmaState(
             weights=weights,
             updates=self.updates,
-            decay=self.settings.decay,
-            every_steps=self.every_steps,
-            warmup=warmup.model_dump() if warmup is not None else None,
+            decay=decay,
+            every_steps=every_steps,
+            warmup=warmup,
         )
+
+    def saved_settings(self) -> tuple[float, int, dict[str, float] | None]:
+        """decay, every_steps and warmup as a checkpoint keeps them."""
+        warmup = self.settings.warmup
+        return self.settings.decay, self.every_steps, warmup.model_dump() if warmup else None
 
     @torch.no_grad()
     def load(self, saved: EmaState) -> None:

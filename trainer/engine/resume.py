@@ -356,13 +356,12 @@ def load_ema(saved: RunState, run: Run, *, path: Path | None) -> list[str]:
         ema.load(kept)
     else:
         ema.count.fill_(kept.updates)
-    state = ema.state()
-    saved_settings = (kept.decay, kept.every_steps, kept.warmup)
-    if (state.decay, state.every_steps, state.warmup) != saved_settings:
+    decay, every_steps, warmup = ema.saved_settings()
+    if (decay, every_steps, warmup) != (kept.decay, kept.every_steps, kept.warmup):
         return [
             f"trainer.ema: the average of {kept.updates} updates is kept and goes on with the "
-            f"config's settings (decay {state.decay:g}, every_steps {state.every_steps}, "
-            f"warmup {state.warmup}; the checkpoint's: decay {kept.decay:g}, every_steps "
+            f"config's settings (decay {decay:g}, every_steps {every_steps}, "
+            f"warmup {warmup}; the checkpoint's: decay {kept.decay:g}, every_steps "
             f"{kept.every_steps}, warmup {kept.warmup})"
         ]
     return []

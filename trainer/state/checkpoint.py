@@ -14,7 +14,7 @@ import os
 import random
 import reprlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
@@ -90,20 +90,12 @@ class EmaState:
     warmup: dict[str, float] | None  # {power, gamma}, or None
 
     def to_checkpoint(self) -> dict[str, Any]:
-        return {
-            "weights": self.weights,
-            "updates": self.updates,
-            "decay": self.decay,
-            "every_steps": self.every_steps,
-            "warmup": self.warmup,
-        }
+        """Its fields as the checkpoint's `ema` mapping (the tensors themselves, not copies)."""
+        return {key.name: getattr(self, key.name) for key in fields(self)}
 
     @classmethod
     def from_checkpoint(cls, ema: dict[str, Any]) -> EmaState:
-        return cls(**{key: ema[key] for key in _EMA_KEYS})
-
-
-_EMA_KEYS = ("weights", "updates", "decay", "every_steps", "warmup")
+        return cls(**{key.name: ema[key.name] for key in fields(cls)})
 
 
 @dataclass
