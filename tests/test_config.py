@@ -17,7 +17,7 @@ from trainer.config import (
     config_to_yaml,
     load_config,
     parse_yaml,
-    read_config_file,
+    read_configs,
     validate_config,
 )
 from trainer.errors import UserError
@@ -64,17 +64,17 @@ def test_yaml_syntax_error_names_source_and_line() -> None:
         parse_yaml(text, source="cfg.yaml")
 
 
-def test_read_config_file_defaults_name_to_file_stem(tmp_path) -> None:
+def test_read_configs_defaults_name_to_file_stem(tmp_path) -> None:
     path = tmp_path / "my-run.yaml"
     path.write_text("model: {name: small_cnn}\ndata: {name: shapes}\n")
-    assert read_config_file(path)["name"] == "my-run"
+    assert read_configs(path).raw["name"] == "my-run"
     path.write_text("name: other\nmodel: {name: small_cnn}\ndata: {name: shapes}\n")
-    assert read_config_file(path)["name"] == "other"
+    assert read_configs(path).raw["name"] == "other"
 
 
-def test_read_config_file_rejects_a_directory(tmp_path) -> None:
+def test_read_configs_rejects_a_directory(tmp_path) -> None:
     with pytest.raises(UserError, match="is a directory"):
-        read_config_file(tmp_path)
+        read_configs(tmp_path)
 
 
 # ---------------------------------------------------------------- overrides

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers.configs import USER_MODELS
 
-from trainer.config import read_config_file, trust
+from trainer.config import read_configs, trust
 from trainer.user_path import current_directory_last
 
 TINY = "model: {name: small_cnn}\ndata: {name: shapes}\n"
@@ -48,7 +48,7 @@ def test_the_configs_directory_comes_after_installed_packages(
 ) -> None:
     configs = users_directory(tmp_path / "configs")
     (configs / "cfg.yaml").write_text(TINY, encoding="utf-8")
-    read_config_file(configs / "cfg.yaml")
+    read_configs(configs / "cfg.yaml")
 
     assert sys.path[-1] == str(configs.resolve())
     assert importlib.import_module("users_own").WHO == "own"

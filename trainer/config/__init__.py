@@ -15,7 +15,6 @@ from trainer.config.loading import (
     ConfigError,
     config_to_yaml,
     load_config,
-    read_config_file,
     read_configs,
     validate_config,
 )
@@ -75,7 +74,6 @@ __all__ = [
     "name_origins",
     "origin_yaml",
     "parse_yaml",
-    "read_config_file",
     "read_configs",
     "validate_config",
     "yaml_file_text",

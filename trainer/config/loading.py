@@ -69,11 +69,6 @@ def read_configs(
     return composed
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The raw mapping of a config file (with its bases), `name` defaulting to its stem."""
-    return read_configs(path).raw
-
-
 def load_config(paths: str | Path | Sequence[str | Path], overrides: Sequence[str] = ()) -> Config:
     """Read, merge, override and validate config files; every problem is reported at once."""
     composed = read_configs(paths, overrides)
