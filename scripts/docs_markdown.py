@@ -100,7 +100,7 @@ def config_problems(block: Block, root: Path = ROOT) -> list[str]:
     fragment, deep-merged onto configs/quickstart.yaml, or onto the config a first line
     `# fragment of configs/x.yaml` names (an `optimizers` fragment replaces the base's
     one-optimizer form). Each problem is prefixed with the block's file and line."""
-    from trainer.config import load_config, parse_yaml, read_config_file, validate_config
+    from trainer.config import load_config, parse_yaml, read_configs, validate_config
     from trainer.errors import UserError
 
     try:
@@ -116,7 +116,7 @@ def config_problems(block: Block, root: Path = ROOT) -> list[str]:
                 path.write_text(block.text, encoding="utf-8")
                 load_config(path)
             else:
-                base = read_config_file(configs / Path(named[1] if named else BASE_CONFIG).name)
+                base = read_configs(configs / Path(named[1] if named else BASE_CONFIG).name).raw
                 for key in raw:
                     for replaced in _REPLACES.get(key, ()):
                         base.pop(replaced, None)
